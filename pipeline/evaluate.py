@@ -1,0 +1,53 @@
+"""DVC stage `evaluate`: test-set likelihood (negative ELBO, IWAE) and figures."""
+
+import json
+
+import torch
+
+from convvae.cli import run_stage
+from convvae.config import load_params
+from convvae.data import load_splits
+from convvae.evaluate import (
+    per_image_iwae_nll,
+    per_image_neg_elbo,
+    save_latent_plot,
+    save_reconstruction_grid,
+    save_sample_grid,
+)
+from convvae.files import write_json
+from convvae.model import load_model, resolve_architecture
+from pipeline import layout
+
+
+def main() -> None:
+    params = load_params(layout.PARAMS)
+    cfg = params.evaluate
+    splits = load_splits(layout.PREPARED_SPLITS)
+    test_images = torch.from_numpy(splits.test.images)
+    expected = resolve_architecture(params.model, tuple(test_images.shape[1:]))
+    model = load_model(layout.MODEL, expected=expected)
+    recon_nll, kl = per_image_neg_elbo(model, test_images, cfg.batch_size, cfg.seed)
+    iwae_nll = per_image_iwae_nll(model, test_images, cfg.iwae_samples, seed=cfg.seed)
+    metrics = {
+        "likelihood": "bernoulli on grey levels in [0, 1], nats per image",
+        "test_images": len(test_images),
+        "test_neg_elbo": (recon_nll + kl).mean().item(),
+        "test_recon_nll": recon_nll.mean().item(),
+        "test_kl": kl.mean().item(),
+        "test_iwae_nll": iwae_nll.mean().item(),
+        "iwae_samples": cfg.iwae_samples,
+    }
+    write_json(metrics, layout.EVALUATE_METRICS)
+    plots = layout.EVALUATE_PLOTS
+    save_sample_grid(model, cfg.grid_images, plots / "samples.png", seed=cfg.seed)
+    save_reconstruction_grid(model, test_images[: cfg.grid_images], plots / "reconstructions.png")
+    class_names = json.loads(layout.MANIFEST.read_text())["class_names"]
+    save_latent_plot(model, test_images, splits.test.labels, class_names, plots / "latent.png")
+    print(
+        f"test -ELBO {metrics['test_neg_elbo']:.2f}, IWAE NLL (k={cfg.iwae_samples}) "
+        f"{metrics['test_iwae_nll']:.2f} nats/image"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

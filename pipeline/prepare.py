@@ -1,0 +1,25 @@
+"""DVC stage `prepare`: load the data source, split it, write the splits and a manifest."""
+
+from convvae.cli import run_stage
+from convvae.config import load_params
+from convvae.data import build_manifest, load_source, make_splits, save_splits
+from convvae.files import write_json
+from pipeline import layout
+
+
+def main() -> None:
+    cfg = load_params(layout.PARAMS).data
+    source = load_source(cfg.source, cfg.path)
+    splits = make_splits(
+        source, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_train_images
+    )
+    save_splits(splits, layout.PREPARED_SPLITS)
+    write_json(build_manifest(source, splits), layout.MANIFEST)
+    print(
+        f"prepared {cfg.source}: {len(splits.train)} train, {len(splits.val)} val, "
+        f"{len(splits.test)} test images"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

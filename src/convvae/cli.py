@@ -1,0 +1,72 @@
+"""The `convvae` command, and the one place where user-fixable errors become one-line messages."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from convvae.errors import ConvVAEError
+
+DEBUG_ENV = "CONVVAE_DEBUG"
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a pipeline stage; a ConvVAEError prints as one line (traceback with CONVVAE_DEBUG=1)."""
+    _exit_on_error(main, debug=os.environ.get(DEBUG_ENV, "") not in ("", "0"))
+
+
+def _exit_on_error(action: Callable[[], None], debug: bool) -> None:
+    try:
+        action()
+    except ConvVAEError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted; finished epochs are kept in the checkpoint", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _check_params(args: argparse.Namespace) -> None:
+    from convvae.config import load_params
+
+    params = load_params(args.params)
+    print(json.dumps(params.to_dict(), indent=2))
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from convvae.model import count_parameters, load_model
+
+    model = load_model(args.model)
+    print(json.dumps(dataclasses.asdict(model.arch), indent=2))
+    print(f"parameters: {count_parameters(model):,}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `convvae` (subcommands call into the library)."""
+    parser = argparse.ArgumentParser(prog="convvae", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check-params", help="validate params.yaml and print it resolved")
+    check.add_argument("params", nargs="?", default="params.yaml")
+    check.set_defaults(action=_check_params)
+    inspect = commands.add_parser("inspect", help="print a model file's architecture")
+    inspect.add_argument("model", help="a .pt file written by the train stage")
+    inspect.set_defaults(action=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `convvae` console script."""
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    _exit_on_error(lambda: args.action(args), debug)
+
+
+if __name__ == "__main__":
+    main()

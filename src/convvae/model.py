@@ -1,0 +1,245 @@
+"""The ConvVAE: encode / reparameterize / decode, its loss terms, presets and model files.
+
+Images are tensors of shape (B, C, H, W) with pixel intensities in [0, 1]. The decoder returns
+Bernoulli logits, so the reconstruction term is a binary cross-entropy in nats per image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convvae.config import ModelConfig
+from convvae.errors import CheckpointError, ConfigError
+from convvae.files import atomic_path
+
+MODEL_FILE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything needed to build a ConvVAE; stored inside every model file."""
+
+    image_channels: int = 1
+    image_size: int = 28
+    # Output channels of the stride-2 convolutions, first to last.
+    channels: tuple[int, ...] = (32, 64)
+    kernel_size: int = 4
+    # Widths of the fully connected layers between the conv features and the latent code.
+    encoder_hidden: tuple[int, ...] = (512,)
+    decoder_hidden: tuple[int, ...] = (512,)
+    latent_dim: int = 16
+
+
+PRESETS: dict[str, Architecture] = {
+    # Our default: ~3.3 M parameters, dominated by two 3136x512 matmuls that run near peak on CPU.
+    "default": Architecture(),
+    # The design this project started from (conv 1→16→32 k3 s2, FC 1568→15000→15000, latent 2):
+    # 272 M parameters, kept to compare against.
+    "seed": Architecture(
+        channels=(16, 32),
+        kernel_size=3,
+        encoder_hidden=(15000, 15000),
+        decoder_hidden=(15000,),
+        latent_dim=2,
+    ),
+}
+
+
+def resolve_architecture(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Architecture:
+    """The preset named in ``cfg`` with its overrides applied, checked against the data.
+
+    ``image_shape`` is (C, H, W) of the training images; H must equal W.
+    """
+    channels, height, width = image_shape
+    if height != width:
+        raise ConfigError(f"images are {height}x{width}; the ConvVAE needs square images")
+    overrides = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key in ("channels", "kernel_size", "encoder_hidden", "decoder_hidden", "latent_dim")
+        if (value := getattr(cfg, key)) is not None
+    }
+    arch = dataclasses.replace(
+        PRESETS[cfg.preset], image_channels=channels, image_size=height, **overrides
+    )
+    if _feature_sizes(arch)[-1] < 1:
+        raise ConfigError(
+            f"model.channels has {len(arch.channels)} stride-2 layers, too many for "
+            f"{arch.image_size}x{arch.image_size} images; use fewer"
+        )
+    return arch
+
+
+def _padding(kernel_size: int) -> int:
+    return (kernel_size - 1) // 2
+
+
+def _feature_sizes(arch: Architecture) -> list[int]:
+    """Spatial size before each conv layer and after the last: [28, 14, 7] for the default."""
+    sizes = [arch.image_size]
+    for _ in arch.channels:
+        sizes.append((sizes[-1] + 2 * _padding(arch.kernel_size) - arch.kernel_size) // 2 + 1)
+    return sizes
+
+
+def _mlp(widths: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in pairwise(widths):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class ConvVAE(nn.Module):
+    """Convolutional VAE with a diagonal Gaussian posterior and a Bernoulli decoder."""
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.arch = arch
+        k, pad = arch.kernel_size, _padding(arch.kernel_size)
+        sizes = _feature_sizes(arch)
+        conv_widths = [arch.image_channels, *arch.channels]
+        self.feature_shape = (arch.channels[-1], sizes[-1], sizes[-1])
+        feature_dim = math.prod(self.feature_shape)
+
+        encoder: list[nn.Module] = []
+        for c_in, c_out in pairwise(conv_widths):
+            encoder += [nn.Conv2d(c_in, c_out, k, stride=2, padding=pad), nn.ReLU(inplace=True)]
+        self.encoder = nn.Sequential(
+            *encoder, nn.Flatten(), _mlp([feature_dim, *arch.encoder_hidden])
+        )
+        last_hidden = arch.encoder_hidden[-1] if arch.encoder_hidden else feature_dim
+        self.to_mu = nn.Linear(last_hidden, arch.latent_dim)
+        self.to_logvar = nn.Linear(last_hidden, arch.latent_dim)
+
+        self.decoder_mlp = _mlp([arch.latent_dim, *arch.decoder_hidden, feature_dim])
+        decoder: list[nn.Module] = []
+        reversed_widths = conv_widths[::-1]
+        for i, (c_in, c_out) in enumerate(pairwise(reversed_widths)):
+            size_in, size_out = sizes[-1 - i], sizes[-2 - i]
+            # output_padding restores sizes that the encoder's floor division lost (7 → 14 → 28).
+            extra = size_out - ((size_in - 1) * 2 - 2 * pad + k)
+            decoder.append(
+                nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=pad, output_padding=extra)
+            )
+            if i < len(arch.channels) - 1:  # the last layer outputs logits
+                decoder.append(nn.ReLU(inplace=True))
+        self.decoder_conv = nn.Sequential(*decoder)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) in [0, 1] → posterior mean and log-variance, each (B, latent_dim)."""
+        hidden = self.encoder(x)
+        return self.to_mu(hidden), self.to_logvar(hidden)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, latent_dim) → Bernoulli logits (B, C, H, W)."""
+        features = self.decoder_mlp(z).view(-1, *self.feature_shape)
+        return self.decoder_conv(features)
+
+    @staticmethod
+    def reparameterize(
+        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I); a generator makes the noise reproducible."""
+        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (logits (B, C, H, W), mu (B, D), logvar (B, D))."""
+        mu, logvar = self.encode(x)
+        return self.decode(self.reparameterize(mu, logvar, generator)), mu, logvar
+
+
+def check_pixels(x: torch.Tensor) -> None:
+    """Bernoulli targets must lie in [0, 1]; the seed fed Normalize(0.5, 0.5) output in [-1, 1]."""
+    low, high = torch.aminmax(x.detach())
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"pixel targets must lie in [0, 1], got [{low.item():.3f}, {high.item():.3f}]; "
+            "scale uint8 images by 1/255 and do not normalise to [-1, 1]"
+        )
+
+
+def elbo_terms(
+    logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image reconstruction NLL and KL(q(z|x) || N(0, I)), both (B,) in nats.
+
+    neg_elbo = recon_nll + kl; a beta-VAE trains on recon_nll + beta * kl.
+    """
+    check_pixels(x)
+    recon_nll = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none")
+    recon_nll = recon_nll.flatten(1).sum(1)
+    mu, logvar = mu.float(), logvar.float()
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+    return recon_nll, kl
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_model(model: ConvVAE, path: str | Path) -> None:
+    """Write weights and architecture atomically (temporary name, then rename)."""
+    payload = {
+        "format": MODEL_FILE_FORMAT,
+        "architecture": dataclasses.asdict(model.arch),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def architecture_from_dict(raw: dict) -> Architecture:
+    """Inverse of ``dataclasses.asdict`` for an Architecture read from a file."""
+    return Architecture(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def load_model(
+    path: str | Path, expected: Architecture | None = None, map_location: str = "cpu"
+) -> ConvVAE:
+    """Load a model file written by ``save_model`` (``weights_only=True``: no pickled code).
+
+    With ``expected``, a file whose architecture differs is a CheckpointError naming the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: model file not found; run the train stage (dvc repro train)"
+        )
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+        arch = architecture_from_dict(payload["architecture"])
+        state = payload["state_dict"]
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise CheckpointError(
+            f"{path}: not a convvae model file ({type(err).__name__}); re-run the train stage"
+        ) from None
+    if expected is not None and arch != expected:
+        diff = [
+            f"{f.name}={getattr(arch, f.name)} (config wants {getattr(expected, f.name)})"
+            for f in dataclasses.fields(Architecture)
+            if getattr(arch, f.name) != getattr(expected, f.name)
+        ]
+        raise CheckpointError(
+            f"{path}: model shape does not match the config: {', '.join(diff)}; "
+            "retrain or restore the params it was trained with"
+        )
+    model = ConvVAE(arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored architecture: {first}"
+        ) from None
+    return model
