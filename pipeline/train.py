@@ -30,9 +30,7 @@ def main() -> None:
         fingerprint={"architecture": dataclasses.asdict(arch), "data_sha256": data_sha256},
     )
     print(f"training {count_parameters(model):,} parameters on {trainer.device}")
-    result = trainer.fit(
-        torch.from_numpy(splits.train.images), torch.from_numpy(splits.val.images)
-    )
+    result = trainer.fit(torch.from_numpy(splits.train.images), torch.from_numpy(splits.val.images))
     save_model(result.model, layout.MODEL)
     write_loss_curve(result.history)
     write_json(
@@ -47,7 +45,7 @@ def main() -> None:
         },
         layout.TRAIN_METRICS,
     )
-    print(f"best validation loss {result.best_val_loss:.2f} nats/image at epoch {result.best_epoch}")
+    print(f"best validation loss {result.best_val_loss:.2f} nats/image, epoch {result.best_epoch}")
 
 
 def write_loss_curve(history: list[EpochRecord]) -> None:

@@ -51,11 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `convvae` (subcommands call into the library)."""
     parser = argparse.ArgumentParser(prog="convvae", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    # Also accepted after the subcommand; SUPPRESS keeps it from resetting the flag given before.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check-params", help="validate params.yaml and print it resolved")
+    check = commands.add_parser(
+        "check-params", help="validate params.yaml and print it resolved", parents=[common]
+    )
     check.add_argument("params", nargs="?", default="params.yaml")
     check.set_defaults(action=_check_params)
-    inspect = commands.add_parser("inspect", help="print a model file's architecture")
+    inspect = commands.add_parser(
+        "inspect", help="print a model file's architecture", parents=[common]
+    )
     inspect.add_argument("model", help="a .pt file written by the train stage")
     inspect.set_defaults(action=_inspect)
     return parser

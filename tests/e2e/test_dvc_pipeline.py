@@ -1,0 +1,95 @@
+"""`dvc repro`, `dvc exp run`, metrics and plots on a copy of the repository and a small slice."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # stage commands call `python`
+        "PYTHONPATH": str(cwd / "src"),  # the copy's library, not the editable install's
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    }
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The pipeline's files in a fresh git repository, with params for a quick run."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("src", "pipeline"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["max_train_images"] = 200
+    params["train"]["epochs"] = 2
+    params["evaluate"].update(iwae_samples=4, grid_images=16)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q", "-b", "main"], root)
+    return root
+
+
+def test_repro_runs_every_stage_then_does_nothing(project):
+    first = run([str(BIN / "dvc"), "repro"], project)
+    for stage in ("prepare", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in first.stdout
+    train = json.loads((project / "metrics/train.json").read_text())
+    assert train["epochs_run"] == 2 and train["parameters"] > 1_000_000
+    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    assert evaluation["test_images"] == 200
+    assert 0 < evaluation["test_iwae_nll"] <= evaluation["test_neg_elbo"] + 1
+    manifest = json.loads((project / "data/prepared/manifest.json").read_text())
+    assert manifest["splits"]["train"]["count"] == 200
+    for png in ("samples.png", "reconstructions.png", "latent.png"):
+        assert (project / "plots/evaluate" / png).stat().st_size > 0
+
+    second = run([str(BIN / "dvc"), "repro"], project)
+    assert "Running stage" not in second.stdout
+    assert "up to date" in second.stdout
+
+
+def test_metrics_and_plots_show(project, tmp_path):
+    shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout)
+    metrics = shown[""]["data"]
+    assert "test_neg_elbo" in metrics["metrics/evaluate.json"]["data"]
+    assert "best_val_loss" in metrics["metrics/train.json"]["data"]
+    run([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "plots")], project)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "val_loss" in html and "samples.png" in html
+
+
+def test_exp_run_with_a_changed_param(project):
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    exp = run([str(BIN / "dvc"), "exp", "run", "-S", "train.epochs=3"], project)
+    assert "Running stage 'train'" in exp.stdout
+    assert "Running stage 'prepare'" not in exp.stdout  # data params did not change
+    table = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], project).stdout)
+    epochs_run = [
+        exp_run["data"]["metrics"]["metrics/train.json"]["data"]["epochs_run"]
+        for commit in table
+        for exp_run in [commit, *[e for ex in commit.get("experiments") or [] for e in ex["revs"]]]
+        if exp_run.get("data", {}).get("metrics")
+    ]
+    assert 3 in epochs_run and 2 in epochs_run

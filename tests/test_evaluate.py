@@ -1,0 +1,73 @@
+"""Likelihood estimates and figures."""
+
+import pytest
+import torch
+from PIL import Image
+
+from convvae.evaluate import (
+    per_image_iwae_nll,
+    per_image_neg_elbo,
+    reconstruct,
+    sample_images,
+    save_latent_plot,
+    save_reconstruction_grid,
+    save_sample_grid,
+)
+from convvae.train import Trainer
+from tests.conftest import quick_train_config, tiny_model
+
+
+@pytest.fixture(scope="module")
+def trained(train_images, val_images):
+    trainer = Trainer(tiny_model(), quick_train_config(epochs=12, lr=3e-3), progress=False)
+    return trainer.fit(train_images, val_images).model
+
+
+def test_iwae_bound_is_tighter_than_the_elbo(trained, val_images):
+    recon, kl = per_image_neg_elbo(trained, val_images, seed=0)
+    neg_elbo = (recon + kl).mean().item()
+    iwae_1 = per_image_iwae_nll(trained, val_images, k=1, seed=0).mean().item()
+    iwae_32 = per_image_iwae_nll(trained, val_images, k=32, seed=0).mean().item()
+    # k=1 is the ELBO itself (other noise draws): equal up to Monte Carlo error.
+    assert abs(iwae_1 - neg_elbo) < 0.02 * neg_elbo
+    # More samples tighten the bound on -log p(x): lower NLL than the ELBO.
+    assert iwae_32 < neg_elbo - 0.5
+
+
+def test_scores_are_deterministic_for_a_seed(trained, val_images):
+    a = per_image_neg_elbo(trained, val_images[:32], seed=3)
+    b = per_image_neg_elbo(trained, val_images[:32], seed=3)
+    torch.testing.assert_close(a, b)
+    c = per_image_iwae_nll(trained, val_images[:32], k=4, seed=3)
+    torch.testing.assert_close(c, per_image_iwae_nll(trained, val_images[:32], k=4, seed=3))
+    assert c.shape == (32,) and c.dtype == torch.float64
+
+
+def test_reconstructions_resemble_their_inputs_more_than_others(trained, val_images):
+    x = val_images[:32].float() / 255
+    recon = reconstruct(trained, val_images[:32])
+    own = (recon - x).pow(2).mean()
+    shuffled = (recon - x.roll(1, dims=0)).pow(2).mean()
+    assert own < shuffled
+    samples = sample_images(trained, 16, seed=0)
+    assert samples.shape == (16, 1, 28, 28) and samples.min() >= 0 and samples.max() <= 1
+
+
+def test_figures_are_written_as_png(trained, mnist_slice, tmp_path):
+    save_sample_grid(trained, 16, tmp_path / "samples.png")
+    save_reconstruction_grid(
+        trained, torch.from_numpy(mnist_slice.test.images[:16]), tmp_path / "r.png"
+    )
+    save_latent_plot(
+        trained,
+        torch.from_numpy(mnist_slice.test.images),
+        mnist_slice.test.labels,
+        [str(c) for c in range(10)],
+        tmp_path / "latent.png",
+    )
+    with Image.open(tmp_path / "samples.png") as grid:
+        assert grid.size == (4 * 30 + 2, 4 * 30 + 2)  # 4x4 tiles of 28 px, 2 px padding
+    with Image.open(tmp_path / "r.png") as grid:
+        assert grid.size == (8 * 30 + 2, 4 * 30 + 2)  # 2 originals rows + 2 reconstruction rows
+    assert (tmp_path / "latent.png").stat().st_size > 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latent.png", "r.png", "samples.png"]

@@ -1,0 +1,134 @@
+"""The ConvVAE's shapes, loss terms, presets and model files."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from convvae.config import ModelConfig
+from convvae.errors import CheckpointError, ConfigError
+from convvae.model import (
+    PRESETS,
+    Architecture,
+    ConvVAE,
+    count_parameters,
+    elbo_terms,
+    load_model,
+    resolve_architecture,
+    save_model,
+)
+from convvae.train import to_unit_interval
+from tests.conftest import TINY, tiny_model
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        PRESETS["default"],
+        Architecture(channels=(8, 16, 32), kernel_size=3, encoder_hidden=(), decoder_hidden=()),
+        Architecture(channels=(8,), kernel_size=5, encoder_hidden=(32, 16), latent_dim=3),
+        Architecture(image_channels=3, image_size=32, channels=(8, 16), kernel_size=4),
+    ],
+)
+def test_output_shapes_match_input(arch):
+    model = ConvVAE(arch)
+    x = torch.rand(5, arch.image_channels, arch.image_size, arch.image_size)
+    logits, mu, logvar = model(x)
+    assert logits.shape == x.shape
+    assert mu.shape == logvar.shape == (5, arch.latent_dim)
+
+
+def test_presets_have_the_documented_sizes():
+    with torch.device("meta"):  # the seed preset's 272 M parameters need no real memory
+        seed, default = ConvVAE(PRESETS["seed"]), ConvVAE(PRESETS["default"])
+    assert 272_000_000 < count_parameters(seed) < 272_500_000
+    assert 1_000_000 < count_parameters(default) < 10_000_000
+    assert PRESETS["seed"].latent_dim == 2 and PRESETS["seed"].channels == (16, 32)
+
+
+def test_kl_matches_torch_distributions():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(6, 4), torch.randn(6, 4)
+    x = torch.rand(6, 1, 28, 28)
+    _, kl = elbo_terms(torch.zeros_like(x), x, mu, logvar)
+    posterior = Normal(mu, torch.exp(0.5 * logvar))
+    expected = kl_divergence(posterior, Normal(torch.zeros(4), torch.ones(4))).sum(1)
+    torch.testing.assert_close(kl, expected)
+
+
+def test_reconstruction_term_is_bernoulli_nll_in_nats():
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 28, 28)
+    logits = torch.randn_like(x)
+    recon, _ = elbo_terms(logits, x, torch.zeros(3, 2), torch.zeros(3, 2))
+    p = torch.sigmoid(logits)
+    expected = -(x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(1)
+    torch.testing.assert_close(recon, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_targets_stay_in_unit_interval():
+    # The seed normalised to [-1, 1] and crashed BCE; our pipeline scales uint8 by 1/255.
+    raw = torch.tensor([0, 1, 128, 254, 255], dtype=torch.uint8).view(1, 1, 1, 5)
+    scaled = to_unit_interval(raw)
+    assert scaled.min() == 0 and scaled.max() == 1
+    normalised = scaled * 2 - 1  # what Normalize(0.5, 0.5) produced
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        elbo_terms(torch.zeros_like(normalised), normalised, torch.zeros(1, 2), torch.zeros(1, 2))
+
+
+def test_resolve_architecture_applies_overrides_and_data_shape():
+    cfg = ModelConfig(latent_dim=8, channels=[16, 32, 64])
+    arch = resolve_architecture(cfg, (3, 32, 32))
+    assert arch.latent_dim == 8 and arch.channels == (16, 32, 64)
+    assert arch.image_channels == 3 and arch.image_size == 32
+    assert arch.encoder_hidden == PRESETS["default"].encoder_hidden
+
+
+def test_resolve_architecture_rejects_impossible_shapes():
+    with pytest.raises(ConfigError, match="square"):
+        resolve_architecture(ModelConfig(), (1, 28, 32))
+    with pytest.raises(ConfigError, match="model.channels"):
+        resolve_architecture(ModelConfig(channels=[4] * 6), (1, 28, 28))
+
+
+def test_model_file_round_trip(tmp_path):
+    model = tiny_model()
+    path = tmp_path / "m.pt"
+    save_model(model, path)
+    loaded = load_model(path, expected=TINY)
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(loaded.encode(x), model.encode(x))
+    assert not list(tmp_path.glob(".*tmp"))  # the temporary name was renamed away
+
+
+def test_model_file_of_wrong_shape_is_a_clear_error(tmp_path):
+    path = tmp_path / "m.pt"
+    save_model(tiny_model(), path)
+    other = dataclasses.replace(TINY, latent_dim=7)
+    with pytest.raises(CheckpointError, match=r"latent_dim=4 \(config wants 7\)"):
+        load_model(path, expected=other)
+
+
+def test_weights_that_do_not_fit_the_stored_architecture(tmp_path):
+    path = tmp_path / "m.pt"
+    save_model(tiny_model(), path)
+    payload = torch.load(path, weights_only=True)
+    payload["architecture"]["latent_dim"] = 5
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_model(path)
+
+
+def test_missing_corrupt_and_pickled_model_files(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "absent.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="not a convvae model file"):
+        load_model(corrupt)
+    # A pickled object (arbitrary code on load) is refused by weights_only=True.
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"architecture": Architecture(), "state_dict": {}}, pickled)
+    with pytest.raises(CheckpointError):
+        load_model(pickled)

@@ -1,0 +1,130 @@
+"""The trainer: learning, determinism, resume, early stopping, warm-up and divergence."""
+
+import math
+
+import pytest
+import torch
+
+from convvae.errors import CheckpointError, ConfigError, TrainingDivergedError
+from convvae.train import Trainer, select_device
+from tests.conftest import quick_train_config, tiny_model
+
+
+def fit(train_images, val_images, checkpoint=None, on_epoch=None, **overrides):
+    trainer = Trainer(
+        tiny_model(), quick_train_config(**overrides), checkpoint_path=checkpoint, progress=False
+    )
+    return trainer.fit(train_images, val_images, on_epoch=on_epoch)
+
+
+def test_training_lowers_the_validation_loss(train_images, val_images):
+    result = fit(train_images, val_images, epochs=4)
+    losses = [r.val_loss for r in result.history]
+    assert losses[-1] < losses[0] - 20  # nats/image; an untrained model sits near 540
+    assert result.best_val_loss == min(losses)
+    assert all(r.images_per_s > 0 for r in result.history)
+
+
+def test_same_params_give_the_same_losses(train_images, val_images):
+    first = fit(train_images, val_images)
+    second = fit(train_images, val_images)
+    for a, b in zip(first.history, second.history, strict=True):
+        assert abs(a.train_loss - b.train_loss) < 1e-6
+        assert abs(a.val_loss - b.val_loss) < 1e-6
+
+
+def test_other_seed_gives_other_losses(train_images, val_images):
+    first = fit(train_images, val_images, epochs=1)
+    other = fit(train_images, val_images, epochs=1, seed=1)
+    assert first.history[0].train_loss != other.history[0].train_loss
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_result(train_images, val_images, tmp_path):
+    uninterrupted = fit(train_images, val_images, epochs=4, lr_schedule="cosine")
+    checkpoint = tmp_path / "ckpt.pt"
+
+    def stop_after_two(record):
+        if record.epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(train_images, val_images, checkpoint, stop_after_two, epochs=4, lr_schedule="cosine")
+    resumed = fit(train_images, val_images, checkpoint, epochs=4, lr_schedule="cosine")
+    assert resumed.resumed_from_epoch == 2
+    assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(uninterrupted.history, resumed.history, strict=True):
+        assert abs(a.val_loss - b.val_loss) < 1e-6
+    x = train_images[:8].float() / 255
+    torch.testing.assert_close(resumed.model.encode(x), uninterrupted.model.encode(x))
+
+
+def test_checkpoint_of_other_inputs_is_not_resumed(train_images, val_images, tmp_path):
+    checkpoint = tmp_path / "ckpt.pt"
+    fit(train_images, val_images, checkpoint, epochs=1)
+    logged = []
+    trainer = Trainer(
+        tiny_model(),
+        quick_train_config(epochs=1, lr=0.002),
+        checkpoint_path=checkpoint,
+        progress=False,
+        log=logged.append,
+    )
+    assert trainer.fit(train_images, val_images).resumed_from_epoch is None
+    assert "made for other inputs (train)" in logged[0] and "training afresh" in logged[0]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(train_images, val_images, tmp_path):
+    checkpoint = tmp_path / "ckpt.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="delete it"):
+        fit(train_images, val_images, checkpoint)
+
+
+def test_early_stopping_keeps_the_best_epoch(train_images, val_images, monkeypatch):
+    trainer = Trainer(
+        tiny_model(), quick_train_config(epochs=10, early_stopping_patience=2), progress=False
+    )
+    val_losses = iter([(100.0, 5.0), (90.0, 5.0), (99.0, 5.0), (98.0, 5.0), (10.0, 1.0)])
+    monkeypatch.setattr(trainer, "evaluate_loss", lambda images: next(val_losses))
+    result = trainer.fit(train_images, val_images)
+    assert result.stopped_early
+    assert len(result.history) == 4
+    assert result.best_epoch == 2 and result.best_val_loss == 95.0
+
+
+def test_kl_warmup_ramps_beta(train_images, val_images):
+    result = fit(train_images, val_images, epochs=3, kl_warmup_epochs=2)
+    betas = [r.beta for r in result.history]  # the weight used in each epoch's last step
+    # 256 images / 64 = 4 steps per epoch; the last step of epoch e sits at (e - 1 + 3/4) / 2.
+    assert betas == pytest.approx([0.375, 0.875, 1.0])
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(train_images, val_images, tmp_path):
+    checkpoint = tmp_path / "ckpt.pt"
+    trainer = Trainer(
+        tiny_model(), quick_train_config(epochs=3), checkpoint_path=checkpoint, progress=False
+    )
+
+    def poison_weights(record):
+        if record.epoch == 1:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(math.nan)
+
+    with pytest.raises(TrainingDivergedError, match="epoch 2") as err:
+        trainer.fit(train_images, val_images, on_epoch=poison_weights)
+    assert "checkpoint of epoch 1 is kept" in str(err.value)
+    saved = torch.load(checkpoint, weights_only=True)
+    assert len(saved["history"]) == 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_unavailable_device_is_a_config_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="train.device"):
+        select_device("cuda")
+    assert select_device("auto").type in ("cpu", "mps")
