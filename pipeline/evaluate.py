@@ -1,4 +1,8 @@
-"""DVC stage `evaluate`: test-set likelihood (negative ELBO, IWAE) and figures."""
+"""DVC stage `evaluate`: test-set likelihood (negative ELBO, IWAE) and figures.
+
+Logs into the MLflow run that `train` opened, then logs the model and registers it as a version
+of convvae-<data.source>, tagged with its test metrics.
+"""
 
 import json
 
@@ -16,12 +20,15 @@ from convvae.evaluate import (
 )
 from convvae.files import write_json
 from convvae.model import load_model, resolve_architecture
+from convvae.tracking import open_tracker, registered_model_name
+from convvae.train import to_unit_interval
 from pipeline import layout
 
 
 def main() -> None:
     params = load_params(layout.PARAMS)
     cfg = params.evaluate
+    tracker = open_tracker(params.tracking)
     splits = load_splits(layout.PREPARED_SPLITS)
     test_images = torch.from_numpy(splits.test.images)
     expected = resolve_architecture(params.model, tuple(test_images.shape[1:]))
@@ -37,12 +44,34 @@ def main() -> None:
         "test_iwae_nll": iwae_nll.mean().item(),
         "iwae_samples": cfg.iwae_samples,
     }
-    write_json(metrics, layout.EVALUATE_METRICS)
     plots = layout.EVALUATE_PLOTS
     save_sample_grid(model, cfg.grid_images, plots / "samples.png", seed=cfg.seed)
     save_reconstruction_grid(model, test_images[: cfg.grid_images], plots / "reconstructions.png")
     class_names = json.loads(layout.MANIFEST.read_text())["class_names"]
     save_latent_plot(model, test_images, splits.test.labels, class_names, plots / "latent.png")
+
+    run_id = json.loads(layout.MLFLOW_RUN.read_text())["run_id"]
+    if tracker is not None and run_id is not None:
+        with tracker.run(run_id=run_id):
+            print(f"logging to MLflow run {run_id} (opened by train)")
+            tracker.log_metrics(metrics)
+            tracker.log_artifacts([plots], "evaluate")
+            name = (
+                registered_model_name(params.data.source)
+                if params.tracking.register_model
+                else None
+            )
+            version = tracker.log_model(
+                model,
+                layout.MODEL,
+                to_unit_interval(test_images[:2]).numpy(),
+                name,
+                {**{k: v for k, v in metrics.items() if k.startswith("test_")}, "run_id": run_id},
+            )
+        if version is not None:
+            print(f"registered {name} version {version}")
+        metrics["mlflow_run_id"] = run_id
+    write_json(metrics, layout.EVALUATE_METRICS)
     print(
         f"test -ELBO {metrics['test_neg_elbo']:.2f}, IWAE NLL (k={cfg.iwae_samples}) "
         f"{metrics['test_iwae_nll']:.2f} nats/image"

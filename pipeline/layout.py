@@ -12,3 +12,7 @@ TRAIN_METRICS = Path("metrics/train.json")
 LOSS_CURVE = Path("plots/train/loss.csv")
 EVALUATE_METRICS = Path("metrics/evaluate.json")
 EVALUATE_PLOTS = Path("plots/evaluate")
+# The MLflow run that holds this model's story; evaluate logs into it.
+MLFLOW_RUN = Path("models/mlflow_run.json")
+# Beside the checkpoint: the run to continue when an interrupted train stage is re-run.
+TRAIN_CHECKPOINT_RUN = Path("checkpoints/train.mlflow_run")

@@ -1,22 +1,30 @@
-"""DVC stage `train`: fit a ConvVAE on the prepared training split, keep the best by validation."""
+"""DVC stage `train`: fit a ConvVAE on the prepared training split, keep the best by validation.
+
+The MLflow run is opened (and the store checked) before training, filled after it, and its id
+written to a small output that `evaluate` reads. The checkpoint is deleted only once the model is
+saved and logged: an interrupted stage, or one whose tracking store was unreachable, resumes.
+"""
 
 import csv
 import dataclasses
 import hashlib
+import json
 
 import torch
 
 from convvae.cli import run_stage
-from convvae.config import load_params
+from convvae.config import Params, load_params
 from convvae.data import load_splits
 from convvae.files import atomic_path, write_json
 from convvae.model import ConvVAE, count_parameters, resolve_architecture, save_model
-from convvae.train import EpochRecord, Trainer
+from convvae.tracking import DatasetPart, Tracker, open_tracker, provenance_tags
+from convvae.train import EpochRecord, Trainer, TrainResult
 from pipeline import layout
 
 
 def main() -> None:
     params = load_params(layout.PARAMS)
+    tracker = open_tracker(params.tracking)  # fails fast, before any training
     splits = load_splits(layout.PREPARED_SPLITS)
     arch = resolve_architecture(params.model, splits.train.images.shape[1:])
     torch.manual_seed(params.train.seed)
@@ -33,19 +41,72 @@ def main() -> None:
     result = trainer.fit(torch.from_numpy(splits.train.images), torch.from_numpy(splits.val.images))
     save_model(result.model, layout.MODEL)
     write_loss_curve(result.history)
-    write_json(
-        {
-            "best_val_loss": result.best_val_loss,
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "stopped_early": result.stopped_early,
-            "parameters": count_parameters(result.model),
-            "images_per_s": sum(r.images_per_s for r in result.history) / len(result.history),
-            "train_seconds": sum(r.seconds for r in result.history),
-        },
-        layout.TRAIN_METRICS,
-    )
+    metrics = {
+        "best_val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "parameters": count_parameters(result.model),
+        "images_per_s": sum(r.images_per_s for r in result.history) / len(result.history),
+        "train_seconds": sum(r.seconds for r in result.history),
+    }
+    run_id = None
+    if tracker is not None:
+        run_id = log_training(tracker, params, result, metrics, splits, data_sha256)
+        metrics["mlflow_run_id"] = run_id
+    write_json(metrics, layout.TRAIN_METRICS)
+    write_json({"run_id": run_id, "tracking_uri": tracker and tracker.uri}, layout.MLFLOW_RUN)
+    layout.TRAIN_CHECKPOINT.unlink(missing_ok=True)
+    layout.TRAIN_CHECKPOINT_RUN.unlink(missing_ok=True)
     print(f"best validation loss {result.best_val_loss:.2f} nats/image, epoch {result.best_epoch}")
+
+
+def log_training(
+    tracker: Tracker, params: Params, result: TrainResult, metrics: dict, splits, data_sha256: str
+) -> str:
+    """Log one model's training into a new run, or into the run of the interrupted attempt."""
+    previous = _interrupted_run(tracker) if result.resumed_from_epoch is not None else None
+    manifest = json.loads(layout.MANIFEST.read_text())
+    with tracker.run(run_id=previous) as run_id:
+        if previous:
+            print(f"continuing MLflow run {run_id} of the interrupted attempt")
+        layout.TRAIN_CHECKPOINT_RUN.write_text(run_id)
+        tracker.log_params(params.to_dict())
+        tracker.set_tags(
+            {
+                **provenance_tags(tracker.root),
+                "data.source": params.data.source,
+                "data.sha256": data_sha256,
+                **{f"data.file.{name}": sha for name, sha in _short_files(manifest).items()},
+            }
+        )
+        tracker.log_datasets(
+            [
+                DatasetPart("training", splits.train.images, splits.train.labels),
+                DatasetPart("validation", splits.val.images, splits.val.labels),
+                DatasetPart("test", splits.test.images, splits.test.labels),
+            ],
+            name=params.data.source,
+            source=str(layout.PREPARED_SPLITS),
+            sha256=data_sha256,
+        )
+        tracker.log_history([dataclasses.asdict(r) for r in result.history])
+        tracker.log_metrics(metrics)
+        tracker.log_artifacts([layout.PARAMS, layout.LOSS_CURVE, layout.MANIFEST], "train")
+    print(f"logged to MLflow run {run_id} ({tracker.uri})")
+    return run_id
+
+
+def _interrupted_run(tracker: Tracker) -> str | None:
+    if not layout.TRAIN_CHECKPOINT_RUN.is_file():
+        return None
+    run_id = layout.TRAIN_CHECKPOINT_RUN.read_text().strip()
+    return run_id if tracker.run_exists(run_id) else None
+
+
+def _short_files(manifest: dict) -> dict[str, str]:
+    # MLflow tag keys allow no '/'; the file name identifies the source file well enough.
+    return {path.rsplit("/", 1)[-1]: sha for path, sha in manifest["files"].items()}
 
 
 def write_loss_curve(history: list[EpochRecord]) -> None:

@@ -34,3 +34,12 @@ def tiny_model(seed: int = 0) -> ConvVAE:
 def quick_train_config(**overrides) -> TrainConfig:
     values = {"epochs": 3, "batch_size": 64, "device": "cpu", "early_stopping_patience": None}
     return TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="session")
+def trained(train_images, val_images) -> ConvVAE:
+    """The tiny model after 12 epochs on 256 digits: good enough to tell digits from noise."""
+    from convvae.train import Trainer
+
+    trainer = Trainer(tiny_model(), quick_train_config(epochs=12, lr=3e-3), progress=False)
+    return trainer.fit(train_images, val_images).model

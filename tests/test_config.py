@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,8 @@ from convvae.config import (
 from convvae.errors import ConfigError, ConvVAEError
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-SECTIONS = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "evaluate": EvaluateConfig,
-}
+# Every section of Params, in declaration order.
+SECTIONS = {f.name: typing.get_type_hints(Params)[f.name] for f in dataclasses.fields(Params)}
 # Keys where the repository's params.yaml deliberately departs from the dataclass defaults.
 REPO_OVERRIDES = {"train.epochs"}
 

@@ -1,6 +1,5 @@
 """Likelihood estimates and figures."""
 
-import pytest
 import torch
 from PIL import Image
 
@@ -13,14 +12,6 @@ from convvae.evaluate import (
     save_reconstruction_grid,
     save_sample_grid,
 )
-from convvae.train import Trainer
-from tests.conftest import quick_train_config, tiny_model
-
-
-@pytest.fixture(scope="module")
-def trained(train_images, val_images):
-    trainer = Trainer(tiny_model(), quick_train_config(epochs=12, lr=3e-3), progress=False)
-    return trainer.fit(train_images, val_images).model
 
 
 def test_iwae_bound_is_tighter_than_the_elbo(trained, val_images):

@@ -144,6 +144,24 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Where MLflow records runs and models."""
+
+    enabled: bool = True
+    # null: $MLFLOW_TRACKING_URI if set, else sqlite:///<repository root>/mlflow.db.
+    uri: str | None = None
+    experiment: str = "convvae"
+    # Register each evaluated model as a version of convvae-<data.source>.
+    register_model: bool = True
+    # Seconds before an unreachable tracking server is reported (never minutes of retries).
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment.strip()), "tracking.experiment", "must not be empty")
+        _check(1 <= self.timeout_s <= 30, "tracking.timeout_s", "must be between 1 and 30")
+
+
+@dataclass(frozen=True)
 class Params:
     """All of params.yaml."""
 
@@ -151,6 +169,7 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for logging and checkpoints)."""

@@ -158,6 +158,19 @@ class ConvVAE(nn.Module):
         return self.decode(self.reparameterize(mu, logvar, generator)), mu, logvar
 
 
+class Reconstructor(nn.Module):
+    """x → Bernoulli means of its reconstruction from the posterior mean: one tensor out, as
+    MLflow's PyTorch flavour and torch.export want."""
+
+    def __init__(self, vae: ConvVAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu, _ = self.vae.encode(x)
+        return torch.sigmoid(self.vae.decode(mu))
+
+
 def check_pixels(x: torch.Tensor) -> None:
     """Bernoulli targets must lie in [0, 1]; the seed fed Normalize(0.5, 0.5) output in [-1, 1]."""
     low, high = torch.aminmax(x.detach())

@@ -70,8 +70,10 @@ def select_device(name: str) -> torch.device:
 
 
 def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) → float32 in [0, 1], the Bernoulli targets."""
-    return images.float().div_(255.0)
+    """uint8 (B, C, H, W) → float32 in [0, 1], the Bernoulli targets; floats pass through."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
 
 
 class Trainer:

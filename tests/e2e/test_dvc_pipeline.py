@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # stage commands call `python`
         "PYTHONPATH": str(cwd / "src"),  # the copy's library, not the editable install's
         "DVC_NO_ANALYTICS": "1",
@@ -64,9 +64,27 @@ def test_repro_runs_every_stage_then_does_nothing(project):
     for png in ("samples.png", "reconstructions.png", "latent.png"):
         assert (project / "plots/evaluate" / png).stat().st_size > 0
 
+    runs = mlflow_runs(project)
+    assert len(runs) == 1, "train and evaluate log into one run"
+    run_data = runs[0].data
+    assert run_data.params["train.epochs"] == "2" and "test_neg_elbo" in run_data.metrics
+    assert run_data.metrics["best_val_loss"] == train["best_val_loss"]
+    assert train["mlflow_run_id"] == evaluation["mlflow_run_id"] == runs[0].info.run_id
+    assert run_data.tags["data.source"] == "mnist-5k" and "version.torch" in run_data.tags
+    assert not (project / "checkpoints/train.pt").exists()  # finished: nothing to resume
+
     second = run([str(BIN / "dvc"), "repro"], project)
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout
+    assert len(mlflow_runs(project)) == 1, "a skipped stage logs nothing"
+
+
+def mlflow_runs(project: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
+    experiment = client.get_experiment_by_name("convvae")
+    return client.search_runs([experiment.experiment_id])
 
 
 def test_metrics_and_plots_show(project, tmp_path):
@@ -93,3 +111,10 @@ def test_exp_run_with_a_changed_param(project):
         if exp_run.get("data", {}).get("metrics")
     ]
     assert 3 in epochs_run and 2 in epochs_run
+    runs = mlflow_runs(project)
+    assert len(runs) == 2
+    exp_runs = [r for r in runs if "dvc.exp_name" in r.data.tags]
+    assert len(exp_runs) == 1 and exp_runs[0].data.params["train.epochs"] == "3"
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert exp_runs[0].data.tags["dvc.baseline_rev"] == head
+    assert exp_runs[0].data.tags["git.commit"] == head

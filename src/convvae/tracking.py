@@ -1,0 +1,306 @@
+"""Every MLflow call of the project: runs, metrics, provenance, models and the registry.
+
+The embedded default store is ``sqlite:///<repository root>/mlflow.db`` with artifacts in
+``<repository root>/mlartifacts``, so a fresh clone needs no server; ``tracking.uri`` or
+``$MLFLOW_TRACKING_URI`` points the same code at a team server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from convvae.config import TrackingConfig
+from convvae.errors import TrackingError
+from convvae.model import ConvVAE, Reconstructor
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+PACKAGES = ("torch", "torchvision", "mlflow", "dvc", "numpy", "scikit-learn", "convvae")
+
+
+def repository_root(start: Path | None = None) -> Path:
+    """The main repository's root, also from inside ``dvc exp run --temp``'s throw-away copy.
+
+    DVC runs temporary and queued experiments in ``<root>/.dvc/tmp/exps/<name>``; a store
+    relative to that copy would vanish with it.
+    """
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return here
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, root: Path) -> str:
+    """tracking.uri, else $MLFLOW_TRACKING_URI, else the embedded SQLite store under ``root``."""
+    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DEFAULT_DB}"
+
+
+def registered_model_name(data_source: str) -> str:
+    """One registered model per data source, e.g. convvae-mnist-5k."""
+    return f"convvae-{data_source}"
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.1}} → {"train.lr": 0.1}; lists become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value if not isinstance(value, list | tuple) else str(list(value))
+    return flat
+
+
+def provenance_tags(root: Path) -> dict[str, str]:
+    """Git commit and dirty flag, DVC experiment, dvc.lock stage hashes, device, versions."""
+    tags = {"device": _device_name()}
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is not None:
+        tags["git.commit"] = commit
+        tags["git.dirty"] = str(bool(_git(root, "status", "--porcelain", "--untracked-files=no")))
+    for env, tag in (
+        ("DVC_EXP_NAME", "dvc.exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+    ):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    tags.update(_dvc_lock_hashes(root))
+    for package in PACKAGES:
+        try:
+            tags[f"version.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return tags
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def _dvc_lock_hashes(root: Path) -> dict[str, str]:
+    """sha256 (first 12 hex digits) of each stage's entry in dvc.lock, as recorded so far."""
+    import yaml
+
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return {
+        f"dvc.lock.{name}": hashlib.sha256(yaml.safe_dump(entry).encode()).hexdigest()[:12]
+        for name, entry in stages.items()
+    }
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+@dataclass(frozen=True)
+class DatasetPart:
+    """One split to record as a run input: images (N, C, H, W) uint8 and labels (N,)."""
+
+    context: str  # training | validation | test
+    images: np.ndarray
+    labels: np.ndarray
+
+
+class Tracker:
+    """An open connection to one MLflow store and experiment."""
+
+    def __init__(self, cfg: TrackingConfig, root: Path | None = None) -> None:
+        import mlflow
+
+        self.root = repository_root(root)
+        self.uri = resolve_tracking_uri(cfg, self.root)
+        self.cfg = cfg
+        self._mlflow = mlflow
+        if self.uri.startswith(("http://", "https://")):
+            self._limit_http_retries(cfg.timeout_s)
+            self._check_reachable(cfg.timeout_s)
+        mlflow.set_tracking_uri(self.uri)
+        with self._errors("open the experiment"):
+            experiment = mlflow.get_experiment_by_name(cfg.experiment)
+            if experiment is None:
+                artifacts = None
+                if self.uri.startswith("sqlite:"):
+                    artifacts = (self.root / DEFAULT_ARTIFACTS).as_uri()
+                mlflow.create_experiment(cfg.experiment, artifact_location=artifacts)
+            mlflow.set_experiment(cfg.experiment)
+        self.client = mlflow.MlflowClient()
+
+    @staticmethod
+    def _limit_http_retries(timeout_s: float) -> None:
+        # MLflow's defaults retry a dead server for about 4 minutes; a user's setting wins.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
+
+    def _check_reachable(self, timeout_s: float) -> None:
+        try:
+            with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=timeout_s):
+                pass
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingError(
+                f"MLflow tracking server {self.uri} is unreachable ({reason}); start it, fix "
+                "tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the local SQLite store"
+            ) from None
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except (MlflowException, OSError) as err:
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
+            raise TrackingError(
+                f"could not {action} in MLflow store {self.uri}: {first_line}; check that the "
+                "store is reachable and writable, then re-run the stage (finished work is kept)"
+            ) from None
+
+    @contextmanager
+    def run(self, run_id: str | None = None, run_name: str | None = None) -> Iterator[str]:
+        """Start a new run, or continue ``run_id``; yields the run id."""
+        with self._errors("start the run"):
+            active = self._mlflow.start_run(run_id=run_id, run_name=run_name)
+        with active, self._errors("log to the run"):
+            yield active.info.run_id
+
+    def run_exists(self, run_id: str) -> bool:
+        """Whether the store holds ``run_id`` (an id from another store does not count)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return True
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Nested params (as in params.yaml) flattened to ``section.key``."""
+        self._mlflow.log_params(flatten(params))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._mlflow.set_tags(dict(tags))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Numeric values only; strings in a metrics dict are skipped."""
+        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        self._mlflow.log_metrics(numeric, step=step)
+
+    def log_history(self, history: list[Mapping[str, float]]) -> None:
+        """Per-epoch values as step series (step = epoch), in one batch request."""
+        from mlflow.entities import Metric
+
+        timestamp = int(1000 * time.time())
+        metrics = [
+            Metric(key, float(value), timestamp, int(record["epoch"]))
+            for record in history
+            for key, value in record.items()
+            if key != "epoch"
+        ]
+        run_id = self._mlflow.active_run().info.run_id
+        for start in range(0, len(metrics), 1000):  # the REST API takes 1000 per request
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+    def log_datasets(self, parts: list[DatasetPart], name: str, source: str, sha256: str) -> None:
+        """The prepared splits as run inputs (schema, digest and size; not the pixels)."""
+        for part in parts:
+            dataset = self._mlflow.data.from_numpy(
+                part.images, targets=part.labels, source=source, name=f"{name}-{part.context}"
+            )
+            self._mlflow.log_input(dataset, context=part.context, tags={"sha256": sha256})
+
+    def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
+        """Files (or folders) as run artifacts."""
+        for path in paths:
+            if path.is_dir():
+                self._mlflow.log_artifacts(str(path), folder)
+            else:
+                self._mlflow.log_artifact(str(path), folder)
+
+    def log_model(
+        self,
+        model: ConvVAE,
+        model_file: Path,
+        example_images: np.ndarray,
+        registered_name: str | None,
+        version_tags: Mapping[str, str],
+    ) -> str | None:
+        """Log the PyTorch flavour and the scoring pyfunc; register the pyfunc (servable).
+
+        example_images: float32 (n >= 2, C, H, W) in [0, 1] (pt2 export needs a batch of 2+).
+        Returns the new registered version, or None when not registering.
+        """
+        from mlflow.models import infer_signature
+
+        from convvae.serving import ScoringModel
+
+        example = example_images.astype(np.float32)
+        scored = ScoringModel(model).predict(example)
+        torch_signature = infer_signature(example, np.zeros_like(example))
+        # pt2 (torch.export) stores a graph, not pickled code.
+        self._mlflow.pytorch.log_model(
+            Reconstructor(model).eval(),
+            name="convvae-pytorch",
+            input_example=example,
+            signature=torch_signature,
+            serialization_format="pt2",
+            pip_requirements=_pip_requirements(),
+        )
+        info = self._mlflow.pyfunc.log_model(
+            name="convvae",
+            loader_module="convvae.serving",
+            data_path=str(model_file),
+            input_example=example,
+            signature=infer_signature(example, scored),
+            registered_model_name=registered_name,
+            # The package travels with the model, so it loads where convvae is not installed.
+            code_paths=[str(Path(__file__).parent)],
+            pip_requirements=_pip_requirements(),
+        )
+        if registered_name is None:
+            return None
+        version = str(info.registered_model_version)
+        for key, value in version_tags.items():
+            self.client.set_model_version_tag(registered_name, version, key, str(value))
+        return version
+
+
+def _pip_requirements() -> list[str]:
+    # Pinned from this environment; inferring them instead imports the model in a subprocess.
+    return [
+        f"{package}=={importlib.metadata.version(package)}"
+        for package in ("torch", "numpy", "scikit-learn", "matplotlib", "pyyaml", "tqdm")
+    ]
+
+
+def open_tracker(cfg: TrackingConfig) -> Tracker | None:
+    """A Tracker, or None when tracking.enabled is false."""
+    return Tracker(cfg) if cfg.enabled else None

@@ -1,0 +1,128 @@
+"""MLflow tracking: store location, provenance, unreachable servers, logged and served models."""
+
+import socket
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from convvae.config import TrackingConfig
+from convvae.errors import TrackingError
+from convvae.model import save_model
+from convvae.tracking import (
+    Tracker,
+    flatten,
+    provenance_tags,
+    repository_root,
+    resolve_tracking_uri,
+)
+from tests.conftest import tiny_model
+
+
+def test_store_is_anchored_to_the_main_repository_from_a_dvc_temp_copy(tmp_path):
+    temp_copy = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpab12"
+    temp_copy.mkdir(parents=True)
+    assert repository_root(temp_copy) == (tmp_path / "repo").resolve()
+    assert repository_root(tmp_path) == tmp_path.resolve()
+
+
+def test_tracking_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(TrackingConfig(), tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri(TrackingConfig(), tmp_path) == "http://127.0.0.1:5000"
+    explicit = TrackingConfig(uri="sqlite:////srv/team.db")
+    assert resolve_tracking_uri(explicit, tmp_path) == "sqlite:////srv/team.db"
+
+
+def test_flatten_nested_params():
+    flat = flatten({"train": {"lr": 0.1, "epochs": 3}, "model": {"channels": [8, 16]}})
+    assert flat == {"train.lr": 0.1, "train.epochs": 3, "model.channels": "[8, 16]"}
+
+
+def test_provenance_names_commit_and_versions(tmp_path):
+    tags = provenance_tags(Path(__file__).parents[1])
+    assert tags["version.torch"].startswith("2.14")
+    assert tags["device"].startswith(("cpu", "NVIDIA"))
+    assert tags["git.dirty"] in ("True", "False")
+    assert len(tags["git.commit"]) == 40
+    assert "git.commit" not in provenance_tags(tmp_path)  # not a git repository
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_is_a_quick_clear_error():
+    uri = f"http://127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="unreachable") as err:
+        Tracker(TrackingConfig(uri=uri, timeout_s=2))
+    assert time.monotonic() - started < 30
+    assert uri in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.fixture
+def tracker(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield Tracker(TrackingConfig(experiment="unit"), root=tmp_path)
+    mlflow.set_tracking_uri(None)
+
+
+def test_history_params_and_model_are_logged_and_served(tracker, tmp_path, val_images, trained):
+    model = trained
+    model_file = tmp_path / "model.pt"
+    save_model(model, model_file)
+    example = val_images[:4].float().numpy() / 255
+    with tracker.run() as run_id:
+        tracker.log_params({"train": {"lr": 0.001}})
+        tracker.log_history([{"epoch": 1, "val_loss": 200.0}, {"epoch": 2, "val_loss": 150.0}])
+        version = tracker.log_model(model, model_file, example, "convvae-unit", {"test_x": "1"})
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    assert run.data.params == {"train.lr": "0.001"}
+    history = client.get_metric_history(run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 200.0), (2, 150.0)]
+    assert version == "1"
+    assert client.get_model_version("convvae-unit", "1").tags["test_x"] == "1"
+
+    served = mlflow.pyfunc.load_model("models:/convvae-unit/1")
+    first = served.predict(example)
+    again = served.predict(example)
+    assert first["reconstruction"].shape == (4, 1, 28, 28)
+    assert first["anomaly_score"].shape == (4,)
+    np.testing.assert_array_equal(
+        first["anomaly_score"], again["anomaly_score"]
+    )  # no sampling noise
+    # An image of noise is less likely under the model than a real digit.
+    noise = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    assert served.predict(noise)["anomaly_score"][0] > first["anomaly_score"].max()
+
+    with pytest.raises(Exception, match="shape"):
+        served.predict(np.zeros((2, 1, 32, 32), dtype=np.float32))
+
+
+def test_continuing_a_run_that_the_store_lacks(tracker):
+    assert not tracker.run_exists("0" * 32)
+    with tracker.run() as run_id:
+        pass
+    assert tracker.run_exists(run_id)
+
+
+def test_pytorch_flavour_reconstructs(tracker, tmp_path, val_images):
+    model = tiny_model()
+    save_model(model, tmp_path / "m.pt")
+    example = val_images[:2].float().numpy() / 255
+    with tracker.run():
+        tracker.log_model(model, tmp_path / "m.pt", example, None, {})
+    logged = mlflow.search_logged_models(output_format="list")
+    torch_model = next(m for m in logged if m.name == "convvae-pytorch")
+    loaded = mlflow.pytorch.load_model(torch_model.model_uri)
+    out = loaded(torch.from_numpy(example))
+    assert out.shape == (2, 1, 28, 28) and out.min() >= 0 and out.max() <= 1
