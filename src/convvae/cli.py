@@ -47,6 +47,31 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"parameters: {count_parameters(model):,}")
 
 
+def _promote(args: argparse.Namespace) -> None:
+    import torch
+
+    from convvae.config import load_params
+    from convvae.data import load_splits
+    from convvae.promote import promote
+    from convvae.tracking import Tracker
+
+    params = load_params(args.params)
+    images = torch.from_numpy(load_splits(args.data).test.images)
+    tracker = Tracker(params.tracking)
+    decision = promote(tracker, args.model, images, args.metric, args.dry_run)
+    print(f"model {decision.model} ({tracker.uri}), metric {decision.metric} (lower is better)")
+    comparison = decision.comparison
+    if comparison is not None:
+        print(f"{'version':<22}{'mean':>12}")
+        print(f"{'champion  v' + decision.champion:<22}{comparison.champion_mean:>12.3f}")
+        print(f"{'challenger v' + decision.challenger:<22}{comparison.challenger_mean:>12.3f}")
+        n_images, n_resamples = comparison.n_images, comparison.n_resamples
+        print(f"paired bootstrap over {n_images} test images, {n_resamples} resamples")
+    verdict = "promote" if decision.promoted else "keep the champion"
+    prefix = "dry run, would " if args.dry_run else ""
+    print(f"{prefix}{verdict}: v{decision.challenger}: {decision.reason}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `convvae` (subcommands call into the library)."""
     parser = argparse.ArgumentParser(prog="convvae", description=__doc__)
@@ -65,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("model", help="a .pt file written by the train stage")
     inspect.set_defaults(action=_inspect)
+    promote = commands.add_parser(
+        "promote",
+        help="move @champion to the newest version if it is better by more than noise",
+        parents=[common],
+    )
+    promote.add_argument("--model", required=True, help="registered model, e.g. convvae-mnist-5k")
+    promote.add_argument("--metric", default="test_neg_elbo", help="test_neg_elbo | test_iwae_nll")
+    promote.add_argument("--dry-run", action="store_true", help="compare only; change nothing")
+    promote.add_argument("--params", default="params.yaml", help="for the tracking section")
+    promote.add_argument(
+        "--data", default="data/prepared/splits.npz", help="held-out images (the test split)"
+    )
+    promote.set_defaults(action=_promote)
     return parser
 
 

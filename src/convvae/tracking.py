@@ -292,6 +292,48 @@ class Tracker:
             self.client.set_model_version_tag(registered_name, version, key, str(value))
         return version
 
+    # --- the model registry -------------------------------------------------------------
+
+    def model_versions(self, name: str) -> list[Any]:
+        """All versions of a registered model, oldest first; an unknown name lists the known."""
+        with self._errors("list model versions"):
+            versions = self.client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                known = sorted(m.name for m in self.client.search_registered_models())
+                raise TrackingError(
+                    f"no registered model named {name!r} in {self.uri}; registered models: "
+                    f"{', '.join(known) or 'none (run `make run` to train and register one)'}"
+                )
+        return sorted(versions, key=lambda v: int(v.version))
+
+    def version_by_alias(self, name: str, alias: str) -> Any | None:
+        """The version holding ``@alias``, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
+    def model_file(self, name: str, version: str) -> Path:
+        """Local path of a registered version's weights file (downloaded if remote)."""
+        with self._errors(f"download {name} version {version}"):
+            folder = Path(self._mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
+        return folder / "data" / "model.pt"
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        with self._errors(f"set @{alias}"):
+            self.client.set_registered_model_alias(name, alias, version)
+
+    def tag_version(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        with self._errors(f"tag {name} version {version}"):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, version, key, str(value))
+
+    def tag_registered_model(self, name: str, key: str, value: str) -> None:
+        with self._errors(f"tag {name}"):
+            self.client.set_registered_model_tag(name, key, value)
+
 
 def _pip_requirements() -> list[str]:
     # Pinned from this environment; inferring them instead imports the model in a subprocess.
