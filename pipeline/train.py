@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import os
 
 import torch
 
@@ -67,7 +68,10 @@ def log_training(
     """Log one model's training into a new run, or into the run of the interrupted attempt."""
     previous = _interrupted_run(tracker) if result.resumed_from_epoch is not None else None
     manifest = json.loads(layout.MANIFEST.read_text())
-    with tracker.run(run_id=previous) as run_id:
+    run_name = f"{params.data.source}-{params.model.preset}"
+    if os.environ.get("DVC_EXP_NAME"):
+        run_name += f"-{os.environ['DVC_EXP_NAME']}"
+    with tracker.run(run_id=previous, run_name=run_name) as run_id:
         if previous:
             print(f"continuing MLflow run {run_id} of the interrupted attempt")
         layout.TRAIN_CHECKPOINT_RUN.write_text(run_id)
