@@ -1,53 +1,18 @@
 """`dvc repro`, `dvc exp run`, metrics and plots on a copy of the repository and a small slice."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from tests.e2e.project import BIN, make_project, mlflow_runs, run
+
 pytestmark = pytest.mark.e2e
-
-
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # stage commands call `python`
-        "PYTHONPATH": str(cwd / "src"),  # the copy's library, not the editable install's
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.invalid",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    }
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """The pipeline's files in a fresh git repository, with params for a quick run."""
-    root = tmp_path_factory.mktemp("project")
-    for name in ("src", "pipeline"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore"):
-        if (REPO / name).exists():
-            shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["max_train_images"] = 200
-    params["train"]["epochs"] = 2
-    params["evaluate"].update(iwae_samples=4, grid_images=16)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], root)
-    return root
+    return make_project(tmp_path_factory.mktemp("project"))
 
 
 def test_repro_runs_every_stage_then_does_nothing(project):
@@ -77,14 +42,6 @@ def test_repro_runs_every_stage_then_does_nothing(project):
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout
     assert len(mlflow_runs(project)) == 1, "a skipped stage logs nothing"
-
-
-def mlflow_runs(project: Path) -> list:
-    import mlflow
-
-    client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
-    experiment = client.get_experiment_by_name("convvae")
-    return client.search_runs([experiment.experiment_id])
 
 
 def test_metrics_and_plots_show(project, tmp_path):
@@ -118,3 +75,12 @@ def test_exp_run_with_a_changed_param(project):
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert exp_runs[0].data.tags["dvc.baseline_rev"] == head
     assert exp_runs[0].data.tags["git.commit"] == head
+
+
+def test_temp_exp_run_logs_to_the_main_store(project):
+    # --temp runs in .dvc/tmp/exps/<copy>; a store relative to it would vanish with the copy.
+    before = len(mlflow_runs(project))
+    run([str(BIN / "dvc"), "exp", "run", "--temp", "-S", "train.epochs=1"], project)
+    runs = mlflow_runs(project)
+    assert len(runs) == before + 1
+    assert runs[0].data.params["train.epochs"] == "1"
