@@ -5,6 +5,7 @@ of convvae-<data.source>, tagged with its test metrics.
 """
 
 import json
+import time
 
 import torch
 
@@ -52,6 +53,7 @@ def main() -> None:
 
     run_id = json.loads(layout.MLFLOW_RUN.read_text())["run_id"]
     if tracker is not None and run_id is not None:
+        started = time.perf_counter()
         with tracker.run(run_id=run_id):
             print(f"logging to MLflow run {run_id} (opened by train)")
             tracker.log_metrics(metrics)
@@ -68,6 +70,7 @@ def main() -> None:
                 name,
                 {**{k: v for k, v in metrics.items() if k.startswith("test_")}, "run_id": run_id},
             )
+        print(f"logged to MLflow in {time.perf_counter() - started:.1f} s")
         if version is not None:
             print(f"registered {name} version {version}")
         metrics["mlflow_run_id"] = run_id

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 
 import torch
 
@@ -66,6 +67,7 @@ def log_training(
     tracker: Tracker, params: Params, result: TrainResult, metrics: dict, splits, data_sha256: str
 ) -> str:
     """Log one model's training into a new run, or into the run of the interrupted attempt."""
+    started = time.perf_counter()
     previous = _interrupted_run(tracker) if result.resumed_from_epoch is not None else None
     manifest = json.loads(layout.MANIFEST.read_text())
     run_name = f"{params.data.source}-{params.model.preset}"
@@ -97,7 +99,8 @@ def log_training(
         tracker.log_history([dataclasses.asdict(r) for r in result.history])
         tracker.log_metrics(metrics)
         tracker.log_artifacts([layout.PARAMS, layout.LOSS_CURVE, layout.MANIFEST], "train")
-    print(f"logged to MLflow run {run_id} ({tracker.uri})")
+    seconds = time.perf_counter() - started
+    print(f"logged to MLflow run {run_id} ({tracker.uri}) in {seconds:.1f} s")
     return run_id
 
 

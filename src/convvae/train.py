@@ -99,9 +99,6 @@ class Trainer:
         self.progress = progress
         self.device = select_device(cfg.device)
         self.model = model.to(self.device)
-        if self.device.type == "cpu":
-            # oneDNN convolutions run ~10% faster in NHWC on CPU (benchmarks/train_speed.py).
-            self.model = self.model.to(memory_format=torch.channels_last)
         # bf16 autocast where the hardware has fast bf16 (GPUs); fp32 elsewhere.
         self.autocast = self.device.type in ("cuda", "mps")
         optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -155,7 +152,7 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(record)
             stopped_early = patience is not None and self.epochs_without_improvement >= patience
-        best = copy.deepcopy(self.model).to("cpu", memory_format=torch.contiguous_format)
+        best = copy.deepcopy(self.model).to("cpu")
         best.load_state_dict(self.best_state)
         return TrainResult(
             best, self.history, self.best_epoch, self.best_val_loss, stopped_early, resumed_from
@@ -191,8 +188,6 @@ class Trainer:
         beta = self.beta
         for step in range(steps):
             x = to_unit_interval(shuffled[step * batch_size : (step + 1) * batch_size])
-            if self.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
             beta = self._kl_weight(epoch, step, steps)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 logits, mu, logvar = self.model(x, self.noise_generator)

@@ -1,0 +1,252 @@
+"""Training speed of the ConvVAE on this machine, against the original loop and the roofline.
+
+Run: ``.venv/bin/python benchmarks/train_speed.py [--quick] [--json out.json]``. All figures come
+from one run on the real mnist-5k training split (3500 images). Other processes on the machine
+make single epochs noisy (a busy second core can slow a 2-thread epoch tenfold), so the trainer
+and the reference loop take turns epoch by epoch, each rate is the median ("best": the fastest)
+of --epochs - 1 epochs (the first, warm-up epoch left out), and the matmul rate is the best of
+many tries before and after.
+
+- trainer img/s: ``convvae.train.Trainer`` on the ``default`` preset (uint8 batches sliced from
+  memory, fused Adam); training loop only, validation excluded.
+- reference img/s: the original project's feeding of the same model: a Dataset whose
+  ``__getitem__`` goes through ``PIL.Image.fromarray`` and ``ToTensor()``, a shuffled
+  ``DataLoader`` (num_workers=0), plain ``torch.optim.Adam``, contiguous tensors, same loss
+  (``elbo_terms``) and the same number of images.
+- speed-up: trainer img/s / reference img/s (of the medians, and of the best epochs).
+- roofline img/s: this machine's fp32 matmul rate (square 2048 matmuls, FLOP/s) divided by the
+  model's training FLOPs per image (one forward + backward counted by ``FlopCounterMode``: convs
+  and matmuls only; the optimizer and elementwise work count as overhead). "% roofline" is the
+  share of it reached; the goal is >= 70 % (of the median) for the ``default`` preset.
+- seconds to target: wall time (training, validation, everything) from the start of
+  ``Trainer.fit`` until an epoch's validation negative ELBO (nats/image) is <= --target-val-loss,
+  for the ``seed`` (272 M parameters) and ``default`` presets, both trained on the same capped
+  training split (--target-cap images, so the slow seed model gets a validation check often);
+  "not reached" when --seed-budget-s (or --default-budget-s) ran out first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Iterator
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.transforms import ToTensor
+
+from convvae.config import TrainConfig
+from convvae.data import load_source, make_splits
+from convvae.model import PRESETS, ConvVAE, count_parameters, elbo_terms
+from convvae.train import EpochRecord, Trainer
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def matmul_flops(seconds: float, n: int = 2048) -> float:
+    """Best fp32 FLOP/s of single n x n matmuls, timed over and over for ``seconds``."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best, stop = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        started = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - started))
+    return best
+
+
+def train_flops_per_image(preset: str, batch_size: int) -> float:
+    """Conv and matmul FLOPs of one forward + backward, per image."""
+    model = ConvVAE(PRESETS[preset])
+    x = torch.rand(batch_size, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        logits, mu, logvar = model(x)
+        recon, kl = elbo_terms(logits, x, mu, logvar)
+        (recon + kl).mean().backward()
+    return counter.get_total_flops() / batch_size
+
+
+def load_splits(cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, 1, 28, 28) train and validation images of mnist-5k, as the pipeline splits it."""
+    splits = make_splits(load_source("mnist-5k"), 0.1, 0.2, seed=0, max_train_images=cap)
+    return torch.from_numpy(splits.train.images), torch.from_numpy(splits.val.images)
+
+
+class PilDataset(Dataset):
+    """One image at a time through PIL and ToTensor, as the original project fed its model."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images.numpy()
+        self.to_tensor = ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.to_tensor(Image.fromarray(self.images[index, 0]))
+
+
+def reference_epochs(preset: str, train: torch.Tensor, bs: int) -> Iterator[float]:
+    """Yields images/s of successive epochs of the original-style training loop."""
+    torch.manual_seed(0)
+    model = ConvVAE(PRESETS[preset]).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(PilDataset(train), batch_size=bs, shuffle=True, num_workers=0)
+    while True:
+        started = time.perf_counter()
+        for x in loader:
+            logits, mu, logvar = model(x)
+            recon, kl = elbo_terms(logits, x, mu, logvar)
+            loss = (recon + kl).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        yield len(train) / (time.perf_counter() - started)
+
+
+def epoch_rates(preset: str, train, val, bs: int, epochs: int) -> tuple[list, list]:
+    """images/s of our Trainer's and the reference's epochs, taking turns epoch by epoch (so
+    both see the same background load); the first (warm-up) epoch of each is left out."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=epochs, batch_size=bs, early_stopping_patience=None, device="cpu")
+    reference, ref_rates = reference_epochs(preset, train, bs), []
+    result = Trainer(ConvVAE(PRESETS[preset]), cfg, progress=False).fit(
+        train, val, on_epoch=lambda _: ref_rates.append(next(reference))
+    )
+    return [record.images_per_s for record in result.history[1:]], ref_rates[1:]
+
+
+class _Stop(Exception):
+    pass
+
+
+def time_to_target(preset: str, train, val, bs: int, target: float, budget_s: float) -> dict:
+    """Wall seconds of Trainer.fit until val_loss <= target, or until the budget ran out."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=10**6, batch_size=bs, early_stopping_patience=None, device="cpu")
+    trainer = Trainer(ConvVAE(PRESETS[preset]), cfg, progress=False)
+    history: list[EpochRecord] = []
+    started = time.perf_counter()
+
+    def on_epoch(record: EpochRecord) -> None:
+        history.append(record)
+        if record.val_loss <= target or time.perf_counter() - started > budget_s:
+            raise _Stop
+
+    with contextlib.suppress(_Stop):
+        trainer.fit(train, val, on_epoch=on_epoch)
+    return dict(
+        preset=preset,
+        parameters=count_parameters(trainer.model),
+        reached=history[-1].val_loss <= target,
+        seconds=time.perf_counter() - started,
+        epochs=len(history),
+        images_seen=len(history) * len(train),
+        best_val_loss=min(r.val_loss for r in history),
+        train_images_per_s=statistics.median(r.images_per_s for r in history),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke check in under a minute")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=10, help="per speed run, incl. warm-up")
+    parser.add_argument("--target-val-loss", type=float, default=200.0, help="nats/image")
+    parser.add_argument("--target-cap", type=int, default=1000, help="training images")
+    parser.add_argument("--seed-budget-s", type=float, default=300.0)
+    parser.add_argument("--default-budget-s", type=float, default=120.0)
+    parser.add_argument("--skip-seed", action="store_true", help="no seed-preset run")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.target_cap = 2, 200
+        args.seed_budget_s, args.default_budget_s = 10.0, 10.0
+
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, CPU: {cpu_model()}")
+    matmul_s = 1.0 if args.quick else 4.0
+    flops_per_s = matmul_flops(matmul_s)
+    train, val = load_splits()
+    runs = {
+        bs: epoch_rates("default", train, val, bs, args.epochs) for bs in (args.batch_size, 256)
+    }
+    # Measured again after the runs: a busy moment at the start would lower the roofline.
+    flops_per_s = max(flops_per_s, matmul_flops(matmul_s))
+    print(f"fp32 matmul 2048^2: {flops_per_s / 1e9:.0f} GFLOP/s (best single product)")
+    print(
+        f"data: mnist-5k, {len(train)} training images, default preset; {args.epochs - 1} epochs "
+        "per loop after a warm-up epoch, loops alternating epoch by epoch\n"
+    )
+    print(
+        f"{'batch':>5} {'MFLOP/img':>9} {'roofline img/s':>14}   {'loop':9} {'img/s median':>12}"
+        f" {'img/s best':>10} {'% roofline median / best':>25}"
+    )
+    speed = []
+    for bs, (ours, ref) in runs.items():
+        flops = train_flops_per_image("default", bs)
+        roofline = flops_per_s / flops
+        row = {"batch_size": bs, "flops_per_image": flops, "roofline_images_per_s": roofline}
+        lead = f"{bs:5d} {flops / 1e6:9.1f} {roofline:14.0f}"
+        for loop, rates in (("trainer", ours), ("reference", ref)):
+            median, best = statistics.median(rates), max(rates)
+            row[loop] = {"median": median, "best": best, "epochs": rates}
+            row[loop] |= {"pct_roofline": 100 * median / roofline}
+            print(
+                f"{lead}   {loop:9} {median:12.0f} {best:10.0f} "
+                f"{100 * median / roofline:16.1f}% / {100 * best / roofline:4.1f}%"
+            )
+            lead = " " * len(lead)
+        row["speedup"] = row["trainer"]["median"] / row["reference"]["median"]
+        best_ratio = row["trainer"]["best"] / row["reference"]["best"]
+        print(f"{lead}   {'speed-up':9} {row['speedup']:11.2f}x {best_ratio:9.2f}x")
+        speed.append(row)
+    pct = max(row["trainer"]["pct_roofline"] for row in speed)
+    verdict = "reached" if pct >= 70 else "NOT reached"
+    print(f"\ngoal >= 70% of roofline for the default preset: {verdict} (best median {pct:.1f}%)\n")
+
+    target_train, target_val = load_splits(args.target_cap)
+    print(
+        f"seconds to validation -ELBO <= {args.target_val_loss:g} nats/image (batch "
+        f"{args.batch_size}, training split capped at {len(target_train)} images for both "
+        f"presets, {len(target_val)} validation images):"
+    )
+    budgets = {"seed": args.seed_budget_s, "default": args.default_budget_s}
+    targets = []
+    for preset in ["default"] if args.skip_seed else ["seed", "default"]:
+        row = time_to_target(
+            preset, target_train, target_val, args.batch_size, args.target_val_loss, budgets[preset]
+        )
+        targets.append(row)
+        seconds = row["seconds"]
+        outcome = f"{seconds:.1f} s" if row["reached"] else f"not reached in {seconds:.0f} s"
+        print(
+            f"  {preset:8} {row['parameters'] / 1e6:6.1f} M params: {outcome:>20}, "
+            f"{row['epochs']} epochs, {row['images_seen']} images, best val "
+            f"{row['best_val_loss']:.1f}, {row['train_images_per_s']:.0f} img/s"
+        )
+
+    if args.json:
+        figures = {"torch": torch.__version__, "threads": threads, "cpu": cpu_model()}
+        figures |= {"matmul_flops_per_s": flops_per_s, "speed": speed}
+        figures |= {"target_val_loss": args.target_val_loss, "target_cap": len(target_train)}
+        figures |= {"time_to_target": targets}
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+        print(f"\nfigures written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
