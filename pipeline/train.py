@@ -20,13 +20,15 @@ from convvae.data import load_splits
 from convvae.files import atomic_path, write_json
 from convvae.model import ConvVAE, count_parameters, resolve_architecture, save_model
 from convvae.tracking import DatasetPart, Tracker, open_tracker, provenance_tags
-from convvae.train import EpochRecord, Trainer, TrainResult
+from convvae.train import EpochRecord, Trainer, TrainResult, init_distributed
 from pipeline import layout
 
 
 def main() -> None:
     params = load_params(layout.PARAMS)
-    tracker = open_tracker(params.tracking)  # fails fast, before any training
+    group = init_distributed(params.train)  # one process per GPU or CPU worker under torchrun
+    # Only rank 0 tracks and writes; a dead server fails here, before any training.
+    tracker = open_tracker(params.tracking) if group.is_main else None
     splits = load_splits(layout.PREPARED_SPLITS)
     arch = resolve_architecture(params.model, splits.train.images.shape[1:])
     torch.manual_seed(params.train.seed)
@@ -38,9 +40,14 @@ def main() -> None:
         beta=params.model.beta,
         checkpoint_path=layout.TRAIN_CHECKPOINT,
         fingerprint={"architecture": dataclasses.asdict(arch), "data_sha256": data_sha256},
+        group=group,
     )
-    print(f"training {count_parameters(model):,} parameters on {trainer.device}")
+    if group.is_main:
+        processes = f" x {group.world_size} processes" if group.world_size > 1 else ""
+        print(f"training {count_parameters(model):,} parameters on {trainer.device}{processes}")
     result = trainer.fit(torch.from_numpy(splits.train.images), torch.from_numpy(splits.val.images))
+    if not group.is_main:
+        return
     save_model(result.model, layout.MODEL)
     write_loss_curve(result.history)
     metrics = {

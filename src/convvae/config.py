@@ -105,6 +105,8 @@ class TrainConfig:
     early_stopping_patience: int | None = 5
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # Data-parallel training under torchrun (also on whenever torchrun starts 2+ processes).
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         _check_seed(self.seed, "train.seed")

@@ -144,18 +144,25 @@ class ConvVAE(nn.Module):
 
     @staticmethod
     def reparameterize(
-        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I); a generator makes the noise reproducible."""
-        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+        """z = mu + sigma * eps, eps ~ N(0, I) drawn from ``generator``, or given as ``eps``."""
+        if eps is None:
+            eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def forward(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (logits (B, C, H, W), mu (B, D), logvar (B, D))."""
+        """Returns (logits (B, C, H, W), mu (B, D), logvar (B, D)); ``eps`` (B, D) fixes noise."""
         mu, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mu, logvar, generator)), mu, logvar
+        return self.decode(self.reparameterize(mu, logvar, generator, eps)), mu, logvar
 
 
 class Reconstructor(nn.Module):

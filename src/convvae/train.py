@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,43 @@ class TrainResult:
     resumed_from_epoch: int | None
 
 
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place among data-parallel workers (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes checkpoints, outputs and tracking; the others only train."""
+        return self.rank == 0
+
+
+def init_distributed(cfg: TrainConfig) -> ProcessGroup:
+    """Join the process group that ``torchrun`` describes in the environment.
+
+    Distributed when torchrun started several processes (WORLD_SIZE > 1) or train.distributed
+    is true; NCCL on CUDA, gloo on CPU. Without torchrun, train.distributed is a ConfigError.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1 and not cfg.distributed:
+        return ProcessGroup()
+    if "RANK" not in os.environ:
+        raise ConfigError(
+            "train.distributed is true but this process was not started by torchrun; run "
+            "`torchrun --nproc-per-node N -m pipeline.train` or set train.distributed: false"
+        )
+    group = ProcessGroup(int(os.environ["RANK"]), world_size, int(os.environ["LOCAL_RANK"]))
+    if not torch.distributed.is_initialized():
+        use_nccl = select_device(cfg.device).type == "cuda"
+        if use_nccl:
+            torch.cuda.set_device(group.local_rank)
+        torch.distributed.init_process_group("nccl" if use_nccl else "gloo")
+    return group
+
+
 def select_device(name: str) -> torch.device:
     """'auto' picks CUDA, then Apple MPS, then CPU."""
     if name == "auto":
@@ -88,17 +126,29 @@ class Trainer:
         progress: bool = True,
         fingerprint: dict | None = None,
         log: Callable[[str], None] = print,
+        group: ProcessGroup | None = None,
     ) -> None:
         """``fingerprint`` identifies the run (e.g. data hash, architecture): a checkpoint made
-        under another fingerprint or other train params is not resumed but started afresh."""
+        under another fingerprint or other train params is not resumed but started afresh.
+        With a ``group`` of several processes, each trains on its shard of every global batch
+        (train.batch_size images in all) under DistributedDataParallel; rank 0 alone writes."""
         self.cfg = cfg
         self.fingerprint = fingerprint or {}
         self.log = log
         self.beta = beta
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.progress = progress
+        self.group = group or ProcessGroup()
         self.device = select_device(cfg.device)
+        if self.device.type == "cuda" and self.group.world_size > 1:
+            self.device = torch.device("cuda", self.group.local_rank)
         self.model = model.to(self.device)
+        # Gradients are averaged across processes; the forward pass goes through the wrapper.
+        self.parallel_model = (
+            torch.nn.parallel.DistributedDataParallel(model)
+            if self.group.world_size > 1
+            else self.model
+        )
         # bf16 autocast where the hardware has fast bf16 (GPUs); fp32 elsewhere.
         self.autocast = self.device.type in ("cuda", "mps")
         optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -168,8 +218,9 @@ class Trainer:
     def _run_epoch(
         self, epoch: int, train_images: torch.Tensor, val_images: torch.Tensor
     ) -> EpochRecord:
-        self.model.train()
+        self.parallel_model.train()
         n, batch_size = len(train_images), self.cfg.batch_size
+        rank, world = self.group.rank, self.group.world_size
         steps = math.ceil(n / batch_size)
         # One gather per epoch; every batch is then a contiguous slice of uint8 memory.
         order = torch.randperm(n, generator=self.shuffle_generator).to(self.device)
@@ -181,34 +232,47 @@ class Trainer:
             desc=f"epoch {epoch}/{self.cfg.epochs}",
             unit="img",
             # None: a live bar on a terminal only; logs get the one line per epoch below.
-            disable=None if self.progress else True,
+            disable=None if self.progress and self.group.is_main else True,
             mininterval=1.0,
             leave=False,
         )
         beta = self.beta
         for step in range(steps):
-            x = to_unit_interval(shuffled[step * batch_size : (step + 1) * batch_size])
+            batch = shuffled[step * batch_size : (step + 1) * batch_size]
+            # Every process draws the whole batch's noise and keeps its shard's rows: N processes
+            # then follow the trajectory of one process with the same global batch.
+            eps = torch.randn(
+                (len(batch), self.model.arch.latent_dim),
+                device=self.device,
+                generator=self.noise_generator,
+            )
+            low, high = len(batch) * rank // world, len(batch) * (rank + 1) // world
+            x = to_unit_interval(batch[low:high])
             beta = self._kl_weight(epoch, step, steps)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-                logits, mu, logvar = self.model(x, self.noise_generator)
+                logits, mu, logvar = self.parallel_model(x, eps=eps[low:high])
             recon, kl = elbo_terms(logits, x, mu, logvar)
-            loss = (recon + beta * kl).mean()
+            per_image = recon + beta * kl
+            # The mean over the global batch; DDP averages gradients over processes, hence world.
+            loss = per_image.sum() * (world / len(batch))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
             self.optimizer.step()
-            sums += torch.stack([loss.detach() * len(x), recon.detach().sum(), kl.detach().sum()])
+            sums += torch.stack([per_image.detach().sum(), recon.detach().sum(), kl.detach().sum()])
             seen = min((step + 1) * batch_size, n)
-            bar.update(len(x))
+            bar.update(len(batch))
             # Synchronise rarely on GPUs; on CPU this check is free.
             if self.device.type == "cpu" or step % 50 == 0 or step == steps - 1:
                 self._check_finite(sums[0], epoch, step)
                 bar.set_postfix(
-                    loss=f"{sums[0].item() / seen:.2f}",
+                    loss=f"{sums[0].item() * world / seen:.2f}",
                     img_s=f"{seen / (time.perf_counter() - started):.0f}",
                     refresh=False,
                 )
+        if world > 1:
+            torch.distributed.all_reduce(sums)
         bar.close()
         seconds = time.perf_counter() - started
         train_loss, train_recon, train_kl = (sums / n).tolist()
@@ -231,7 +295,7 @@ class Trainer:
         )
         if not math.isfinite(record.val_loss):
             self._diverged(f"validation loss is {record.val_loss} after epoch {epoch}")
-        if self.progress:
+        if self.progress and self.group.is_main:
             self.log(
                 f"epoch {epoch}/{self.cfg.epochs}: train {train_loss:.2f}, "
                 f"val {record.val_loss:.2f} nats/image, {record.images_per_s:.0f} img/s"
@@ -275,7 +339,7 @@ class Trainer:
         return {"train": train, "beta": self.beta, **self.fingerprint}
 
     def _save_checkpoint(self) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not self.group.is_main:
             return
         state = {
             "format": CHECKPOINT_FORMAT,
