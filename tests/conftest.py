@@ -43,3 +43,17 @@ def trained(train_images, val_images) -> ConvVAE:
 
     trainer = Trainer(tiny_model(), quick_train_config(epochs=12, lr=3e-3), progress=False)
     return trainer.fit(train_images, val_images).model
+
+
+@pytest.fixture
+def local_tracker(tmp_path, monkeypatch):
+    """A Tracker on a fresh SQLite store under tmp_path (experiment "convvae")."""
+    import mlflow
+
+    from convvae.config import TrackingConfig
+    from convvae.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield Tracker(TrackingConfig(), root=tmp_path)
+    mlflow.set_tracking_uri(None)

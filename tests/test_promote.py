@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
 from convvae.model import save_model
 from convvae.promote import promote
 from convvae.stats import paired_bootstrap
-from convvae.tracking import Tracker
 from tests.conftest import tiny_model
 
 NAME = "convvae-unit"
@@ -32,38 +30,30 @@ def test_bootstrap_finds_a_real_improvement_and_ignores_noise():
         paired_bootstrap(champion, better[:-1])
 
 
-@pytest.fixture
-def tracker(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield Tracker(TrackingConfig(experiment="unit"), root=tmp_path)
-    mlflow.set_tracking_uri(None)
-
-
-def register(tracker, model, tmp_path, example) -> str:
+def register(local_tracker, model, tmp_path, example) -> str:
     path = tmp_path / "model.pt"
     save_model(model, path)
-    with tracker.run():
-        return tracker.log_model(model, path, example, NAME, {})
+    with local_tracker.run():
+        return local_tracker.log_model(model, path, example, NAME, {})
 
 
-def test_promotion_gate(tracker, tmp_path, trained, mnist_slice):
+def test_promotion_gate(local_tracker, tmp_path, trained, mnist_slice):
     images = torch.from_numpy(mnist_slice.test.images)
     example = images[:2].float().numpy() / 255
-    register(tracker, tiny_model(seed=5), tmp_path, example)  # v1: untrained
+    register(local_tracker, tiny_model(seed=5), tmp_path, example)  # v1: untrained
 
-    first = promote(tracker, NAME, images, "test_neg_elbo", dry_run=False)
+    first = promote(local_tracker, NAME, images, "test_neg_elbo", dry_run=False)
     assert first.promoted and first.champion is None
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
 
-    register(tracker, trained, tmp_path, example)  # v2: trained, much better
-    dry = promote(tracker, NAME, images, "test_neg_elbo", dry_run=True)
+    register(local_tracker, trained, tmp_path, example)  # v2: trained, much better
+    dry = promote(local_tracker, NAME, images, "test_neg_elbo", dry_run=True)
     assert dry.promoted and dry.comparison.significant
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"  # unchanged
     assert "gate.compared" not in client.get_model_version(NAME, "2").tags
 
-    second = promote(tracker, NAME, images, "test_neg_elbo", dry_run=False)
+    second = promote(local_tracker, NAME, images, "test_neg_elbo", dry_run=False)
     assert second.promoted and second.comparison.improvement > 10
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     tags = client.get_model_version(NAME, "2").tags
@@ -71,8 +61,8 @@ def test_promotion_gate(tracker, tmp_path, trained, mnist_slice):
     assert float(tags["gate.test_neg_elbo.p_value"]) < 0.01
     assert "gate.compared" in client.get_model_version(NAME, "1").tags
 
-    register(tracker, trained, tmp_path, example)  # v3: the same weights again
-    third = promote(tracker, NAME, images, "test_neg_elbo", dry_run=False)
+    register(local_tracker, trained, tmp_path, example)  # v3: the same weights again
+    third = promote(local_tracker, NAME, images, "test_neg_elbo", dry_run=False)
     assert not third.promoted and "not better than noise" in third.reason
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "3"
@@ -80,8 +70,8 @@ def test_promotion_gate(tracker, tmp_path, trained, mnist_slice):
     assert len([k for k in history if k.startswith("champion.history.")]) >= 1
 
 
-def test_unknown_model_lists_what_exists(tracker, tmp_path, mnist_slice):
+def test_unknown_model_lists_what_exists(local_tracker, tmp_path, mnist_slice):
     images = torch.from_numpy(mnist_slice.test.images)
-    register(tracker, tiny_model(), tmp_path, images[:2].float().numpy() / 255)
+    register(local_tracker, tiny_model(), tmp_path, images[:2].float().numpy() / 255)
     with pytest.raises(TrackingError, match=f"registered models: {NAME}"):
-        promote(tracker, "convvae-nope", images, "test_neg_elbo", dry_run=True)
+        promote(local_tracker, "convvae-nope", images, "test_neg_elbo", dry_run=True)

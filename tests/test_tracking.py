@@ -67,23 +67,21 @@ def test_unreachable_server_is_a_quick_clear_error():
     assert uri in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.fixture
-def tracker(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield Tracker(TrackingConfig(experiment="unit"), root=tmp_path)
-    mlflow.set_tracking_uri(None)
-
-
-def test_history_params_and_model_are_logged_and_served(tracker, tmp_path, val_images, trained):
+def test_history_params_and_model_are_logged_and_served(
+    local_tracker, tmp_path, val_images, trained
+):
     model = trained
     model_file = tmp_path / "model.pt"
     save_model(model, model_file)
     example = val_images[:4].float().numpy() / 255
-    with tracker.run() as run_id:
-        tracker.log_params({"train": {"lr": 0.001}})
-        tracker.log_history([{"epoch": 1, "val_loss": 200.0}, {"epoch": 2, "val_loss": 150.0}])
-        version = tracker.log_model(model, model_file, example, "convvae-unit", {"test_x": "1"})
+    with local_tracker.run() as run_id:
+        local_tracker.log_params({"train": {"lr": 0.001}})
+        local_tracker.log_history(
+            [{"epoch": 1, "val_loss": 200.0}, {"epoch": 2, "val_loss": 150.0}]
+        )
+        version = local_tracker.log_model(
+            model, model_file, example, "convvae-unit", {"test_x": "1"}
+        )
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     assert run.data.params == {"train.lr": "0.001"}
@@ -108,19 +106,19 @@ def test_history_params_and_model_are_logged_and_served(tracker, tmp_path, val_i
         served.predict(np.zeros((2, 1, 32, 32), dtype=np.float32))
 
 
-def test_continuing_a_run_that_the_store_lacks(tracker):
-    assert not tracker.run_exists("0" * 32)
-    with tracker.run() as run_id:
+def test_continuing_a_run_that_the_store_lacks(local_tracker):
+    assert not local_tracker.run_exists("0" * 32)
+    with local_tracker.run() as run_id:
         pass
-    assert tracker.run_exists(run_id)
+    assert local_tracker.run_exists(run_id)
 
 
-def test_pytorch_flavour_reconstructs(tracker, tmp_path, val_images):
+def test_pytorch_flavour_reconstructs(local_tracker, tmp_path, val_images):
     model = tiny_model()
     save_model(model, tmp_path / "m.pt")
     example = val_images[:2].float().numpy() / 255
-    with tracker.run():
-        tracker.log_model(model, tmp_path / "m.pt", example, None, {})
+    with local_tracker.run():
+        local_tracker.log_model(model, tmp_path / "m.pt", example, None, {})
     logged = mlflow.search_logged_models(output_format="list")
     torch_model = next(m for m in logged if m.name == "convvae-pytorch")
     loaded = mlflow.pytorch.load_model(torch_model.model_uri)

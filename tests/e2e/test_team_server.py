@@ -10,15 +10,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
-import urllib.request
 
 import mlflow
 import numpy as np
 import pytest
 
 from tests.e2e.project import BIN, REPO, make_project, run
-from tests.e2e.test_serving import free_port
+from tests.e2e.servers import free_port, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -45,36 +43,17 @@ def postgres_uri():
 @pytest.fixture(scope="module")
 def tracking_server(postgres_uri, tmp_path_factory):
     port = free_port()
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    log_path = tmp_path_factory.mktemp("logs") / "server.log"
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "BACKEND_STORE_URI": postgres_uri,
-        "ARTIFACTS_DESTINATION": artifacts.as_uri(),
+        "ARTIFACTS_DESTINATION": tmp_path_factory.mktemp("artifacts").as_uri(),
         "PORT": str(port),
     }
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [str(REPO / "deploy/mlflow-server.sh")],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-            break
-        except OSError:
-            assert server.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
-            time.sleep(1)
-    yield uri
-    os.killpg(server.pid, 15)
-    server.wait(timeout=30)
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    with running_server([str(REPO / "deploy/mlflow-server.sh")], f"{uri}/health", log, env):
+        yield uri
 
 
 def test_pipeline_registry_and_promotion_through_the_server(tracking_server, tmp_path):

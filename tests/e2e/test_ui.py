@@ -3,22 +3,17 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import pytest
 from PIL import Image
 
-from convvae.config import TrackingConfig
 from convvae.model import save_model
-from convvae.tracking import Tracker
-from tests.e2e.test_serving import free_port
+from tests.e2e.servers import free_port, running_server
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -43,10 +38,8 @@ def get(url: str, payload: dict | None = None) -> dict:
 
 
 @pytest.fixture
-def store_with_runs(tmp_path, monkeypatch, trained, mnist_slice):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracker = Tracker(TrackingConfig(experiment="convvae"), root=tmp_path)
+def store_with_runs(local_tracker, tmp_path, trained, mnist_slice):
+    tracker = local_tracker
     save_model(trained, tmp_path / "model.pt")
     example = mnist_slice.test.images[:2].astype("float32") / 255
     for name, lr, loss in (("lr-0.001", 0.001, 130.0), ("lr-0.003", 0.003, 120.0)):
@@ -58,42 +51,17 @@ def store_with_runs(tmp_path, monkeypatch, trained, mnist_slice):
             tracker.log_metrics({"test_neg_elbo": loss})
     with tracker.run(run_name="registered"):
         tracker.log_model(trained, tmp_path / "model.pt", example, "convvae-ui", {})
-    mlflow.set_tracking_uri(None)
     return tracker.uri
 
 
 @pytest.fixture
 def ui(store_with_runs, tmp_path):
     port = free_port()
-    log = (tmp_path / "ui.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "ui",
-            "--backend-store-uri",
-            store_with_runs,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    cmd = [str(BIN / "mlflow"), "ui", "--backend-store-uri", store_with_runs]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=2).close()
-            break
-        except OSError:
-            assert server.poll() is None, (tmp_path / "ui.log").read_text()
-            assert time.monotonic() < deadline, "mlflow ui did not start in 90 s"
-            time.sleep(1)
-    yield base
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    with running_server(cmd, f"{base}/health", tmp_path / "ui.log"):
+        yield base
 
 
 def test_rest_api_and_run_table(ui, tmp_path):
