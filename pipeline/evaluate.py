@@ -1,17 +1,21 @@
-"""DVC stage `evaluate`: test-set likelihood (negative ELBO, IWAE) and figures.
+"""DVC stage `evaluate`: test-set likelihood (negative ELBO, IWAE) and figures, and the other
+uses measured on the test split: sample quality, rate-distortion, imputation (metrics/uses.json).
 
 Logs into the MLflow run that `train` opened, then logs the model and registers it as a version
 of convvae-<data.source>, tagged with its test metrics.
 """
 
+import csv
 import json
 import time
+from pathlib import Path
 
 import torch
 
 from convvae.cli import run_stage
-from convvae.config import load_params
-from convvae.data import load_splits
+from convvae.compress import rate_distortion, save_rate_distortion_plot
+from convvae.config import EvaluateConfig, load_params
+from convvae.data import Splits, load_splits
 from convvae.evaluate import (
     per_image_iwae_nll,
     per_image_neg_elbo,
@@ -19,9 +23,12 @@ from convvae.evaluate import (
     save_reconstruction_grid,
     save_sample_grid,
 )
-from convvae.files import write_json
-from convvae.model import load_model, resolve_architecture
-from convvae.tracking import open_tracker, registered_model_name
+from convvae.files import atomic_path, write_json
+from convvae.generate import image_grid, interpolate, sample_quality
+from convvae.images import save_png
+from convvae.impute import imputation_benchmark, save_imputation_grid
+from convvae.model import ConvVAE, load_model, resolve_architecture
+from convvae.tracking import flatten, open_tracker, registered_model_name
 from convvae.train import to_unit_interval
 from pipeline import layout
 
@@ -50,6 +57,7 @@ def main() -> None:
     save_reconstruction_grid(model, test_images[: cfg.grid_images], plots / "reconstructions.png")
     class_names = json.loads(layout.MANIFEST.read_text())["class_names"]
     save_latent_plot(model, test_images, splits.test.labels, class_names, plots / "latent.png")
+    uses = measure_uses(model, splits, cfg, plots)
 
     run_id = json.loads(layout.MLFLOW_RUN.read_text())["run_id"]
     if tracker is not None and run_id is not None:
@@ -57,6 +65,7 @@ def main() -> None:
         with tracker.run(run_id=run_id):
             print(f"logging to MLflow run {run_id} (opened by train)")
             tracker.log_metrics(metrics)
+            tracker.log_metrics(flatten(uses))
             tracker.log_artifacts([plots], "evaluate")
             name = (
                 registered_model_name(params.data.source)
@@ -74,11 +83,55 @@ def main() -> None:
         if version is not None:
             print(f"registered {name} version {version}")
         metrics["mlflow_run_id"] = run_id
+        uses["mlflow_run_id"] = run_id
     write_json(metrics, layout.EVALUATE_METRICS)
+    write_json(uses, layout.USES_METRICS)
     print(
         f"test -ELBO {metrics['test_neg_elbo']:.2f}, IWAE NLL (k={cfg.iwae_samples}) "
         f"{metrics['test_iwae_nll']:.2f} nats/image"
     )
+    generation = uses["generation"]
+    print(
+        f"samples: Fréchet distance {generation['frechet_distance_samples']:.2f} "
+        f"(real-image floor {generation['frechet_distance_real_floor']:.2f}); "
+        f"imputation MSE, center mask: {uses['imputation']['center']['vae_mse']:.4f} "
+        f"(training mean {uses['imputation']['center']['train_mean_mse']:.4f})"
+    )
+
+
+def measure_uses(model: ConvVAE, splits: Splits, cfg: EvaluateConfig, plots: Path) -> dict:
+    """Generation, compression and imputation on the test split; writes their figures."""
+    train = torch.from_numpy(splits.train.images)
+    test = torch.from_numpy(splits.test.images)
+    generation = sample_quality(
+        model,
+        (train, splits.train.labels),
+        (test, splits.test.labels),
+        cfg.classifier_epochs,
+        cfg.seed,
+    )
+    walks = [interpolate(model, test[i], test[i + 1], 10) for i in range(0, 8, 2)]
+    save_png(image_grid(torch.cat(walks), nrow=10), plots / "interpolation.png")
+
+    rows = rate_distortion(model, test, cfg.jpeg_qualities)
+    with atomic_path(layout.RATE_DISTORTION) as tmp, tmp.open("w", newline="") as file:
+        columns = ["method", "bytes_per_image", "psnr_db", "mse", "bce_nats"]
+        writer = csv.DictWriter(file, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    save_rate_distortion_plot(rows, plots / "rate_distortion.png")
+    compression = {
+        "rate": "bytes of the code array per image; PNG/JPEG: file bytes per image",
+        "lossless": "png (psnr_db null)",
+        **{row["method"]: {k: v for k, v in row.items() if k != "method"} for row in rows},
+    }
+
+    imputation, figure = imputation_benchmark(
+        model, train, test, iterations=cfg.imputation_iterations, seed=cfg.seed
+    )
+    save_imputation_grid(*figure, plots / "imputation.png")
+    imputation["iterations"] = cfg.imputation_iterations
+    return {"generation": generation, "compression": compression, "imputation": imputation}
 
 
 if __name__ == "__main__":

@@ -16,3 +16,14 @@ EVALUATE_PLOTS = Path("plots/evaluate")
 MLFLOW_RUN = Path("models/mlflow_run.json")
 # Beside the checkpoint: the run to continue when an interrupted train stage is re-run.
 TRAIN_CHECKPOINT_RUN = Path("checkpoints/train.mlflow_run")
+# Generation, compression and imputation measured on the test split (README: the other uses).
+USES_METRICS = Path("metrics/uses.json")
+RATE_DISTORTION = EVALUATE_PLOTS / "rate_distortion.csv"
+# The one-class anomaly benchmark: per normal class c, then the report over all classes.
+ANOMALY_MODELS = Path("models/anomaly")  # class_<c>/model.pt and class_<c>/threshold.json
+BENCHMARK_METRICS = Path("metrics/benchmark")  # class_<c>.json
+BENCHMARK_PLOTS = Path("plots/benchmark")  # roc_class_<c>.json
+BENCHMARK_SUMMARY = Path("metrics/benchmark_summary.json")
+ANOMALY_REPORT = Path("reports/anomaly.md")
+ANOMALY_ROC_PNG = Path("reports/anomaly_roc.png")
+THRESHOLD_FILE = "threshold.json"  # beside each anomaly model.pt; read by `convvae score`

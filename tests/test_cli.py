@@ -72,7 +72,7 @@ def test_check_params_good_file_prints_json_that_round_trips(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     printed = json.loads(result.stdout)
-    assert set(printed) == {"data", "model", "train", "evaluate", "tracking"}
+    assert set(printed) == {"data", "model", "train", "evaluate", "tracking", "benchmark"}
     assert printed["train"]["lr"] == 0.001
     assert printed["train"]["epochs"] == 3
     assert printed["model"]["channels"] == [8, 16]

@@ -72,6 +72,180 @@ def _promote(args: argparse.Namespace) -> None:
     print(f"{prefix}{verdict}: v{decision.challenger}: {decision.reason}")
 
 
+def _image_shape(model) -> tuple[int, int, int]:
+    """(C, H, W) of the images a ConvVAE takes."""
+    arch = model.arch
+    return (arch.image_channels, arch.image_size, arch.image_size)
+
+
+def _write_images(images, out: str) -> None:
+    """[0, 1] float (N, C, H, W) → a grid PNG, or a float32 .npy when ``out`` ends in .npy."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from convvae.errors import ConfigError
+    from convvae.files import atomic_path
+    from convvae.generate import image_grid
+    from convvae.images import save_png
+
+    suffix = Path(out).suffix.lower()
+    if suffix == ".npy":
+        with atomic_path(out) as tmp, tmp.open("wb") as file:
+            np.save(file, images.numpy().astype(np.float32))
+    elif suffix == ".png":
+        save_png(image_grid(images), out)
+    else:
+        raise ConfigError(f"--out {out}: write .png (a grid) or .npy (float pixels in [0, 1])")
+
+
+def _write_png_folder(images, names: list[str], folder: str) -> None:
+    """uint8 (N, C, H, W) as one PNG per name in ``folder`` (array names like a.npz[3] are
+    written a.npz_3.png)."""
+    import re
+    from pathlib import Path
+
+    from convvae.images import save_png
+
+    for image, name in zip(images, names, strict=True):
+        if not name.lower().endswith(".png"):
+            name = re.sub(r"[^\w.-]+", "_", name).strip("_") + ".png"
+        save_png(image, Path(folder) / name)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from convvae.errors import ConfigError
+    from convvae.evaluate import sample_images
+    from convvae.modelref import load_model_ref
+
+    if args.n < 1 or args.temperature <= 0:
+        raise ConfigError("--n must be >= 1 and --temperature > 0")
+    model = load_model_ref(args.model)
+    _write_images(sample_images(model, args.n, args.seed, args.temperature), args.out)
+    print(f"{args.n} samples (temperature {args.temperature}, seed {args.seed}) → {args.out}")
+
+
+def _interpolate(args: argparse.Namespace) -> None:
+    import torch
+
+    from convvae.errors import ConfigError
+    from convvae.generate import interpolate
+    from convvae.images import load_images
+    from convvae.modelref import load_model_ref
+
+    if args.steps < 2:
+        raise ConfigError("--steps must be >= 2")
+    model = load_model_ref(args.model)
+    ends = []
+    for path, index, option in (
+        (args.a, args.index_a, "--index-a"),
+        (args.b, args.index_b, "--index-b"),
+    ):
+        batch = load_images(path, _image_shape(model))
+        if not 0 <= index < len(batch.images):
+            raise ConfigError(f"{option} {index}: {path} holds {len(batch.images)} image(s)")
+        ends.append(torch.tensor(batch.images[index]))
+    _write_images(interpolate(model, *ends, args.steps), args.out)
+    print(f"latent walk of {args.steps} steps → {args.out}")
+
+
+def _encode(args: argparse.Namespace) -> None:
+    import torch
+
+    from convvae.compress import encode, save_codes
+    from convvae.images import load_images
+    from convvae.modelref import load_model_ref
+
+    model = load_model_ref(args.model)
+    batch = load_images(args.images, _image_shape(model))
+    codes = encode(model, torch.from_numpy(batch.images), args.precision)
+    save_codes(codes, batch.names, model.arch, args.out)
+    print(
+        f"{len(batch.names)} images → {args.out}: {codes.bytes_per_image():g} bytes of code per "
+        f"image ({args.precision})"
+    )
+
+
+def _decode(args: argparse.Namespace) -> None:
+    from convvae.compress import decode, load_codes
+    from convvae.errors import DataError
+    from convvae.generate import to_uint8
+    from convvae.modelref import load_model_ref
+
+    model = load_model_ref(args.model)
+    if not os.path.isfile(args.codes):
+        raise DataError(f"{args.codes}: no such file; pass an .npz written by `convvae encode`")
+    codes, names = load_codes(args.codes, model.arch)
+    _write_png_folder(to_uint8(decode(model, codes)), names, args.out)
+    print(f"{len(names)} images ({codes.precision} codes) → {args.out}/")
+
+
+def _impute(args: argparse.Namespace) -> None:
+    import torch
+
+    from convvae.data import load_splits
+    from convvae.errors import ConfigError
+    from convvae.generate import to_uint8
+    from convvae.images import load_images
+    from convvae.impute import impute, make_mask, mean_fill
+    from convvae.modelref import load_model_ref
+
+    if args.iterations < 1:
+        raise ConfigError("--iterations must be >= 1")
+    model = load_model_ref(args.model)
+    shape = _image_shape(model)
+    batch = load_images(args.images, shape)
+    missing = make_mask(args.mask, len(batch.images), shape, args.seed)
+    fill = mean_fill(torch.from_numpy(load_splits(args.data).train.images))
+    if fill.shape != shape:
+        raise ConfigError(f"--data {args.data}: images of shape {tuple(fill.shape)}, not {shape}")
+    filled = impute(model, torch.from_numpy(batch.images), missing, fill, args.iterations)
+    _write_png_folder(to_uint8(filled), batch.names, args.out)
+    print(
+        f"{len(batch.names)} images, {missing.float().mean().item():.0%} of pixels imputed "
+        f"→ {args.out}/"
+    )
+
+
+def _score(args: argparse.Namespace) -> None:
+    import csv
+    import io
+    from pathlib import Path
+
+    from convvae.anomaly import all_scores, read_threshold
+    from convvae.errors import ConfigError
+    from convvae.files import atomic_path
+    from convvae.images import load_images
+    from convvae.model import load_model
+
+    if args.model.startswith("models:/"):
+        raise ConfigError(
+            f"--model {args.model}: score needs a local model file with its threshold.json "
+            "beside it, e.g. models/anomaly/class_3/model.pt"
+        )
+    model = load_model(args.model)
+    stored = read_threshold(Path(args.model).with_name("threshold.json"))
+    batch = load_images(args.images, _image_shape(model))
+    scores = all_scores(model, batch.images, stored.iwae_samples, stored.noise_seed)[stored.score]
+    flagged = scores > stored.threshold
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["file", "score", "is_anomaly"])
+    writer.writerows(
+        (name, f"{score:.4f}", int(flag))
+        for name, score, flag in zip(batch.names, scores, flagged, strict=True)
+    )
+    if args.out is None:
+        print(table.getvalue(), end="")
+        return
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(table.getvalue())
+    print(
+        f"{len(scores)} images scored ({stored.score}, threshold {stored.threshold:.2f}, normal "
+        f"class {stored.normal_class}): {int(flagged.sum())} anomalous → {args.out}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `convvae` (subcommands call into the library)."""
     parser = argparse.ArgumentParser(prog="convvae", description=__doc__)
@@ -103,6 +277,66 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default="data/prepared/splits.npz", help="held-out images (the test split)"
     )
     promote.set_defaults(action=_promote)
+    model_help = "a model file (models/model.pt), models:/NAME@alias or models:/NAME/VERSION"
+    generate = commands.add_parser(
+        "generate", help="sample images from the prior (grid PNG or .npy)", parents=[common]
+    )
+    generate.add_argument("--model", required=True, help=model_help)
+    generate.add_argument("--n", type=int, default=64, help="number of samples")
+    generate.add_argument("--out", required=True, help=".png grid or .npy float pixels")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--temperature", type=float, default=1.0, help="prior std multiplier")
+    generate.set_defaults(action=_generate)
+    walk = commands.add_parser(
+        "interpolate", help="latent walk between two images", parents=[common]
+    )
+    walk.add_argument("--model", required=True, help=model_help)
+    walk.add_argument("a", help="start: a PNG, .npy or .npz (pick an image with --index-a)")
+    walk.add_argument("b", help="end: a PNG, .npy or .npz (pick an image with --index-b)")
+    walk.add_argument("--index-a", type=int, default=0)
+    walk.add_argument("--index-b", type=int, default=0)
+    walk.add_argument("--steps", type=int, default=10)
+    walk.add_argument("--out", required=True, help=".png row or .npy float pixels")
+    walk.set_defaults(action=_interpolate)
+    encode = commands.add_parser(
+        "encode", help="compress images to latent codes (.npz)", parents=[common]
+    )
+    encode.add_argument("--model", required=True, help=model_help)
+    encode.add_argument("images", help="a folder of PNGs, a PNG, an .npy or .npz")
+    encode.add_argument("--out", required=True, help="the code file, .npz")
+    encode.add_argument("--precision", choices=["float16", "float32", "int8"], default="float16")
+    encode.set_defaults(action=_encode)
+    decode = commands.add_parser("decode", help="decode latent codes to PNGs", parents=[common])
+    decode.add_argument("--model", required=True, help=model_help)
+    decode.add_argument("codes", help="an .npz written by `convvae encode`")
+    decode.add_argument("--out", required=True, help="folder for the PNGs")
+    decode.set_defaults(action=_decode)
+    imputer = commands.add_parser("impute", help="fill missing pixels of images", parents=[common])
+    imputer.add_argument("--model", required=True, help=model_help)
+    imputer.add_argument("images", help="a folder of PNGs, a PNG, an .npy or .npz")
+    imputer.add_argument(
+        "--mask", required=True, help="center | left-half | random:P | MASK.png (white = missing)"
+    )
+    imputer.add_argument("--out", required=True, help="folder for the imputed PNGs")
+    imputer.add_argument("--iterations", type=int, default=5, help="encode → decode rounds")
+    imputer.add_argument("--seed", type=int, default=0, help="for random:P masks")
+    imputer.add_argument(
+        "--data",
+        default="data/prepared/splits.npz",
+        help="its training split's mean starts the gaps",
+    )
+    imputer.set_defaults(action=_impute)
+    scorer = commands.add_parser(
+        "score", help="anomaly scores of images under a one-class model", parents=[common]
+    )
+    scorer.add_argument(
+        "--model",
+        required=True,
+        help="a benchmark model file, e.g. models/anomaly/class_3/model.pt (threshold.json beside)",
+    )
+    scorer.add_argument("images", help="a folder of PNGs, a PNG, an .npy or .npz")
+    scorer.add_argument("--out", help="CSV file (file, score, is_anomaly); default: stdout")
+    scorer.set_defaults(action=_score)
     return parser
 
 

@@ -137,12 +137,25 @@ class EvaluateConfig:
     # Images in the sample and reconstruction grids.
     grid_images: int = 64
     seed: int = 0
+    # Epochs of the small CNN whose features the Fréchet distance of samples is measured in.
+    classifier_epochs: int = 3
+    # JPEG qualities on the rate-distortion curve, beside the latent codes and PNG.
+    jpeg_qualities: list[int] = field(default_factory=lambda: [10, 25, 50, 75, 95])
+    # Encode → decode rounds of the fixed-point imputation.
+    imputation_iterations: int = 5
 
     def __post_init__(self) -> None:
         _check_seed(self.seed, "evaluate.seed")
         _check(self.iwae_samples >= 1, "evaluate.iwae_samples", "must be >= 1")
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
         _check(1 <= self.grid_images <= 1024, "evaluate.grid_images", "must be between 1 and 1024")
+        _check(self.classifier_epochs >= 1, "evaluate.classifier_epochs", "must be >= 1")
+        _check(
+            len(self.jpeg_qualities) > 0 and all(1 <= q <= 95 for q in self.jpeg_qualities),
+            "evaluate.jpeg_qualities",
+            "must be a non-empty list of integers between 1 and 95",
+        )
+        _check(self.imputation_iterations >= 1, "evaluate.imputation_iterations", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,61 @@ class TrackingConfig:
         _check(1 <= self.timeout_s <= 30, "tracking.timeout_s", "must be between 1 and 30")
 
 
+AnomalyScore = Literal["recon_bce", "neg_elbo", "iwae_nll", "complexity"]
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """The one-class anomaly benchmark: one model per normal class, trained on that class only."""
+
+    # The normal classes to run (one DVC matrix stage each); every class of the source by default.
+    classes: list[int] = field(default_factory=lambda: list(range(10)))
+    # Models per class, with seeds 0..seeds-1; metrics are the mean over seeds.
+    seeds: int = 1
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    early_stopping_patience: int | None = 5
+    # Importance samples per image for the IWAE bound and the k-sample negative ELBO.
+    iwae_samples: int = 32
+    bootstrap_resamples: int = 1000
+    # The threshold is this quantile of the normal class's validation scores.
+    threshold_quantile: float = 0.95
+    # The score that `convvae score` thresholds.
+    score: AnomalyScore = "iwae_nll"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # Register each class's model as convvae-anomaly-<data.source>-class-<c> in MLflow.
+    register_models: bool = False
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.classes) > 0 and all(0 <= c <= 9 for c in self.classes),
+            "benchmark.classes",
+            "must be a non-empty list of class labels 0..9",
+        )
+        _check(len(set(self.classes)) == len(self.classes), "benchmark.classes", "has duplicates")
+        _check(1 <= self.seeds <= 10, "benchmark.seeds", "must be between 1 and 10")
+        _check(self.epochs >= 1, "benchmark.epochs", "must be >= 1")
+        _check(self.batch_size >= 2, "benchmark.batch_size", "must be >= 2")
+        _check(0 < self.lr < 1, "benchmark.lr", "must be between 0 and 1")
+        _check(
+            self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+            "benchmark.early_stopping_patience",
+            "must be >= 1 or null",
+        )
+        _check(self.iwae_samples >= 1, "benchmark.iwae_samples", "must be >= 1")
+        _check(
+            self.bootstrap_resamples >= 100,
+            "benchmark.bootstrap_resamples",
+            "must be >= 100",
+        )
+        _check(
+            0.5 <= self.threshold_quantile < 1,
+            "benchmark.threshold_quantile",
+            "must be in [0.5, 1)",
+        )
+
+
 @dataclass(frozen=True)
 class Params:
     """All of params.yaml."""
@@ -172,6 +240,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for logging and checkpoints)."""

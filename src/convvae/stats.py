@@ -1,7 +1,8 @@
-"""Paired comparisons of two models on the same held-out images."""
+"""Bootstrap statistics: paired comparisons of two models, intervals of a metric."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,3 +73,37 @@ def paired_bootstrap(
 
 def _chunks(total: int, size: int) -> list[int]:
     return [min(size, total - start) for start in range(0, total, size)]
+
+
+def bootstrap_ci(
+    metric_fn: Callable[[np.ndarray, np.ndarray], float],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric_fn(labels, scores)`` over resampled rows.
+
+    labels: (N,) class labels; scores: (N,) or (N, S), rows paired with labels. Rows are drawn
+    with replacement within each label (a stratified bootstrap), so every resample keeps the
+    class counts and a ranking metric such as ROC-AUC is always defined. Returns (low, high).
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores)
+    if labels.ndim != 1 or len(scores) != len(labels) or len(labels) < 2:
+        raise ValueError(
+            f"need labels (N,) and scores (N, ...) with N >= 2, got {labels.shape} and "
+            f"{scores.shape}"
+        )
+    if n_resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"need n_resamples >= 1 and 0 < level < 1, got {n_resamples}, {level}")
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(labels == value) for value in np.unique(labels)]
+    values = np.empty(n_resamples)
+    for i in range(n_resamples):
+        rows = np.concatenate([rng.choice(group, len(group)) for group in groups])
+        values[i] = metric_fn(labels[rows], scores[rows])
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)

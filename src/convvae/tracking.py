@@ -108,8 +108,11 @@ def _dvc_lock_hashes(root: Path) -> dict[str, str]:
     if not lock.is_file():
         return {}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    # Matrix stages are named `stage@value`; MLflow tag keys refuse '@'.
     return {
-        f"dvc.lock.{name}": hashlib.sha256(yaml.safe_dump(entry).encode()).hexdigest()[:12]
+        f"dvc.lock.{name.replace('@', ':')}": hashlib.sha256(
+            yaml.safe_dump(entry).encode()
+        ).hexdigest()[:12]
         for name, entry in stages.items()
     }
 
@@ -346,3 +349,52 @@ def _pip_requirements() -> list[str]:
 def open_tracker(cfg: TrackingConfig) -> Tracker | None:
     """A Tracker, or None when tracking.enabled is false."""
     return Tracker(cfg) if cfg.enabled else None
+
+
+def download_model_file(uri: str, cfg: TrackingConfig) -> Path:
+    """Local path of the weights of ``models:/NAME@alias`` or ``models:/NAME/VERSION``."""
+    tracker = Tracker(cfg)
+    with tracker._errors(f"download {uri}"):
+        folder = Path(tracker._mlflow.artifacts.download_artifacts(uri))
+    return folder / "data" / "model.pt"
+
+
+# --- the one-class anomaly benchmark: a parent run, a nested run per normal class ---------
+
+BENCHMARK_KEY_TAG = "benchmark.key"
+
+
+def anomaly_model_name(data_source: str, normal_class: int) -> str:
+    """Registered name of one class's anomaly model, e.g. convvae-anomaly-mnist-5k-class-3."""
+    return f"convvae-anomaly-{data_source}-class-{normal_class}"
+
+
+def benchmark_parent_run(tracker: Tracker, key: str, run_name: str, tags: Mapping[str, str]) -> str:
+    """Id of the benchmark's parent run, the newest tagged ``benchmark.key = key``; created if
+    none. Every class stage of one benchmark (same params and data) finds the same parent."""
+    with tracker._errors("find the benchmark's parent run"):
+        experiment = tracker.client.get_experiment_by_name(tracker.cfg.experiment)
+        found = tracker.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{BENCHMARK_KEY_TAG}` = '{key}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found:
+            return found[0].info.run_id
+        run = tracker.client.create_run(
+            experiment.experiment_id, run_name=run_name, tags={BENCHMARK_KEY_TAG: key, **tags}
+        )
+        tracker.client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
+
+@contextmanager
+def nested_run(tracker: Tracker, parent_run_id: str, run_name: str) -> Iterator[str]:
+    """A new run nested under ``parent_run_id``; yields its id."""
+    with tracker._errors("start the nested run"):
+        active = tracker._mlflow.start_run(
+            run_name=run_name, parent_run_id=parent_run_id, nested=True
+        )
+    with active, tracker._errors("log to the nested run"):
+        yield active.info.run_id

@@ -1,0 +1,71 @@
+"""`dvc repro benchmark_report` on a copy of the repository: two classes, a tiny slice."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from tests.e2e.project import BIN, make_project, run
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = make_project(tmp_path_factory.mktemp("benchmark"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["benchmark"].update(
+        classes=[0, 1], epochs=2, iwae_samples=4, bootstrap_resamples=100, device="cpu"
+    )
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def test_repro_runs_one_stage_per_class_then_the_report(project):
+    first = run([str(BIN / "dvc"), "repro", "benchmark_report"], project)
+    for stage in ("prepare", "benchmark@0", "benchmark@1", "benchmark_report"):
+        assert f"Running stage '{stage}'" in first.stdout
+    assert "Running stage 'train'" not in first.stdout  # the benchmark trains its own models
+    assert "benchmark@2" not in first.stdout  # the matrix follows benchmark.classes
+
+    for normal_class in (0, 1):
+        metrics = json.loads((project / f"metrics/benchmark/class_{normal_class}.json").read_text())
+        assert metrics["normal_class"] == normal_class and metrics["test_images"] == 200
+        for score in ("recon_bce", "neg_elbo", "iwae_nll", "complexity"):
+            values = metrics["scores"][score]
+            assert values["roc_auc_ci_low"] <= values["roc_auc"] <= values["roc_auc_ci_high"]
+        threshold = json.loads(
+            (project / f"models/anomaly/class_{normal_class}/threshold.json").read_text()
+        )
+        assert threshold["score"] == "iwae_nll" and threshold["normal_class"] == normal_class
+        roc = json.loads((project / f"plots/benchmark/roc_class_{normal_class}.json").read_text())
+        assert roc[0] == {"fpr": 0.0, "tpr": 0.0}
+
+    summary = json.loads((project / "metrics/benchmark_summary.json").read_text())
+    assert summary["classes"] == 2 and 0 <= summary["iwae_nll.roc_auc_mean"] <= 1
+    report = (project / "reports/anomaly.md").read_text()
+    assert "| IWAE NLL |" in report and "Different protocol" in report
+    assert "Capped data" in report and "quoted: AGAD, Table 1" in report
+    assert (project / "reports/anomaly_roc.png").stat().st_size > 0
+
+    client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
+    assert client.get_experiment_by_name("convvae") is None  # not among the training runs
+    experiment = client.get_experiment_by_name("convvae-anomaly")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "benchmark.key" in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and sorted(r.data.tags["normal_class"] for r in children) == ["0", "1"]
+    assert "iwae_nll.roc_auc_mean" in parents[0].data.metrics
+
+    second = run([str(BIN / "dvc"), "repro", "benchmark_report"], project)
+    assert "Running stage" not in second.stdout
+
+
+def test_one_class_reruns_alone(project):
+    again = run([str(BIN / "dvc"), "repro", "-f", "-s", "benchmark@1"], project)
+    assert "Running stage 'benchmark@1'" in again.stdout
+    assert "benchmark@0" not in again.stdout
+    status = run([str(BIN / "dvc"), "status", "benchmark_report"], project).stdout
+    assert "benchmark_report" in status  # the report is stale until it is reproduced

@@ -1,0 +1,81 @@
+"""`convvae score`: PNGs or an array → a CSV of scores, flagged at the stored threshold."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convvae.anomaly import all_scores
+from convvae.images import save_png
+from convvae.model import save_model
+from tests.test_cli import assert_one_line_error, convvae
+
+
+@pytest.fixture(scope="module")
+def one_class_model(trained, mnist_slice, tmp_path_factory) -> Path:
+    """The trained tiny model as the benchmark stores it: model.pt with threshold.json beside."""
+    folder = tmp_path_factory.mktemp("anomaly") / "class_3"
+    save_model(trained, folder / "model.pt")
+    scores = all_scores(trained, mnist_slice.val.images, k=4, seed=0)["neg_elbo"]
+    threshold = {
+        "score": "neg_elbo",
+        "threshold": float(np.median(scores)),
+        "iwae_samples": 4,
+        "noise_seed": 0,
+        "normal_class": 3,
+    }
+    (folder / "threshold.json").write_text(json.dumps(threshold))
+    return folder / "model.pt"
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_scores_a_png_folder_and_flags_above_the_threshold(one_class_model, mnist_slice, tmp_path):
+    images = mnist_slice.test.images[:6]
+    folder = tmp_path / "pngs"
+    for i, image in enumerate(images):
+        save_png(image, folder / f"digit_{i}.png")
+    out = tmp_path / "scores.csv"
+    result = convvae("score", "--model", str(one_class_model), str(folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "6 images scored (neg_elbo" in result.stdout
+    rows = read_rows(out)
+    assert [row["file"] for row in rows] == [f"digit_{i}.png" for i in range(6)]
+    threshold = json.loads(one_class_model.with_name("threshold.json").read_text())["threshold"]
+    for row in rows:
+        assert row["is_anomaly"] == str(int(float(row["score"]) > threshold))
+    # The same images as an array give the same scores (no dependence on the batch or format).
+    np.save(tmp_path / "digits.npy", images)
+    again = convvae("score", "--model", str(one_class_model), str(tmp_path / "digits.npy"))
+    assert again.returncode == 0, again.stderr
+    array_rows = list(csv.DictReader(again.stdout.splitlines()))
+    assert [row["score"] for row in array_rows] == [row["score"] for row in rows]
+    assert array_rows[0]["file"] == "digits.npy[0]"
+
+
+def test_a_model_without_threshold_file_is_one_line(one_class_model, tmp_path):
+    lonely = tmp_path / "model.pt"
+    lonely.write_bytes(one_class_model.read_bytes())
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
+    line = assert_one_line_error(convvae("score", "--model", str(lonely), str(tmp_path / "x.npy")))
+    assert "threshold.json" in line and "benchmark" in line
+
+
+def test_images_of_the_wrong_size_are_one_line(one_class_model, tmp_path):
+    np.save(tmp_path / "big.npy", np.zeros((2, 32, 32), np.uint8))
+    line = assert_one_line_error(
+        convvae("score", "--model", str(one_class_model), str(tmp_path / "big.npy"))
+    )
+    assert "(2, 1, 32, 32)" in line and "resized" in line
+
+
+def test_a_registry_uri_is_refused_in_one_line(tmp_path):
+    line = assert_one_line_error(convvae("score", "--model", "models:/x@champion", str(tmp_path)))
+    assert "local model file" in line

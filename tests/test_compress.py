@@ -1,0 +1,93 @@
+"""Latent codes at three precisions, code files, and the rate-distortion table."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from convvae.compress import (
+    decode,
+    encode,
+    load_codes,
+    psnr_db,
+    quantize,
+    rate_distortion,
+    save_codes,
+    save_rate_distortion_plot,
+)
+from convvae.errors import DataError
+from convvae.evaluate import reconstruct
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def test_images(mnist_slice):
+    return torch.from_numpy(mnist_slice.test.images[:64])
+
+
+def test_bytes_per_image_is_the_code_array_size(trained, test_images):
+    # The tiny model has latent_dim 4: 4 x 4 bytes, 4 x 2, 4 x 1.
+    sizes = {
+        p: encode(trained, test_images, p).bytes_per_image() for p in ("float32", "float16", "int8")
+    }
+    assert sizes == {"float32": 16.0, "float16": 8.0, "int8": 4.0}
+
+
+def test_lower_precision_decodes_close_to_the_float32_reconstruction(trained, test_images):
+    full = reconstruct(trained, test_images)
+    error = {
+        p: (decode(trained, encode(trained, test_images, p)) - full).abs().max().item()
+        for p in ("float32", "float16", "int8")
+    }
+    assert error["float32"] < 1e-6
+    assert error["float16"] < 5e-3
+    assert error["float16"] < error["int8"] < 0.1
+
+
+def test_int8_quantisation_error_is_at_most_half_a_step():
+    latent = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+    latent[:, 2] = 1.5  # a constant dimension must not divide by zero
+    codes = quantize(latent, "int8")
+    assert codes.values.dtype == np.int8 and codes.scale.shape == (3,)
+    error = np.abs(codes.latent().numpy() - latent)
+    assert (error <= codes.scale / 2 + 1e-6).all()
+    with pytest.raises(ValueError, match="precision"):
+        quantize(latent, "int4")
+
+
+def test_code_file_round_trip_and_architecture_check(trained, test_images, tmp_path):
+    codes = encode(trained, test_images[:3], "int8")
+    path = tmp_path / "codes.npz"
+    save_codes(codes, ["a.png", "b.png", "c.png"], trained.arch, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["codes.npz"]  # no temporary left behind
+    loaded, names = load_codes(path, trained.arch)
+    assert names == ["a.png", "b.png", "c.png"] and loaded.precision == "int8"
+    torch.testing.assert_close(decode(trained, loaded), decode(trained, codes))
+    other = dataclasses.replace(TINY, latent_dim=8)
+    with pytest.raises(DataError, match="latent_dim=4 \\(model has 8\\)"):
+        load_codes(path, other)
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(DataError, match="not a code file"):
+        load_codes(tmp_path / "plain.npy", trained.arch)
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(DataError, match="no architecture, codes, names, precision array"):
+        load_codes(tmp_path / "other.npz", trained.arch)
+
+
+def test_rate_distortion_table(trained, test_images, tmp_path):
+    rows = {row["method"]: row for row in rate_distortion(trained, test_images, [10, 95])}
+    assert list(rows) == ["vae-float32", "vae-float16", "vae-int8", "png", "jpeg-q10", "jpeg-q95"]
+    assert rows["png"]["mse"] == 0 and rows["png"]["psnr_db"] is None  # lossless
+    assert rows["jpeg-q95"]["psnr_db"] > rows["jpeg-q10"]["psnr_db"]
+    assert rows["jpeg-q95"]["bytes_per_image"] > rows["jpeg-q10"]["bytes_per_image"]
+    assert rows["vae-int8"]["bytes_per_image"] == 4
+    assert rows["vae-float32"]["psnr_db"] == pytest.approx(psnr_db(rows["vae-float32"]["mse"]))
+    assert rows["vae-float32"]["bce_nats"] > 0
+    save_rate_distortion_plot(list(rows.values()), tmp_path / "rd.png")
+    assert (tmp_path / "rd.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_psnr():
+    assert psnr_db(0.01) == pytest.approx(20.0)
+    assert psnr_db(0.0) is None
