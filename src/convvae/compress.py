@@ -26,7 +26,7 @@ from PIL import Image
 from convvae.errors import DataError
 from convvae.evaluate import reconstruct
 from convvae.files import atomic_path
-from convvae.model import Architecture, ConvVAE, architecture_from_dict
+from convvae.model import Architecture, ConvVAE, architecture_diff, architecture_from_dict
 from convvae.train import to_unit_interval
 
 PRECISIONS = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
@@ -125,14 +125,10 @@ def load_codes(path: str | Path, arch: Architecture) -> tuple[Codes, list[str]]:
     except (ValueError, TypeError) as err:
         raise DataError(f"{path}: unreadable architecture ({type(err).__name__}); {fix}") from None
     if written_by != arch:
-        diff = [
-            f"{f.name}={getattr(written_by, f.name)} (model has {getattr(arch, f.name)})"
-            for f in dataclasses.fields(Architecture)
-            if getattr(written_by, f.name) != getattr(arch, f.name)
-        ]
         raise DataError(
-            f"{path}: written by another model architecture: {', '.join(diff)}; decode with the "
-            "model that encoded it"
+            f"{path}: written by another model architecture: "
+            f"{architecture_diff(written_by, arch, 'model has')}; decode with the model that "
+            "encoded it"
         )
     int8_side_info = codes.scale is not None and codes.offset is not None
     if (

@@ -224,6 +224,15 @@ def architecture_from_dict(raw: dict) -> Architecture:
     return Architecture(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
+def architecture_diff(found: Architecture, wanted: Architecture, wanted_label: str) -> str:
+    """The fields that differ, as "latent_dim=4 (<wanted_label> 7), ..." for error messages."""
+    return ", ".join(
+        f"{f.name}={getattr(found, f.name)} ({wanted_label} {getattr(wanted, f.name)})"
+        for f in dataclasses.fields(Architecture)
+        if getattr(found, f.name) != getattr(wanted, f.name)
+    )
+
+
 def load_model(
     path: str | Path, expected: Architecture | None = None, map_location: str = "cpu"
 ) -> ConvVAE:
@@ -245,13 +254,9 @@ def load_model(
             f"{path}: not a convvae model file ({type(err).__name__}); re-run the train stage"
         ) from None
     if expected is not None and arch != expected:
-        diff = [
-            f"{f.name}={getattr(arch, f.name)} (config wants {getattr(expected, f.name)})"
-            for f in dataclasses.fields(Architecture)
-            if getattr(arch, f.name) != getattr(expected, f.name)
-        ]
         raise CheckpointError(
-            f"{path}: model shape does not match the config: {', '.join(diff)}; "
+            f"{path}: model shape does not match the config: "
+            f"{architecture_diff(arch, expected, 'config wants')}; "
             "retrain or restore the params it was trained with"
         )
     model = ConvVAE(arch)
