@@ -32,21 +32,21 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def config_error(raw: Any) -> str:
-    """The message of the ConfigError that ``parse_params(raw)`` raises; it must be one line."""
+def one_line_error(parse: Any, source: Any) -> str:
+    """The message of the ConfigError that ``parse(source)`` raises; it must be one line."""
     with pytest.raises(ConfigError) as info:
-        parse_params(raw)
+        parse(source)
     message = str(info.value)
     assert "\n" not in message, message
     return message
+
+
+def config_error(raw: Any) -> str:
+    return one_line_error(parse_params, raw)
 
 
 def load_error(path: Path) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_params(path)
-    message = str(info.value)
-    assert "\n" not in message, message
-    return message
+    return one_line_error(load_params, path)
 
 
 def write(tmp_path: Path, text: str, name: str = "params.yaml") -> Path:
