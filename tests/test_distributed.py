@@ -1,7 +1,6 @@
 """Data-parallel training: 2 gloo processes on CPU follow the single-process trajectory."""
 
 import dataclasses
-import socket
 
 import pytest
 import torch
@@ -10,17 +9,12 @@ import torch.multiprocessing as mp
 from convvae.errors import ConfigError
 from convvae.train import Trainer, init_distributed
 from tests.conftest import quick_train_config, tiny_model
+from tests.e2e.servers import free_port
 
 # Two processes each average half of every global batch's gradients: only float rounding in
 # the all-reduce separates them from one process, so 8 steps stay within these bounds.
 LOSS_RTOL = 1e-4
 WEIGHT_ATOL = 1e-4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank, world_size, port, train_images, val_images, result_path):
@@ -47,7 +41,7 @@ def test_two_gloo_processes_match_one_process(train_images, val_images, tmp_path
     result_path = tmp_path / "ddp.pt"
     mp.spawn(
         _worker,
-        args=(2, _free_port(), train_images, val_images, str(result_path)),
+        args=(2, free_port(), train_images, val_images, str(result_path)),
         nprocs=2,
         join=True,
     )

@@ -1,6 +1,5 @@
 """MLflow tracking: store location, provenance, unreachable servers, logged and served models."""
 
-import socket
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from convvae.tracking import (
     resolve_tracking_uri,
 )
 from tests.conftest import tiny_model
+from tests.e2e.servers import free_port
 
 
 def test_store_is_anchored_to_the_main_repository_from_a_dvc_temp_copy(tmp_path):
@@ -52,14 +52,8 @@ def test_provenance_names_commit_and_versions(tmp_path):
     assert "git.commit" not in provenance_tags(tmp_path)  # not a git repository
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_unreachable_server_is_a_quick_clear_error():
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(TrackingError, match="unreachable") as err:
         Tracker(TrackingConfig(uri=uri, timeout_s=2))

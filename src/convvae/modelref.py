@@ -17,6 +17,6 @@ def load_model_ref(ref: str, tracking: TrackingConfig | None = None) -> ConvVAE:
     """
     if not ref.startswith(REGISTRY_PREFIX):
         return load_model(Path(ref))
-    from convvae.tracking import download_model_file
+    from convvae.tracking import Tracker
 
-    return load_model(download_model_file(ref, tracking or TrackingConfig()))
+    return load_model(Tracker(tracking or TrackingConfig()).model_file(ref))

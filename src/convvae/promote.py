@@ -93,7 +93,7 @@ def promote(
 
 
 def _load(tracker: Tracker, name: str, version: str) -> ConvVAE:
-    return load_model(tracker.model_file(name, version))
+    return load_model(tracker.model_file(f"models:/{name}/{version}"))
 
 
 def _record(tracker: Tracker, decision: Decision) -> None:

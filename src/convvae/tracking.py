@@ -318,10 +318,10 @@ class Tracker:
         except MlflowException:
             return None
 
-    def model_file(self, name: str, version: str) -> Path:
-        """Local path of a registered version's weights file (downloaded if remote)."""
-        with self._errors(f"download {name} version {version}"):
-            folder = Path(self._mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
+    def model_file(self, uri: str) -> Path:
+        """Local path of the weights of ``models:/NAME/VERSION`` or ``models:/NAME@alias``."""
+        with self._errors(f"download {uri}"):
+            folder = Path(self._mlflow.artifacts.download_artifacts(uri))
         return folder / "data" / "model.pt"
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
@@ -349,14 +349,6 @@ def _pip_requirements() -> list[str]:
 def open_tracker(cfg: TrackingConfig) -> Tracker | None:
     """A Tracker, or None when tracking.enabled is false."""
     return Tracker(cfg) if cfg.enabled else None
-
-
-def download_model_file(uri: str, cfg: TrackingConfig) -> Path:
-    """Local path of the weights of ``models:/NAME@alias`` or ``models:/NAME/VERSION``."""
-    tracker = Tracker(cfg)
-    with tracker._errors(f"download {uri}"):
-        folder = Path(tracker._mlflow.artifacts.download_artifacts(uri))
-    return folder / "data" / "model.pt"
 
 
 # --- the one-class anomaly benchmark: a parent run, a nested run per normal class ---------

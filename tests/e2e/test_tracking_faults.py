@@ -8,7 +8,7 @@ import pytest
 from convvae.errors import TrackingError
 from convvae.tracking import Tracker
 from tests.e2e.project import BIN, make_project, mlflow_runs, run
-from tests.test_tracking import closed_port
+from tests.e2e.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +21,7 @@ def prepared(tmp_path_factory):
 
 
 def test_unreachable_server_fails_fast_before_training(prepared):
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = run(
         [str(BIN / "python"), "-m", "pipeline.train"],
