@@ -3,16 +3,14 @@
 Trains `benchmark.seeds` ConvVAEs on the training images of class c only, scores every test image
 (class c normal, all others anomalous) and the class's validation images, and writes the metrics,
 the ROC curve, the model of seed 0 and its threshold (a quantile of the normal validation scores,
-never chosen on test labels). Logs a run nested under the benchmark's parent MLflow run.
+never chosen on test labels). Imports no MLflow: the report stage logs every class in one
+process (a nested run per class under the benchmark's parent run).
 
     python -m pipeline.benchmark --normal-class 3
 """
 
 import argparse
-import dataclasses
-import hashlib
 import json
-import os
 import time
 
 import numpy as np
@@ -28,40 +26,13 @@ from convvae.anomaly import (
     threshold_from_normal,
 )
 from convvae.cli import run_stage
-from convvae.config import Params, TrackingConfig, TrainConfig, load_params
+from convvae.config import Params, TrainConfig, load_params
 from convvae.data import LabelledImages, load_splits
 from convvae.errors import DataError
 from convvae.files import write_json
 from convvae.model import ConvVAE, resolve_architecture, save_model
-from convvae.tracking import (
-    anomaly_model_name,
-    benchmark_parent_run,
-    nested_run,
-    open_tracker,
-    provenance_tags,
-)
-from convvae.train import Trainer, TrainResult, to_unit_interval
+from convvae.train import Trainer, TrainResult
 from pipeline import layout
-
-
-def benchmark_key(params: Params, data_sha256: str) -> str:
-    """Identifies one benchmark (params and data, not which classes ran): its parent MLflow run."""
-    bench = dataclasses.asdict(params.benchmark)
-    del bench["classes"], bench["register_models"]
-    identity = {
-        "benchmark": bench,
-        "model": dataclasses.asdict(params.model),
-        "data": dataclasses.asdict(params.data),
-        "data_sha256": data_sha256,
-        "dvc_exp": os.environ.get("DVC_EXP_NAME", ""),
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def benchmark_tracking(params: Params) -> TrackingConfig:
-    """The tracking section with experiment ``<tracking.experiment>-anomaly``: the benchmark's
-    runs (a parent and one per class) stay out of the table of training runs."""
-    return dataclasses.replace(params.tracking, experiment=f"{params.tracking.experiment}-anomaly")
 
 
 def class_images(part: LabelledImages, normal_class: int, split: str) -> np.ndarray:
@@ -78,7 +49,6 @@ def class_images(part: LabelledImages, normal_class: int, split: str) -> np.ndar
 def main(normal_class: int) -> None:
     params = load_params(layout.PARAMS)
     cfg = params.benchmark
-    tracker = open_tracker(benchmark_tracking(params))
     splits = load_splits(layout.PREPARED_SPLITS)
     class_name = json.loads(layout.MANIFEST.read_text())["class_names"][normal_class]
     train_normal = class_images(splits.train, normal_class, "training")
@@ -159,8 +129,6 @@ def main(normal_class: int) -> None:
     )
     roc_path = layout.BENCHMARK_PLOTS / f"roc_class_{normal_class}.json"
     write_json(roc_points(labels, test_scores[cfg.score][0]), roc_path)
-    if tracker is not None:
-        log_class(tracker, params, metrics, first_model, model_dir, roc_path)
     write_json(metrics, layout.BENCHMARK_METRICS / f"class_{normal_class}.json")
     summary = ", ".join(f"{name} {m['roc_auc']:.3f}" for name, m in per_score.items())
     print(f"class {normal_class} ROC-AUC: {summary}")
@@ -182,46 +150,6 @@ def train_one_class(
     torch.manual_seed(seed)
     trainer = Trainer(ConvVAE(arch), train_cfg, beta=params.model.beta, progress=False)
     return trainer.fit(torch.from_numpy(train_normal), torch.from_numpy(val_normal))
-
-
-def log_class(tracker, params: Params, metrics: dict, model, model_dir, roc_path) -> None:
-    """A run nested under the benchmark's parent run; registers the model if asked."""
-    normal_class = metrics["normal_class"]
-    data_sha256 = hashlib.sha256(layout.PREPARED_SPLITS.read_bytes()).hexdigest()
-    key = benchmark_key(params, data_sha256)
-    tags = {**provenance_tags(tracker.root), "data.source": params.data.source}
-    parent = benchmark_parent_run(tracker, key, f"benchmark-{params.data.source}", tags)
-    with nested_run(tracker, parent, f"class-{normal_class}") as run_id:
-        tracker.log_params(
-            {"benchmark": dataclasses.asdict(params.benchmark), "model": params.to_dict()["model"]}
-        )
-        tracker.set_tags({**tags, "normal_class": str(normal_class), "data.sha256": data_sha256})
-        tracker.log_metrics(
-            {
-                **{k: v for k, v in metrics.items() if k != "scores"},
-                **{
-                    f"{score}.{name}": value
-                    for score, values in metrics["scores"].items()
-                    for name, value in values.items()
-                },
-            }
-        )
-        tracker.log_artifacts([model_dir / layout.THRESHOLD_FILE, roc_path], "benchmark")
-        if params.benchmark.register_models:
-            name = anomaly_model_name(params.data.source, normal_class)
-            splits = load_splits(layout.PREPARED_SPLITS)
-            example = to_unit_interval(torch.from_numpy(splits.test.images[:2])).numpy()
-            threshold = json.loads((model_dir / layout.THRESHOLD_FILE).read_text())
-            version = tracker.log_model(
-                model,
-                model_dir / "model.pt",
-                example,
-                name,
-                {key: threshold[key] for key in ("threshold", "score")} | {"run_id": run_id},
-            )
-            print(f"registered {name} version {version}")
-    metrics["mlflow_run_id"] = run_id
-    metrics["mlflow_parent_run_id"] = parent
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,23 +1,40 @@
 """DVC stage `benchmark_report`: every class of the one-class benchmark in one report.
 
 Writes reports/anomaly.md (our ROC-AUC per class and score beside published results, each with
-its source and protocol), reports/anomaly_roc.png and the aggregate metrics (mean over classes),
-and logs them to the benchmark's parent MLflow run.
+its source and protocol), reports/anomaly_roc.png and the aggregate metrics (mean over classes).
+
+Every MLflow call of the benchmark happens here, in one process (importing MLflow and opening its
+store costs about 2 s per process): a parent run per benchmark (same params and data) holding the
+summary, and a nested run per class, continued when that class's results change and left alone
+when they do not. Registers each class's model when benchmark.register_models is true.
 """
 
+import dataclasses
 import hashlib
 import json
+import os
 
 import numpy as np
+import torch
 
 from convvae.anomaly import COMPRESSOR, SCORES
 from convvae.cli import run_stage
-from convvae.config import Params, load_params
+from convvae.config import Params, TrackingConfig, load_params
+from convvae.data import load_splits
 from convvae.errors import DataError
 from convvae.files import atomic_path, write_json
-from convvae.tracking import benchmark_parent_run, open_tracker, provenance_tags
+from convvae.model import load_model
+from convvae.tracking import (
+    Tracker,
+    anomaly_model_name,
+    benchmark_parent_run,
+    child_runs,
+    nested_run,
+    open_tracker,
+    provenance_tags,
+)
+from convvae.train import to_unit_interval
 from pipeline import layout
-from pipeline.benchmark import benchmark_key, benchmark_tracking
 
 SCORE_TITLES = {
     "recon_bce": "reconstruction BCE",
@@ -124,21 +141,120 @@ def main() -> None:
         tmp.write_text(render_report(params, per_class, summary))
     tracker = open_tracker(benchmark_tracking(params))
     if tracker is not None:
-        data_sha256 = hashlib.sha256(layout.PREPARED_SPLITS.read_bytes()).hexdigest()
-        tags = {**provenance_tags(tracker.root), "data.source": params.data.source}
-        parent = benchmark_parent_run(
-            tracker,
-            benchmark_key(params, data_sha256),
-            f"benchmark-{params.data.source}",
-            tags,
-        )
-        with tracker.run(run_id=parent):
-            tracker.log_metrics(summary)
-            tracker.log_artifacts([layout.ANOMALY_REPORT, layout.ANOMALY_ROC_PNG], "benchmark")
-        print(f"logged the benchmark summary to MLflow run {parent}")
+        summary.update(log_benchmark(tracker, params, per_class, summary))
     write_json(summary, layout.BENCHMARK_SUMMARY)
     means = ", ".join(f"{s} {summary[f'{s}.roc_auc_mean']:.3f}" for s in SCORES)
     print(f"mean ROC-AUC over {len(classes)} classes: {means}; report in {layout.ANOMALY_REPORT}")
+
+
+def benchmark_key(params: Params, data_sha256: str) -> str:
+    """Identifies one benchmark (params and data, not which classes ran): its parent MLflow run."""
+    bench = dataclasses.asdict(params.benchmark)
+    del bench["classes"], bench["register_models"]
+    identity = {
+        "benchmark": bench,
+        "model": dataclasses.asdict(params.model),
+        "data": dataclasses.asdict(params.data),
+        "data_sha256": data_sha256,
+        "dvc_exp": os.environ.get("DVC_EXP_NAME", ""),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def benchmark_tracking(params: Params) -> TrackingConfig:
+    """The tracking section with experiment ``<tracking.experiment>-anomaly``: the benchmark's
+    runs (a parent and one per class) stay out of the table of training runs."""
+    return dataclasses.replace(params.tracking, experiment=f"{params.tracking.experiment}-anomaly")
+
+
+CLASS_DIGEST_TAG = "benchmark.class_sha256"  # of the class's metrics and threshold files
+REGISTERED_TAG = "registered_version"
+
+
+def log_benchmark(tracker: Tracker, params: Params, per_class: dict, summary: dict) -> dict:
+    """The parent run with the summary and report, a nested run per class; returns their ids."""
+    data_sha256 = hashlib.sha256(layout.PREPARED_SPLITS.read_bytes()).hexdigest()
+    tags = {**provenance_tags(tracker.root), "data.source": params.data.source}
+    key = benchmark_key(params, data_sha256)
+    parent = benchmark_parent_run(tracker, key, f"benchmark-{params.data.source}", tags)
+    logged = {}
+    for run in reversed(child_runs(tracker, parent)):  # oldest first: the newest one wins
+        logged[run.data.tags.get("normal_class")] = run
+    run_ids = {
+        str(normal_class): log_class(
+            tracker, params, parent, metrics, logged.get(str(normal_class)), tags, data_sha256
+        )
+        for normal_class, metrics in per_class.items()
+    }
+    with tracker.run(run_id=parent):
+        tracker.log_metrics(summary)
+        tracker.log_artifacts([layout.ANOMALY_REPORT, layout.ANOMALY_ROC_PNG], "benchmark")
+    print(f"logged the benchmark summary to MLflow run {parent}")
+    return {"mlflow_parent_run_id": parent, "mlflow_run_ids": run_ids}
+
+
+def log_class(tracker, params, parent, metrics, previous, tags, data_sha256) -> str:
+    """One class's nested run: new, continued (its results changed) or untouched; its id."""
+    normal_class = metrics["normal_class"]
+    model_dir = layout.ANOMALY_MODELS / f"class_{normal_class}"
+    threshold_file = model_dir / layout.THRESHOLD_FILE
+    metrics_file = layout.BENCHMARK_METRICS / f"class_{normal_class}.json"
+    digest = hashlib.sha256(metrics_file.read_bytes() + threshold_file.read_bytes()).hexdigest()
+    register = params.benchmark.register_models
+    if previous is not None:
+        same = previous.data.tags.get(CLASS_DIGEST_TAG) == digest
+        if same and (not register or REGISTERED_TAG in previous.data.tags):
+            return previous.info.run_id
+    previous_id = previous.info.run_id if previous is not None else None
+    with nested_run(tracker, parent, f"class-{normal_class}", previous_id) as run_id:
+        if previous is None:
+            bench = dataclasses.asdict(params.benchmark)
+            del bench["classes"], bench["register_models"]  # not part of the benchmark's identity
+            tracker.log_params({"benchmark": bench, "model": params.to_dict()["model"]})
+        tracker.set_tags(
+            {
+                **tags,
+                "normal_class": str(normal_class),
+                "data.sha256": data_sha256,
+                CLASS_DIGEST_TAG: digest,
+            }
+        )
+        tracker.log_metrics(
+            {
+                **{k: v for k, v in metrics.items() if k != "scores"},
+                **{
+                    f"{score}.{name}": value
+                    for score, values in metrics["scores"].items()
+                    for name, value in values.items()
+                },
+            }
+        )
+        roc_path = layout.BENCHMARK_PLOTS / f"roc_class_{normal_class}.json"
+        tracker.log_artifacts([threshold_file, roc_path], "benchmark")
+        if register:
+            version = register_class_model(tracker, params, normal_class, run_id)
+            tracker.set_tags({REGISTERED_TAG: version})
+    action = "continued" if previous is not None else "logged"
+    print(f"class {normal_class}: {action} MLflow run {run_id}")
+    return run_id
+
+
+def register_class_model(tracker: Tracker, params: Params, normal_class: int, run_id: str) -> str:
+    """The class's model as a version of convvae-anomaly-<source>-class-<c>, with its threshold."""
+    model_dir = layout.ANOMALY_MODELS / f"class_{normal_class}"
+    name = anomaly_model_name(params.data.source, normal_class)
+    splits = load_splits(layout.PREPARED_SPLITS)
+    example = to_unit_interval(torch.from_numpy(splits.test.images[:2])).numpy()
+    threshold = json.loads((model_dir / layout.THRESHOLD_FILE).read_text())
+    version = tracker.log_model(
+        load_model(model_dir / "model.pt"),
+        model_dir / "model.pt",
+        example,
+        name,
+        {key: threshold[key] for key in ("threshold", "score")} | {"run_id": run_id},
+    )
+    print(f"registered {name} version {version}")
+    return version
 
 
 def render_report(params: Params, per_class: dict[int, dict], summary: dict) -> str:

@@ -381,12 +381,28 @@ def benchmark_parent_run(tracker: Tracker, key: str, run_name: str, tags: Mappin
         return run.info.run_id
 
 
-@contextmanager
-def nested_run(tracker: Tracker, parent_run_id: str, run_name: str) -> Iterator[str]:
-    """A new run nested under ``parent_run_id``; yields its id."""
-    with tracker._errors("start the nested run"):
-        active = tracker._mlflow.start_run(
-            run_name=run_name, parent_run_id=parent_run_id, nested=True
+def child_runs(tracker: Tracker, parent_run_id: str) -> list[Any]:
+    """The runs nested under ``parent_run_id`` (MLflow ``Run`` objects), newest first."""
+    with tracker._errors("list the nested runs"):
+        experiment = tracker.client.get_experiment_by_name(tracker.cfg.experiment)
+        return tracker.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+            order_by=["attributes.start_time DESC"],
         )
+
+
+@contextmanager
+def nested_run(
+    tracker: Tracker, parent_run_id: str, run_name: str, run_id: str | None = None
+) -> Iterator[str]:
+    """A new run nested under ``parent_run_id``, or the nested run ``run_id`` continued."""
+    with tracker._errors("start the nested run"):
+        if run_id is not None:
+            active = tracker._mlflow.start_run(run_id=run_id)
+        else:
+            active = tracker._mlflow.start_run(
+                run_name=run_name, parent_run_id=parent_run_id, nested=True
+            )
     with active, tracker._errors("log to the nested run"):
         yield active.info.run_id
