@@ -24,6 +24,7 @@ from convvae.anomaly import (
     detection_metrics,
     roc_points,
     threshold_from_normal,
+    threshold_record,
 )
 from convvae.cli import run_stage
 from convvae.config import Params, TrainConfig, load_params
@@ -113,20 +114,17 @@ def main(normal_class: int) -> None:
     }
     model_dir = layout.ANOMALY_MODELS / f"class_{normal_class}"
     save_model(first_model, model_dir / "model.pt")
-    write_json(
-        {
-            "score": cfg.score,
-            "threshold": thresholds[cfg.score][0],
-            "thresholds": {name: values[0] for name, values in thresholds.items()},
-            "quantile": cfg.threshold_quantile,
-            "iwae_samples": cfg.iwae_samples,
-            "noise_seed": 0,
-            "normal_class": normal_class,
-            "class_name": class_name,
-            "data_source": params.data.source,
-        },
-        model_dir / layout.THRESHOLD_FILE,
+    record = threshold_record(
+        cfg.score,
+        thresholds[cfg.score][0],
+        cfg.threshold_quantile,
+        cfg.iwae_samples,
+        normal_class=normal_class,
+        class_name=class_name,
+        data_source=params.data.source,
     )
+    record["thresholds"] = {name: values[0] for name, values in thresholds.items()}
+    write_json(record, model_dir / layout.THRESHOLD_FILE)
     roc_path = layout.BENCHMARK_PLOTS / f"roc_class_{normal_class}.json"
     write_json(roc_points(labels, test_scores[cfg.score][0]), roc_path)
     write_json(metrics, layout.BENCHMARK_METRICS / f"class_{normal_class}.json")

@@ -1,8 +1,11 @@
 """DVC stage `evaluate`: test-set likelihood (negative ELBO, IWAE) and figures, and the other
 uses measured on the test split: sample quality, rate-distortion, imputation (metrics/uses.json).
 
+Writes the model's anomaly threshold (models/threshold.json: benchmark.score's
+benchmark.threshold_quantile on the validation split), read by `convvae score`.
+
 Logs into the MLflow run that `train` opened, then logs the model and registers it as a version
-of convvae-<data.source>, tagged with its test metrics.
+of convvae-<data.source>, tagged with its test metrics and its threshold.
 """
 
 import csv
@@ -12,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from convvae.anomaly import THRESHOLD_TAG, all_scores, threshold_from_normal, threshold_record
 from convvae.cli import run_stage
 from convvae.compress import rate_distortion, save_rate_distortion_plot
-from convvae.config import EvaluateConfig, load_params
+from convvae.config import BenchmarkConfig, EvaluateConfig, load_params
 from convvae.data import Splits, load_splits
 from convvae.evaluate import (
     per_image_iwae_nll,
@@ -58,6 +62,8 @@ def main() -> None:
     class_names = json.loads(layout.MANIFEST.read_text())["class_names"]
     save_latent_plot(model, test_images, splits.test.labels, class_names, plots / "latent.png")
     uses = measure_uses(model, splits, cfg, plots)
+    threshold = anomaly_threshold(model, splits, params.benchmark)
+    write_json(threshold, layout.MODEL_THRESHOLD)
 
     run_id = json.loads(layout.MLFLOW_RUN.read_text())["run_id"]
     if tracker is not None and run_id is not None:
@@ -77,7 +83,11 @@ def main() -> None:
                 layout.MODEL,
                 to_unit_interval(test_images[:2]).numpy(),
                 name,
-                {**{k: v for k, v in metrics.items() if k.startswith("test_")}, "run_id": run_id},
+                {
+                    **{k: v for k, v in metrics.items() if k.startswith("test_")},
+                    "run_id": run_id,
+                    THRESHOLD_TAG: json.dumps(threshold),
+                },
             )
         print(f"logged to MLflow in {time.perf_counter() - started:.1f} s")
         if version is not None:
@@ -97,6 +107,13 @@ def main() -> None:
         f"imputation MSE, center mask: {uses['imputation']['center']['vae_mse']:.4f} "
         f"(training mean {uses['imputation']['center']['train_mean_mse']:.4f})"
     )
+
+
+def anomaly_threshold(model: ConvVAE, splits: Splits, cfg: BenchmarkConfig) -> dict:
+    """The threshold record of the model trained on every class: validation images are normal."""
+    scores = all_scores(model, splits.val.images, cfg.iwae_samples, seed=0)[cfg.score]
+    cut = threshold_from_normal(scores, cfg.threshold_quantile)
+    return threshold_record(cfg.score, cut, cfg.threshold_quantile, cfg.iwae_samples)
 
 
 def measure_uses(model: ConvVAE, splits: Splits, cfg: EvaluateConfig, plots: Path) -> dict:

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from convvae.anomaly import THRESHOLD_FILE as THRESHOLD_FILE  # re-exported for the stages
+
 PARAMS = Path("params.yaml")
 PREPARED_SPLITS = Path("data/prepared/splits.npz")
 MANIFEST = Path("data/prepared/manifest.json")
@@ -26,4 +28,6 @@ BENCHMARK_PLOTS = Path("plots/benchmark")  # roc_class_<c>.json
 BENCHMARK_SUMMARY = Path("metrics/benchmark_summary.json")
 ANOMALY_REPORT = Path("reports/anomaly.md")
 ANOMALY_ROC_PNG = Path("reports/anomaly_roc.png")
-THRESHOLD_FILE = "threshold.json"  # beside each anomaly model.pt; read by `convvae score`
+# threshold.json beside each model file, read by `convvae score`: the model trained on every
+# class (written by evaluate) and each class's model (models/anomaly/class_<c>/).
+MODEL_THRESHOLD = MODEL.with_name(THRESHOLD_FILE)

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import torch
 
-from convvae.anomaly import COMPRESSOR, SCORES
+from convvae.anomaly import COMPRESSOR, SCORES, THRESHOLD_TAG
 from convvae.cli import run_stage
 from convvae.config import Params, TrackingConfig, load_params
 from convvae.data import load_splits
@@ -40,6 +40,7 @@ SCORE_TITLES = {
     "recon_bce": "reconstruction BCE",
     "neg_elbo": "negative ELBO",
     "iwae_nll": "IWAE NLL",
+    "excess_nll": "IWAE NLL above its floor",
     "complexity": "complexity-corrected (Serrà et al.)",
 }
 # ROC-AUC in %, class 0..9, from ../shared/notes/anomaly-literature.md. "quoted": read in a
@@ -245,13 +246,13 @@ def register_class_model(tracker: Tracker, params: Params, normal_class: int, ru
     name = anomaly_model_name(params.data.source, normal_class)
     splits = load_splits(layout.PREPARED_SPLITS)
     example = to_unit_interval(torch.from_numpy(splits.test.images[:2])).numpy()
-    threshold = json.loads((model_dir / layout.THRESHOLD_FILE).read_text())
+    threshold = (model_dir / layout.THRESHOLD_FILE).read_text()
     version = tracker.log_model(
         load_model(model_dir / "model.pt"),
         model_dir / "model.pt",
         example,
         name,
-        {key: threshold[key] for key in ("threshold", "score")} | {"run_id": run_id},
+        {THRESHOLD_TAG: threshold, "run_id": run_id},
     )
     print(f"registered {name} version {version}")
     return version
@@ -283,12 +284,16 @@ def render_report(params: Params, per_class: dict[int, dict], summary: dict) -> 
         "",
         "Scores (higher = more anomalous): reconstruction BCE of the posterior-mean "
         "reconstruction (nats); negative ELBO and the IWAE bound on -log p(x) with "
-        f"{params.benchmark.iwae_samples} importance samples (nats); and the input-complexity "
-        'score of Serrà et al., ICLR 2020 ("Input complexity and out-of-distribution detection '
-        'with likelihood-based generative models"): S(x) = -log2 p(x) - L(x) in bits, with the '
-        f"IWAE bound for -log p(x) and L(x) the length of the image's lossless {COMPRESSOR} code. "
-        "Our likelihood is Bernoulli on grey levels in [0, 1], not a probability of the 256-level "
-        "image, so -log2 p(x) and L(x) are not on the same scale: S(x) is dominated by -L(x).",
+        f"{params.benchmark.iwae_samples} importance samples (nats); two input-complexity "
+        'corrections after Serrà et al., ICLR 2020 ("Input complexity and out-of-distribution '
+        'detection with likelihood-based generative models"), S(x) = -log p(x) - L(x): '
+        "*IWAE NLL above its floor*, with L(x) = sum_i H(x_i), the binary entropy of each "
+        "pixel's grey level, the least -log p(x) any Bernoulli decoder can give this image "
+        "(same units, nats; without it a likelihood on grey levels mostly counts grey pixels); "
+        f"and the paper's own form in bits, with L(x) the length of the lossless {COMPRESSOR} "
+        "code. Our likelihood is Bernoulli on grey levels in [0, 1], not a probability of the "
+        "256-level image, so in the second form -log2 p(x) and L(x) are not on the same scale "
+        "and S(x) is dominated by -L(x).",
         "",
     ]
     if source == "mnist-5k":

@@ -161,7 +161,7 @@ def test_a_model_of_the_digit_one_scores_other_digits_higher(digit_one):
     labels = (test.labels != 1).astype(int)
     scores = all_scores(model, test.images, k=8)
     assert set(scores) == set(SCORES)
-    for name in ("recon_bce", "neg_elbo", "iwae_nll"):
+    for name in ("recon_bce", "neg_elbo", "iwae_nll", "excess_nll"):
         metrics = detection_metrics(labels, scores[name], np.median(scores[name]), 200)
         assert metrics["roc_auc"] > 0.9, (name, metrics)
 
@@ -177,6 +177,18 @@ def test_the_complexity_score_subtracts_the_compressed_length(digit_one):
     np.testing.assert_array_equal(again["complexity"], scores["complexity"])
 
 
+def test_the_excess_nll_is_the_iwae_nll_above_the_bernoulli_floor(digit_one):
+    """-log p(x) >= sum_i H(x_i) under any Bernoulli decoder (Gibbs' inequality per pixel), so
+    the excess is never negative; the floor is recomputed here from the pixels."""
+    model, test = digit_one
+    images = test.images[:100]
+    scores = all_scores(model, images, k=8)
+    x = np.clip(images.astype(np.float64) / 255, 1e-12, 1 - 1e-12)
+    floor = -(x * np.log(x) + (1 - x) * np.log1p(-x)).reshape(len(x), -1).sum(1)
+    np.testing.assert_allclose(scores["excess_nll"], scores["iwae_nll"] - floor, rtol=1e-4)
+    assert np.all(scores["excess_nll"] > 0)
+
+
 # --- the stored threshold -----------------------------------------------------------------------
 
 
@@ -188,7 +200,9 @@ def test_read_threshold_and_its_errors(tmp_path):
     assert stored.score == "iwae_nll" and stored.threshold == 12.5 and stored.normal_class == 3
     with pytest.raises(DataError, match="no threshold file"):
         read_threshold(tmp_path / "missing.json")
-    path.write_text(json.dumps(fields))
+    path.write_text(json.dumps(fields))  # a model trained on every class has no normal class
+    assert read_threshold(path).normal_class is None
+    path.write_text(json.dumps({k: v for k, v in fields.items() if k != "threshold"}))
     with pytest.raises(DataError, match="KeyError"):
         read_threshold(path)
     path.write_text(json.dumps({**fields, "normal_class": 3, "score": "psnr"}))

@@ -65,7 +65,7 @@ def test_a_model_without_threshold_file_is_one_line(one_class_model, tmp_path):
     lonely.write_bytes(one_class_model.read_bytes())
     np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
     line = assert_one_line_error(convvae("score", "--model", str(lonely), str(tmp_path / "x.npy")))
-    assert "threshold.json" in line and "benchmark" in line
+    assert "threshold.json" in line and "models:/" in line
 
 
 def test_images_of_the_wrong_size_are_one_line(one_class_model, tmp_path):
@@ -76,6 +76,36 @@ def test_images_of_the_wrong_size_are_one_line(one_class_model, tmp_path):
     assert "(2, 1, 32, 32)" in line and "resized" in line
 
 
-def test_a_registry_uri_is_refused_in_one_line(tmp_path):
-    line = assert_one_line_error(convvae("score", "--model", "models:/x@champion", str(tmp_path)))
-    assert "local model file" in line
+def test_a_registered_version_scores_with_its_tagged_threshold(
+    one_class_model, local_tracker, mnist_slice, tmp_path
+):
+    """models:/NAME@alias reads the weights and the threshold from the registry, and scores the
+    same as the local file; a version without the tag and an unknown alias are one line."""
+    from convvae.anomaly import THRESHOLD_TAG
+    from convvae.model import load_model
+
+    record = one_class_model.with_name("threshold.json").read_text()
+    example = mnist_slice.test.images[:2].astype(np.float32) / 255
+    model = load_model(one_class_model)
+    with local_tracker.run():
+        tagged = local_tracker.log_model(
+            model, one_class_model, example, "convvae-scorer", {THRESHOLD_TAG: record}
+        )
+        untagged = local_tracker.log_model(model, one_class_model, example, "convvae-scorer", {})
+    local_tracker.set_alias("convvae-scorer", "champion", tagged)
+    np.save(tmp_path / "digits.npy", mnist_slice.test.images[:5])
+    images = str(tmp_path / "digits.npy")
+
+    registry = convvae("score", "--model", "models:/convvae-scorer@champion", images, cwd=tmp_path)
+    local = convvae("score", "--model", str(one_class_model), images)
+    assert registry.returncode == 0, registry.stderr
+    assert registry.stdout == local.stdout and len(registry.stdout.splitlines()) == 6
+
+    line = assert_one_line_error(
+        convvae("score", "--model", f"models:/convvae-scorer/{untagged}", images, cwd=tmp_path)
+    )
+    assert THRESHOLD_TAG in line and "dvc repro -f evaluate" in line
+    line = assert_one_line_error(
+        convvae("score", "--model", "models:/convvae-scorer@best", images, cwd=tmp_path)
+    )
+    assert "no such alias" in line and "@champion" in line

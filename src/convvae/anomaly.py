@@ -9,6 +9,12 @@ Scores, per image (all from one batched pass over the images, deterministic):
 - ``neg_elbo``: negative ELBO, nats, averaged over the same ``k`` posterior samples as the IWAE
   bound (a k-sample estimate of the single-sample -ELBO: lower variance, same expectation).
 - ``iwae_nll``: the importance-weighted bound on -log p(x) with ``k`` samples (Burda et al. 2016).
+- ``excess_nll``: the IWAE NLL minus the likelihood's floor for this image, sum_i H(x_i) with H
+  the binary entropy of pixel i's grey level (nats). A Bernoulli likelihood on grey levels can
+  never give an image less than that floor, so the raw NLL mostly measures how many pixels are
+  grey (a T-shirt scores worse than a sandal under any model); the excess measures how far the
+  model is from the best possible fit of this image. It is the input-complexity correction of
+  Serrà et al. (below) with the complexity measured in the likelihood's own units.
 - ``complexity``: Serrà et al. (ICLR 2020), S(x) = -log2 p(x) - L(x) in bits, with -log p(x) the
   IWAE bound and L(x) the length in bits of the image's PNG file (Pillow, compress_level 9), so
   simple images (few strokes, much background) are not mistaken for likely ones.
@@ -38,7 +44,7 @@ from convvae.model import ConvVAE
 from convvae.stats import bootstrap_ci
 from convvae.train import to_unit_interval
 
-SCORES = ("recon_bce", "neg_elbo", "iwae_nll", "complexity")
+SCORES = ("recon_bce", "neg_elbo", "iwae_nll", "excess_nll", "complexity")
 COMPRESSOR = "png (Pillow, compress_level=9)"
 # Images x importance samples decoded at once: bounds memory (about 100 MB at the default model).
 _DECODES_PER_CHUNK = 8192
@@ -48,7 +54,8 @@ _DECODES_PER_CHUNK = 8192
 def model_scores(
     model: ConvVAE, images: torch.Tensor, k: int = 32, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """``recon_bce``, ``neg_elbo`` and ``iwae_nll`` of every image, each float64 (N,) in nats.
+    """``recon_bce``, ``neg_elbo``, ``iwae_nll`` and ``excess_nll`` of every image, each float64
+    (N,) in nats.
 
     images: uint8 (N, C, H, W). ``k`` importance samples per image with noise drawn once from
     ``seed`` and shared by all images. Batches of images are decoded k at a time in one call.
@@ -59,7 +66,12 @@ def model_scores(
     eps = torch.randn(k, model.arch.latent_dim, generator=torch.Generator().manual_seed(seed))
     log_q_eps = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(1)  # (k,), before the log-det
     batch_size = max(1, _DECODES_PER_CHUNK // (k + 1))
-    parts: dict[str, list[torch.Tensor]] = {"recon_bce": [], "neg_elbo": [], "iwae_nll": []}
+    parts: dict[str, list[torch.Tensor]] = {
+        "recon_bce": [],
+        "neg_elbo": [],
+        "iwae_nll": [],
+        "excess_nll": [],
+    }
     for start in range(0, len(images), batch_size):
         x = to_unit_interval(images[start : start + batch_size])
         mu, logvar = model.encode(x)
@@ -76,7 +88,11 @@ def model_scores(
         log_weights = -bce[:, 1:] + (log_pz - log_qz).double()  # (B, k)
         parts["recon_bce"].append(bce[:, 0])
         parts["neg_elbo"].append(-log_weights.mean(1))
-        parts["iwae_nll"].append(-(torch.logsumexp(log_weights, 1) - math.log(k)))
+        iwae_nll = -(torch.logsumexp(log_weights, 1) - math.log(k))
+        parts["iwae_nll"].append(iwae_nll)
+        # BCE(x, x) = sum_i H(x_i): the least -log p(x) any Bernoulli decoder can reach.
+        floor = F.binary_cross_entropy(x, x, reduction="none").flatten(1).sum(1).double()
+        parts["excess_nll"].append(iwae_nll - floor)
     return {name: torch.cat(values).numpy() for name, values in parts.items()}
 
 
@@ -179,36 +195,69 @@ def roc_points(labels: np.ndarray, scores: np.ndarray) -> list[dict[str, float]]
     return [{"fpr": float(f), "tpr": float(t)} for f, t in zip(fprs, tprs, strict=True)]
 
 
+# Where a model's threshold record (JSON) lives: a file beside the model file, and the same
+# record as a tag of its registered version.
+THRESHOLD_FILE = "threshold.json"
+THRESHOLD_TAG = "anomaly.threshold"
+
+
 @dataclass(frozen=True)
 class StoredThreshold:
-    """What a benchmark stored beside a one-class model: how to score, and where to cut."""
+    """What a stage stored beside a model (threshold.json): how to score, and where to cut."""
 
     score: str  # one of SCORES
     threshold: float  # flag images whose score is above this
     iwae_samples: int
     noise_seed: int
-    normal_class: int
+    normal_class: int | None  # None: the model was trained on every class
+
+
+def threshold_record(
+    score: str, threshold: float, quantile: float, iwae_samples: int, **context
+) -> dict:
+    """The threshold file's contents: the cut (``threshold_from_normal`` of normal validation
+    scores, never test labels), how to recompute ``score``, and ``context`` (class, source)."""
+    return {
+        "score": score,
+        "threshold": threshold,
+        "quantile": quantile,
+        "iwae_samples": iwae_samples,
+        "noise_seed": 0,
+        **context,
+    }
 
 
 def read_threshold(path: str | Path) -> StoredThreshold:
-    """Read a threshold JSON written by the benchmark; missing or malformed is a DataError."""
+    """Read a threshold JSON written beside a model; missing or malformed is a DataError."""
     path = Path(path)
-    fix = "pass a model file written by the benchmark stage (models/anomaly/class_<c>/model.pt)"
     try:
-        raw = json.loads(path.read_text())
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: no threshold file beside the model; pass models/model.pt (after `dvc repro "
+            "evaluate`), models/anomaly/class_<c>/model.pt or a registered models:/ URI"
+        ) from None
+    return parse_threshold(text, str(path))
+
+
+def parse_threshold(text: str, where: str) -> StoredThreshold:
+    """A threshold record from its JSON text; ``where`` (a file or models:/ URI) names it in
+    the DataError a malformed record raises."""
+    fix = "re-run the stage that wrote it (dvc repro evaluate / benchmark)"
+    try:
+        raw = json.loads(text)
+        normal_class = raw.get("normal_class")
         stored = StoredThreshold(
             score=str(raw["score"]),
             threshold=float(raw["threshold"]),
             iwae_samples=int(raw["iwae_samples"]),
             noise_seed=int(raw["noise_seed"]),
-            normal_class=int(raw["normal_class"]),
+            normal_class=None if normal_class is None else int(normal_class),
         )
-    except FileNotFoundError:
-        raise DataError(f"{path}: no threshold file beside the model; {fix}") from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(
-            f"{path}: not a threshold file ({type(err).__name__}: {err}); {fix}"
+            f"{where}: not a threshold record ({type(err).__name__}: {err}); {fix}"
         ) from None
     if stored.score not in SCORES or stored.iwae_samples < 1:
-        raise DataError(f"{path}: unknown score {stored.score!r} or iwae_samples < 1; {fix}")
+        raise DataError(f"{where}: unknown score {stored.score!r} or iwae_samples < 1; {fix}")
     return stored

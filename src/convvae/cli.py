@@ -210,21 +210,13 @@ def _impute(args: argparse.Namespace) -> None:
 def _score(args: argparse.Namespace) -> None:
     import csv
     import io
-    from pathlib import Path
 
-    from convvae.anomaly import all_scores, read_threshold
-    from convvae.errors import ConfigError
+    from convvae.anomaly import all_scores
     from convvae.files import atomic_path
     from convvae.images import load_images
-    from convvae.model import load_model
+    from convvae.modelref import load_scorer_ref
 
-    if args.model.startswith("models:/"):
-        raise ConfigError(
-            f"--model {args.model}: score needs a local model file with its threshold.json "
-            "beside it, e.g. models/anomaly/class_3/model.pt"
-        )
-    model = load_model(args.model)
-    stored = read_threshold(Path(args.model).with_name("threshold.json"))
+    model, stored = load_scorer_ref(args.model)
     batch = load_images(args.images, _image_shape(model))
     scores = all_scores(model, batch.images, stored.iwae_samples, stored.noise_seed)[stored.score]
     flagged = scores > stored.threshold
@@ -240,9 +232,10 @@ def _score(args: argparse.Namespace) -> None:
         return
     with atomic_path(args.out) as tmp:
         tmp.write_text(table.getvalue())
+    normal = "every class" if stored.normal_class is None else f"class {stored.normal_class}"
     print(
-        f"{len(scores)} images scored ({stored.score}, threshold {stored.threshold:.2f}, normal "
-        f"class {stored.normal_class}): {int(flagged.sum())} anomalous → {args.out}"
+        f"{len(scores)} images scored ({stored.score}, threshold {stored.threshold:.2f}, normal: "
+        f"{normal}): {int(flagged.sum())} anomalous → {args.out}"
     )
 
 
@@ -327,12 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imputer.set_defaults(action=_impute)
     scorer = commands.add_parser(
-        "score", help="anomaly scores of images under a one-class model", parents=[common]
+        "score", help="anomaly scores of images, flagged at the model's threshold", parents=[common]
     )
     scorer.add_argument(
         "--model",
         required=True,
-        help="a benchmark model file, e.g. models/anomaly/class_3/model.pt (threshold.json beside)",
+        help="models:/NAME@alias, models:/NAME/VERSION, or a model file with threshold.json "
+        "beside it (models/model.pt, models/anomaly/class_3/model.pt)",
     )
     scorer.add_argument("images", help="a folder of PNGs, a PNG, an .npy or .npz")
     scorer.add_argument("--out", help="CSV file (file, score, is_anomaly); default: stdout")

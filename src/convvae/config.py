@@ -176,7 +176,7 @@ class TrackingConfig:
         _check(1 <= self.timeout_s <= 30, "tracking.timeout_s", "must be between 1 and 30")
 
 
-AnomalyScore = Literal["recon_bce", "neg_elbo", "iwae_nll", "complexity"]
+AnomalyScore = Literal["recon_bce", "neg_elbo", "iwae_nll", "excess_nll", "complexity"]
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class BenchmarkConfig:
     # The threshold is this quantile of the normal class's validation scores.
     threshold_quantile: float = 0.95
     # The score that `convvae score` thresholds.
-    score: AnomalyScore = "iwae_nll"
+    score: AnomalyScore = "excess_nll"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # Register each class's model as convvae-anomaly-<data.source>-class-<c> in MLflow.
     register_models: bool = False

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from convvae.anomaly import (
+    THRESHOLD_FILE,
+    THRESHOLD_TAG,
+    StoredThreshold,
+    parse_threshold,
+    read_threshold,
+)
 from convvae.config import TrackingConfig
+from convvae.errors import DataError
 from convvae.model import ConvVAE, load_model
 
 REGISTRY_PREFIX = "models:/"
@@ -20,3 +28,25 @@ def load_model_ref(ref: str, tracking: TrackingConfig | None = None) -> ConvVAE:
     from convvae.tracking import Tracker
 
     return load_model(Tracker(tracking or TrackingConfig()).model_file(ref))
+
+
+def load_scorer_ref(
+    ref: str, tracking: TrackingConfig | None = None
+) -> tuple[ConvVAE, StoredThreshold]:
+    """A model and its anomaly threshold: threshold.json beside a .pt file, or the registered
+    version's ``anomaly.threshold`` tag."""
+    if not ref.startswith(REGISTRY_PREFIX):
+        return load_model(Path(ref)), read_threshold(Path(ref).with_name(THRESHOLD_FILE))
+    from convvae.tracking import Tracker
+
+    tracker = Tracker(tracking or TrackingConfig())
+    version = tracker.version(ref)
+    record = version.tags.get(THRESHOLD_TAG)
+    if record is None:
+        raise DataError(
+            f"{ref} (version {version.version}) has no {THRESHOLD_TAG} tag: it was registered "
+            "before thresholds were stored; re-run `dvc repro -f evaluate` (or the benchmark "
+            "with benchmark.register_models) to register a version that has one"
+        )
+    threshold = parse_threshold(record, f"{ref} tag {THRESHOLD_TAG}")
+    return load_model(tracker.model_file(f"models:/{version.name}/{version.version}")), threshold

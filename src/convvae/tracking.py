@@ -318,6 +318,28 @@ class Tracker:
         except MlflowException:
             return None
 
+    def version(self, uri: str) -> Any:
+        """The model version that ``models:/NAME@alias`` or ``models:/NAME/VERSION`` names;
+        an unknown name, alias or version is a one-line error listing what exists."""
+        name, sep, alias = uri.removeprefix("models:/").partition("@")
+        if not sep:
+            name, _, alias = name.partition("/")
+        versions = self.model_versions(name)
+        if sep:
+            found = self.version_by_alias(name, alias)
+            with self._errors(f"read the aliases of {name}"):
+                known = sorted(self.client.get_registered_model(name).aliases)
+        else:
+            found = next((v for v in versions if str(v.version) == alias), None)
+            known = [str(v.version) for v in versions]
+        if found is None:
+            what = "aliases" if sep else "versions"
+            raise TrackingError(
+                f"{uri}: no such {'alias' if sep else 'version'} of {name} in {self.uri}; "
+                f"{what}: {', '.join(f'@{k}' if sep else k for k in known) or 'none'}"
+            )
+        return found
+
     def model_file(self, uri: str) -> Path:
         """Local path of the weights of ``models:/NAME/VERSION`` or ``models:/NAME@alias``."""
         with self._errors(f"download {uri}"):

@@ -33,13 +33,13 @@ def test_repro_runs_one_stage_per_class_then_the_report(project):
     for normal_class in (0, 1):
         metrics = json.loads((project / f"metrics/benchmark/class_{normal_class}.json").read_text())
         assert metrics["normal_class"] == normal_class and metrics["test_images"] == 200
-        for score in ("recon_bce", "neg_elbo", "iwae_nll", "complexity"):
+        for score in ("recon_bce", "neg_elbo", "iwae_nll", "excess_nll", "complexity"):
             values = metrics["scores"][score]
             assert values["roc_auc_ci_low"] <= values["roc_auc"] <= values["roc_auc_ci_high"]
         threshold = json.loads(
             (project / f"models/anomaly/class_{normal_class}/threshold.json").read_text()
         )
-        assert threshold["score"] == "iwae_nll" and threshold["normal_class"] == normal_class
+        assert threshold["score"] == "excess_nll" and threshold["normal_class"] == normal_class
         roc = json.loads((project / f"plots/benchmark/roc_class_{normal_class}.json").read_text())
         assert roc[0] == {"fpr": 0.0, "tpr": 0.0}
 
