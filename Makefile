@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 # pip prints hundreds of "Location ... is ignored" warnings on these machines: show progress only.
 PIP_FILTER := grep -vE 'is ignored|^\s*$$|Requirement already satisfied' || true
 
-.PHONY: install run test system-deps lint lock benchmark ui clean
+.PHONY: install run test system-deps lint lock benchmark ui clean fashion-mnist benchmark-fashion-mnist
 
 install: $(INSTALLED)
 
@@ -29,21 +29,35 @@ run: install
 test: install system-deps
 	$(PY) -m pytest
 
-# Debian packages the tests use: chromium (MLflow UI screenshot) and postgresql (team server).
+# Debian packages the tests use: chromium (MLflow UI screenshot), postgresql (team server) and
+# docker-compose (validates deploy/docker-compose.yml; no engine needed).
 # Installed as root with apt-get; otherwise the tests that need them skip (CI fails instead).
 system-deps:
 	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian's$$missing for the UI and team-server tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else echo "missing$$missing and not root: the tests that need them will skip"; fi
 
-lint: install
+# Debian's dataset-fashion-mnist (70,000 images, IDX files in /usr/share/datasets/fashion-mnist).
+fashion-mnist:
+	@if [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else echo "run as root: apt-get install dataset-fashion-mnist (or set data.path to the IDX files)"; exit 1; fi
+
+# The one-class benchmark on the full Fashion-MNIST, as a DVC experiment (needs a commit).
+benchmark-fashion-mnist: install fashion-mnist
+	$(VENV)/bin/dvc exp run -S data.source=fashion-mnist benchmark_report
+
+lint: install system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
+	docker-compose --project-directory deploy -f deploy/docker-compose.yml config -q
 	$(PY) -m pytest -q tests/test_deploy.py
 
 # Refresh the lock after changing pyproject.toml dependencies (then run `make test`).

@@ -113,7 +113,9 @@ def anomaly_threshold(model: ConvVAE, splits: Splits, cfg: BenchmarkConfig) -> d
     """The threshold record of the model trained on every class: validation images are normal."""
     scores = all_scores(model, splits.val.images, cfg.iwae_samples, seed=0)[cfg.score]
     cut = threshold_from_normal(scores, cfg.threshold_quantile)
-    return threshold_record(cfg.score, cut, cfg.threshold_quantile, cfg.iwae_samples)
+    return threshold_record(
+        cfg.score, cut, cfg.threshold_quantile, cfg.iwae_samples, normal_class=None
+    )
 
 
 def measure_uses(model: ConvVAE, splits: Splits, cfg: EvaluateConfig, plots: Path) -> dict:

@@ -1,9 +1,11 @@
 """The shipping files, checked without a Docker engine (none runs on these machines).
 
-`docker compose config` needs the compose plugin and `docker build` an engine; what can be
-checked here: hadolint on the Dockerfile, and the compose file's structure and safety rules.
+`docker build` needs an engine; what can be checked here: hadolint on the Dockerfile, Debian's
+`docker-compose` (1.29, which validates a compose file against the Compose specification with no
+engine: `docker-compose config`), and the compose file's structure and safety rules.
 """
 
+import copy
 import re
 import shutil
 import stat
@@ -40,6 +42,22 @@ def test_dockerfile_is_multi_stage_non_root_and_pinned():
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11\.\d+-slim", text, flags=re.M)
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".venv", "mlflow.db", "mlartifacts", ".git"} <= set(ignored)
+
+
+def test_compose_file_is_valid_for_docker_compose(compose, tmp_path):
+    docker_compose = shutil.which("docker-compose")
+    if docker_compose is None:
+        pytest.skip("docker-compose not installed (apt-get install docker-compose; make test does)")
+    check = [docker_compose, "--project-directory", str(COMPOSE.parent), "-f"]
+    result = subprocess.run([*check, str(COMPOSE), "config", "-q"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # The validator does reject a broken file (ports must be a list).
+    broken = tmp_path / "broken.yml"
+    broken_compose = copy.deepcopy(compose)
+    broken_compose["services"]["mlflow"]["ports"] = {"5000": 5000}
+    broken.write_text(yaml.safe_dump(broken_compose))
+    result = subprocess.run([*check, str(broken), "config", "-q"], capture_output=True, text=True)
+    assert result.returncode != 0 and "ports" in result.stderr
 
 
 def test_compose_references_are_consistent(compose):

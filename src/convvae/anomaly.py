@@ -213,16 +213,23 @@ class StoredThreshold:
 
 
 def threshold_record(
-    score: str, threshold: float, quantile: float, iwae_samples: int, **context
+    score: str,
+    threshold: float,
+    quantile: float,
+    iwae_samples: int,
+    normal_class: int | None,
+    **context: str,
 ) -> dict:
     """The threshold file's contents: the cut (``threshold_from_normal`` of normal validation
-    scores, never test labels), how to recompute ``score``, and ``context`` (class, source)."""
+    scores, never test labels), how to recompute ``score``, the normal class (None: every class)
+    and ``context`` (class name, data source)."""
     return {
         "score": score,
         "threshold": threshold,
         "quantile": quantile,
         "iwae_samples": iwae_samples,
         "noise_seed": 0,
+        "normal_class": normal_class,
         **context,
     }
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 
@@ -63,9 +64,59 @@ def test_repro_runs_one_stage_per_class_then_the_report(project):
     assert "Running stage" not in second.stdout
 
 
+def class_runs(project: Path) -> dict[str, str]:
+    """{normal class: run id} of the nested runs in the project's benchmark experiment."""
+    client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
+    experiment = client.get_experiment_by_name("convvae-anomaly")
+    runs = client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''")
+    return {r.data.tags["normal_class"]: r.info.run_id for r in runs}
+
+
 def test_one_class_reruns_alone(project):
+    before = class_runs(project)
     again = run([str(BIN / "dvc"), "repro", "-f", "-s", "benchmark@1"], project)
     assert "Running stage 'benchmark@1'" in again.stdout
     assert "benchmark@0" not in again.stdout
     status = run([str(BIN / "dvc"), "status", "benchmark_report"], project).stdout
     assert "benchmark_report" in status  # the report is stale until it is reproduced
+
+    report = run([str(BIN / "dvc"), "repro", "benchmark_report"], project)
+    # Class 1's results changed: its run is continued; class 0's run is left alone.
+    assert f"class 1: continued MLflow run {before['1']}" in report.stdout
+    assert "class 0:" not in report.stdout
+    assert class_runs(project) == before
+
+
+def test_registered_class_models_score_new_images_from_the_registry(project, tmp_path):
+    """register_models reruns only the report (no retraining); a registered class model scores
+    through models:/ exactly as its local file does, with the same stored threshold."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["benchmark"]["register_models"] = True
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    registered = run([str(BIN / "dvc"), "repro", "benchmark_report"], project)
+    assert "Running stage 'benchmark@" not in registered.stdout
+    assert "registered convvae-anomaly-mnist-5k-class-0 version 1" in registered.stdout
+
+    test_images = np.load(project / "data/prepared/splits.npz")["test_images"][:20]
+    np.save(tmp_path / "new.npy", test_images)
+    scored = {}
+    for ref in ("models:/convvae-anomaly-mnist-5k-class-0/1", "models/anomaly/class_0/model.pt"):
+        out = tmp_path / f"{len(scored)}.csv"
+        result = run(
+            [
+                str(BIN / "convvae"),
+                "score",
+                "--model",
+                ref,
+                str(tmp_path / "new.npy"),
+                "--out",
+                str(out),
+            ],
+            project,
+        )
+        assert (
+            "20 images scored (excess_nll" in result.stdout and "normal: class 0" in result.stdout
+        )
+        scored[ref] = out.read_text()
+    first, second = scored.values()
+    assert first == second and first.count("\n") == 21

@@ -44,6 +44,33 @@ def test_repro_runs_every_stage_then_does_nothing(project):
     assert len(mlflow_runs(project)) == 1, "a skipped stage logs nothing"
 
 
+def test_the_registered_model_scores_images_at_its_validation_threshold(project, tmp_path):
+    """evaluate stores the model's threshold (file and version tag); `convvae score` with
+    models:/ flags about (1 - quantile) of validation images, which are normal by definition."""
+    import numpy as np
+
+    threshold = json.loads((project / "models/threshold.json").read_text())
+    assert threshold["score"] == "excess_nll" and threshold["normal_class"] is None
+    np.save(tmp_path / "val.npy", np.load(project / "data/prepared/splits.npz")["val_images"])
+    out = tmp_path / "scores.csv"
+    ref = "models:/convvae-mnist-5k/1"
+    result = run(
+        [
+            str(BIN / "convvae"),
+            "score",
+            "--model",
+            ref,
+            str(tmp_path / "val.npy"),
+            "--out",
+            str(out),
+        ],
+        project,
+    )
+    assert "normal: every class" in result.stdout
+    flags = [line.rsplit(",", 1)[1] for line in out.read_text().splitlines()[1:]]
+    assert len(flags) > 20 and 0 < flags.count("1") <= 0.05 * len(flags) + 1
+
+
 def test_metrics_and_plots_show(project, tmp_path):
     shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout)
     metrics = shown[""]["data"]
