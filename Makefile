@@ -53,10 +53,11 @@ fashion-mnist:
 benchmark-fashion-mnist: install fashion-mnist
 	$(VENV)/bin/dvc exp run -S data.source=fashion-mnist benchmark_report
 
-lint: install system-deps
+lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
+	@command -v docker-compose >/dev/null || { echo "docker-compose missing: apt-get install docker-compose (or make system-deps as root)"; exit 1; }
 	docker-compose --project-directory deploy -f deploy/docker-compose.yml config -q
 	$(PY) -m pytest -q tests/test_deploy.py
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from convvae.anomaly import THRESHOLD_FILE as THRESHOLD_FILE  # re-exported for the stages
+from convvae.files import THRESHOLD_FILE
 
 PARAMS = Path("params.yaml")
 PREPARED_SPLITS = Path("data/prepared/splits.npz")

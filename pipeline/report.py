@@ -170,6 +170,7 @@ def benchmark_tracking(params: Params) -> TrackingConfig:
 
 CLASS_DIGEST_TAG = "benchmark.class_sha256"  # of the class's metrics and threshold files
 REGISTERED_TAG = "registered_version"
+REGISTERED_DIGEST_TAG = "registered.class_sha256"  # the results that version was registered with
 
 
 def log_benchmark(tracker: Tracker, params: Params, per_class: dict, summary: dict) -> dict:
@@ -195,46 +196,50 @@ def log_benchmark(tracker: Tracker, params: Params, per_class: dict, summary: di
 
 
 def log_class(tracker, params, parent, metrics, previous, tags, data_sha256) -> str:
-    """One class's nested run: new, continued (its results changed) or untouched; its id."""
+    """One class's nested run: new, continued (its results changed, or the last logging or
+    registration did not finish) or untouched; returns its id."""
     normal_class = metrics["normal_class"]
     model_dir = layout.ANOMALY_MODELS / f"class_{normal_class}"
     threshold_file = model_dir / layout.THRESHOLD_FILE
     metrics_file = layout.BENCHMARK_METRICS / f"class_{normal_class}.json"
     digest = hashlib.sha256(metrics_file.read_bytes() + threshold_file.read_bytes()).hexdigest()
     register = params.benchmark.register_models
-    if previous is not None:
-        same = previous.data.tags.get(CLASS_DIGEST_TAG) == digest
-        if same and (not register or REGISTERED_TAG in previous.data.tags):
-            return previous.info.run_id
+    old_tags = previous.data.tags if previous is not None else {}
+    # The digest tags are set last, so a run whose logging failed half-way is logged again.
+    logged = (
+        previous is not None
+        and previous.info.status == "FINISHED"
+        and old_tags.get(CLASS_DIGEST_TAG) == digest
+    )
+    registered = old_tags.get(REGISTERED_DIGEST_TAG) == digest
+    if logged and (registered or not register):
+        return previous.info.run_id
     previous_id = previous.info.run_id if previous is not None else None
     with nested_run(tracker, parent, f"class-{normal_class}", previous_id) as run_id:
         if previous is None:
             bench = dataclasses.asdict(params.benchmark)
             del bench["classes"], bench["register_models"]  # not part of the benchmark's identity
             tracker.log_params({"benchmark": bench, "model": params.to_dict()["model"]})
-        tracker.set_tags(
-            {
-                **tags,
-                "normal_class": str(normal_class),
-                "data.sha256": data_sha256,
-                CLASS_DIGEST_TAG: digest,
-            }
-        )
-        tracker.log_metrics(
-            {
-                **{k: v for k, v in metrics.items() if k != "scores"},
-                **{
-                    f"{score}.{name}": value
-                    for score, values in metrics["scores"].items()
-                    for name, value in values.items()
-                },
-            }
-        )
-        roc_path = layout.BENCHMARK_PLOTS / f"roc_class_{normal_class}.json"
-        tracker.log_artifacts([threshold_file, roc_path], "benchmark")
-        if register:
+        if not logged:
+            tracker.set_tags(
+                {**tags, "normal_class": str(normal_class), "data.sha256": data_sha256}
+            )
+            tracker.log_metrics(
+                {
+                    **{k: v for k, v in metrics.items() if k != "scores"},
+                    **{
+                        f"{score}.{name}": value
+                        for score, values in metrics["scores"].items()
+                        for name, value in values.items()
+                    },
+                }
+            )
+            roc_path = layout.BENCHMARK_PLOTS / f"roc_class_{normal_class}.json"
+            tracker.log_artifacts([threshold_file, roc_path], "benchmark")
+        if register and not registered:
             version = register_class_model(tracker, params, normal_class, run_id)
-            tracker.set_tags({REGISTERED_TAG: version})
+            tracker.set_tags({REGISTERED_TAG: version, REGISTERED_DIGEST_TAG: digest})
+        tracker.set_tags({CLASS_DIGEST_TAG: digest})
     action = "continued" if previous is not None else "logged"
     print(f"class {normal_class}: {action} MLflow run {run_id}")
     return run_id

@@ -178,8 +178,9 @@ def test_the_complexity_score_subtracts_the_compressed_length(digit_one):
 
 
 def test_the_excess_nll_is_the_iwae_nll_above_the_bernoulli_floor(digit_one):
-    """-log p(x) >= sum_i H(x_i) under any Bernoulli decoder (Gibbs' inequality per pixel), so
-    the excess is never negative; the floor is recomputed here from the pixels."""
+    """The floor sum_i H(x_i), recomputed here from the pixels, is subtracted. The true
+    -log p(x) never falls below it (Gibbs' inequality per pixel); the k-sample estimate could in
+    principle, but for a trained model it sits far above."""
     model, test = digit_one
     images = test.images[:100]
     scores = all_scores(model, images, k=8)

@@ -195,9 +195,8 @@ def roc_points(labels: np.ndarray, scores: np.ndarray) -> list[dict[str, float]]
     return [{"fpr": float(f), "tpr": float(t)} for f, t in zip(fprs, tprs, strict=True)]
 
 
-# Where a model's threshold record (JSON) lives: a file beside the model file, and the same
-# record as a tag of its registered version.
-THRESHOLD_FILE = "threshold.json"
+# A model's threshold record (JSON) lives in convvae.files.THRESHOLD_FILE beside the model file;
+# the same record is the THRESHOLD_TAG of its registered version.
 THRESHOLD_TAG = "anomaly.threshold"
 
 
@@ -244,13 +243,15 @@ def read_threshold(path: str | Path) -> StoredThreshold:
             f"{path}: no threshold file beside the model; pass models/model.pt (after `dvc repro "
             "evaluate`), models/anomaly/class_<c>/model.pt or a registered models:/ URI"
         ) from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the threshold file ({err.strerror})") from None
     return parse_threshold(text, str(path))
 
 
 def parse_threshold(text: str, where: str) -> StoredThreshold:
     """A threshold record from its JSON text; ``where`` (a file or models:/ URI) names it in
     the DataError a malformed record raises."""
-    fix = "re-run the stage that wrote it (dvc repro evaluate / benchmark)"
+    fix = "re-run the stage that wrote it (dvc repro -f evaluate / benchmark), which re-registers"
     try:
         raw = json.loads(text)
         normal_class = raw.get("normal_class")

@@ -12,6 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# Beside a model file: its anomaly threshold record (convvae.anomaly), read by `convvae score`.
+THRESHOLD_FILE = "threshold.json"
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:

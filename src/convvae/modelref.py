@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from convvae.anomaly import (
-    THRESHOLD_FILE,
     THRESHOLD_TAG,
     StoredThreshold,
     parse_threshold,
@@ -13,6 +12,7 @@ from convvae.anomaly import (
 )
 from convvae.config import TrackingConfig
 from convvae.errors import DataError
+from convvae.files import THRESHOLD_FILE
 from convvae.model import ConvVAE, load_model
 
 REGISTRY_PREFIX = "models:/"

@@ -336,7 +336,8 @@ class Tracker:
             what = "aliases" if sep else "versions"
             raise TrackingError(
                 f"{uri}: no such {'alias' if sep else 'version'} of {name} in {self.uri}; "
-                f"{what}: {', '.join(f'@{k}' if sep else k for k in known) or 'none'}"
+                f"{what}: {', '.join(f'@{k}' if sep else k for k in known) or 'none'} (use "
+                "models:/NAME@alias or models:/NAME/VERSION; `convvae promote` sets @champion)"
             )
         return found
 
@@ -385,7 +386,7 @@ def anomaly_model_name(data_source: str, normal_class: int) -> str:
 
 def benchmark_parent_run(tracker: Tracker, key: str, run_name: str, tags: Mapping[str, str]) -> str:
     """Id of the benchmark's parent run, the newest tagged ``benchmark.key = key``; created if
-    none. Every class stage of one benchmark (same params and data) finds the same parent."""
+    none. One benchmark (same params and data) keeps one parent across reports."""
     with tracker._errors("find the benchmark's parent run"):
         experiment = tracker.client.get_experiment_by_name(tracker.cfg.experiment)
         found = tracker.client.search_runs(

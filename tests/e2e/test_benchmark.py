@@ -64,12 +64,14 @@ def test_repro_runs_one_stage_per_class_then_the_report(project):
     assert "Running stage" not in second.stdout
 
 
-def class_runs(project: Path) -> dict[str, str]:
-    """{normal class: run id} of the nested runs in the project's benchmark experiment."""
+def class_runs(project: Path) -> dict[str, tuple[str, int]]:
+    """{normal class: (run id, end time)} of every nested run of the benchmark experiment."""
     client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
     experiment = client.get_experiment_by_name("convvae-anomaly")
     runs = client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''")
-    return {r.data.tags["normal_class"]: r.info.run_id for r in runs}
+    by_class = {r.data.tags["normal_class"]: (r.info.run_id, r.info.end_time) for r in runs}
+    assert len(by_class) == len(runs), "one nested run per class"
+    return by_class
 
 
 def test_one_class_reruns_alone(project):
@@ -82,9 +84,11 @@ def test_one_class_reruns_alone(project):
 
     report = run([str(BIN / "dvc"), "repro", "benchmark_report"], project)
     # Class 1's results changed: its run is continued; class 0's run is left alone.
-    assert f"class 1: continued MLflow run {before['1']}" in report.stdout
+    assert f"class 1: continued MLflow run {before['1'][0]}" in report.stdout
     assert "class 0:" not in report.stdout
-    assert class_runs(project) == before
+    after = class_runs(project)
+    assert after["0"] == before["0"]  # untouched: same run, same end time
+    assert after["1"][0] == before["1"][0] and after["1"][1] > before["1"][1]
 
 
 def test_registered_class_models_score_new_images_from_the_registry(project, tmp_path):
