@@ -276,6 +276,9 @@ class Tracker:
             signature=torch_signature,
             serialization_format="pt2",
             pip_requirements=_pip_requirements(),
+            # torch.export has just run this graph on the example; reloading it to run it again
+            # costs time in every evaluate. The pyfunc (the served flavour) is still validated.
+            validate_serving_input=False,
         )
         info = self._mlflow.pyfunc.log_model(
             name="convvae",
