@@ -10,6 +10,7 @@ when they do not. Registers each class's model when benchmark.register_models is
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from convvae.tracking import (
     anomaly_model_name,
     benchmark_parent_run,
     child_runs,
+    flatten,
     nested_run,
     open_tracker,
     provenance_tags,
@@ -227,11 +229,7 @@ def log_class(tracker, params, parent, metrics, previous, tags, data_sha256) -> 
             tracker.log_metrics(
                 {
                     **{k: v for k, v in metrics.items() if k != "scores"},
-                    **{
-                        f"{score}.{name}": value
-                        for score, values in metrics["scores"].items()
-                        for name, value in values.items()
-                    },
+                    **flatten(metrics["scores"]),  # <score>.<metric>
                 }
             )
             roc_path = layout.BENCHMARK_PLOTS / f"roc_class_{normal_class}.json"
@@ -245,17 +243,23 @@ def log_class(tracker, params, parent, metrics, previous, tags, data_sha256) -> 
     return run_id
 
 
+@functools.cache
+def example_images() -> np.ndarray:
+    """Two test images in [0, 1], the input example of every registered class model (the
+    splits file is read once per report, not once per class)."""
+    splits = load_splits(layout.PREPARED_SPLITS)
+    return to_unit_interval(torch.from_numpy(splits.test.images[:2])).numpy()
+
+
 def register_class_model(tracker: Tracker, params: Params, normal_class: int, run_id: str) -> str:
     """The class's model as a version of convvae-anomaly-<source>-class-<c>, with its threshold."""
     model_dir = layout.ANOMALY_MODELS / f"class_{normal_class}"
     name = anomaly_model_name(params.data.source, normal_class)
-    splits = load_splits(layout.PREPARED_SPLITS)
-    example = to_unit_interval(torch.from_numpy(splits.test.images[:2])).numpy()
     threshold = (model_dir / layout.THRESHOLD_FILE).read_text()
     version = tracker.log_model(
         load_model(model_dir / "model.pt"),
         model_dir / "model.pt",
-        example,
+        example_images(),
         name,
         {THRESHOLD_TAG: threshold, "run_id": run_id},
     )
