@@ -10,9 +10,10 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 # pip prints hundreds of "Location ... is ignored" warnings on these machines: show progress only.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PIP_FILTER := grep -vE 'is ignored|^\s*$$|Requirement already satisfied' || true
 
-.PHONY: install run test system-deps lint lock benchmark ui clean fashion-mnist benchmark-fashion-mnist
+.PHONY: install run test system-deps lint lock speed ui clean fashion-mnist benchmark-fashion-mnist
 
 install: $(INSTALLED)
 
@@ -29,22 +30,24 @@ run: install
 test: install system-deps
 	$(PY) -m pytest
 
-# Debian packages the tests use: chromium (MLflow UI screenshot), postgresql (team server) and
-# docker-compose (validates deploy/docker-compose.yml; no engine needed).
+# Debian packages the tests use: chromium (MLflow UI screenshot), postgresql (team server),
+# docker-compose (validates deploy/docker-compose.yml; no engine needed) and
+# dataset-fashion-mnist (the Fashion-MNIST source's tests read its IDX files).
 # Installed as root with apt-get; otherwise the tests that need them skip (CI fails instead).
 system-deps:
 	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	test -f $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz || missing="$$missing dataset-fashion-mnist"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian's$$missing for the UI and team-server tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else echo "missing$$missing and not root: the tests that need them will skip"; fi
 
-# Debian's dataset-fashion-mnist (70,000 images, IDX files in /usr/share/datasets/fashion-mnist).
+# Debian's dataset-fashion-mnist (70,000 images, IDX files in $(FASHION_MNIST)).
 fashion-mnist:
-	@if [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then exit 0; fi; \
+	@if [ -f $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	else echo "run as root: apt-get install dataset-fashion-mnist (or set data.path to the IDX files)"; exit 1; fi
@@ -71,8 +74,9 @@ ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		--host 127.0.0.1 --port $(UI_PORT)
 
-benchmark: install
-	$(PY) benchmarks/train_speed.py
+# Training speed against the original loop and the roofline (not the anomaly benchmark).
+speed: install
+	$(PY) speed/train_speed.py
 
 clean:
 	rm -rf checkpoints

@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
-from convvae.files import THRESHOLD_FILE
+from convvae.files import THRESHOLD_FILE, ClassFiles
 
 PARAMS = Path("params.yaml")
 PREPARED_SPLITS = Path("data/prepared/splits.npz")
 MANIFEST = Path("data/prepared/manifest.json")
 MODEL = Path("models/model.pt")
+MODEL_THRESHOLD = MODEL.with_name(THRESHOLD_FILE)
 # Outside DVC's outputs (which DVC deletes before a stage runs), so an interrupted run resumes.
 TRAIN_CHECKPOINT = Path("checkpoints/train.pt")
 TRAIN_METRICS = Path("metrics/train.json")
@@ -22,12 +23,21 @@ TRAIN_CHECKPOINT_RUN = Path("checkpoints/train.mlflow_run")
 USES_METRICS = Path("metrics/uses.json")
 RATE_DISTORTION = EVALUATE_PLOTS / "rate_distortion.csv"
 # The one-class anomaly benchmark: per normal class c, then the report over all classes.
-ANOMALY_MODELS = Path("models/anomaly")  # class_<c>/model.pt and class_<c>/threshold.json
-BENCHMARK_METRICS = Path("metrics/benchmark")  # class_<c>.json
-BENCHMARK_PLOTS = Path("plots/benchmark")  # roc_class_<c>.json
+ANOMALY_MODELS = Path("models/anomaly")
+BENCHMARK_METRICS = Path("metrics/benchmark")
+BENCHMARK_PLOTS = Path("plots/benchmark")
 BENCHMARK_SUMMARY = Path("metrics/benchmark_summary.json")
 ANOMALY_REPORT = Path("reports/anomaly.md")
 ANOMALY_ROC_PNG = Path("reports/anomaly_roc.png")
-# threshold.json beside each model file, read by `convvae score`: the model trained on every
-# class (written by evaluate) and each class's model (models/anomaly/class_<c>/).
-MODEL_THRESHOLD = MODEL.with_name(THRESHOLD_FILE)
+ANOMALY_METHODS_PNG = Path("reports/anomaly_methods.png")
+
+
+def class_files(normal_class: int) -> ClassFiles:
+    """The outputs of stage benchmark@<normal_class>."""
+    model_dir = ANOMALY_MODELS / f"class_{normal_class}"
+    return ClassFiles(
+        model=model_dir / "model.pt",
+        threshold=model_dir / THRESHOLD_FILE,
+        metrics=BENCHMARK_METRICS / f"class_{normal_class}.json",
+        roc=BENCHMARK_PLOTS / f"roc_class_{normal_class}.json",
+    )

@@ -1,8 +1,8 @@
 """DVC stage `prepare`: load the data source, split it, write the splits and a manifest."""
 
-from convvae.cli import run_stage
 from convvae.config import load_params
 from convvae.data import build_manifest, load_source, make_splits, save_splits
+from convvae.errors import run_stage
 from convvae.files import write_json
 from pipeline import layout
 

@@ -1,4 +1,4 @@
-"""convvae.anomaly and stats.bootstrap_ci: one-pass scores, detection metrics, thresholds."""
+"""convvae.anomaly (the one estimator), detection metrics, decision thresholds, bootstrap CIs."""
 
 from __future__ import annotations
 
@@ -11,17 +11,15 @@ import torch
 
 from convvae.anomaly import (
     SCORES,
+    ScoreSpec,
     all_scores,
     compressed_bits,
-    detection_metrics,
-    f1_at_threshold,
-    fpr_at_tpr,
     model_scores,
-    read_threshold,
-    roc_points,
-    threshold_from_normal,
+    score_images,
 )
 from convvae.data import load_source, make_splits
+from convvae.decision import calibrate, read_threshold, threshold_from_normal
+from convvae.detection import detection_metrics, f1_at_threshold, fpr_at_tpr, roc_points
 from convvae.errors import DataError
 from convvae.stats import bootstrap_ci
 from convvae.train import Trainer
@@ -129,13 +127,61 @@ def test_scores_are_deterministic_and_do_not_depend_on_the_batch(trained, mnist_
     assert np.all(first["recon_bce"] > 0)
 
 
-def test_iwae_scores_match_the_evaluate_module_in_the_mean(trained, mnist_slice):
-    from convvae.evaluate import per_image_iwae_nll
+def naive_iwae_nll(model, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """-log p(x) by the IWAE bound written out one sample at a time, for x float (B, ...)."""
+    mu, logvar = model.encode(x)
+    std = torch.exp(0.5 * logvar)
+    log_weights = []
+    for e in eps:
+        z = mu + std * e
+        logits = model.decode(z)
+        log_px_z = (
+            -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+            .flatten(1)
+            .sum(1)
+        )
+        log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(1)
+        log_qz = -0.5 * (e.pow(2) + logvar + math.log(2 * math.pi)).sum(1)
+        log_weights.append(log_px_z + log_pz - log_qz)
+    return -(torch.logsumexp(torch.stack(log_weights), 0) - math.log(len(eps)))
 
-    images = torch.from_numpy(mnist_slice.test.images[:64])
-    ours = model_scores(trained, images, k=64, seed=0)["iwae_nll"].mean()
-    reference = per_image_iwae_nll(trained, images, k=64, seed=0).mean().item()
-    assert ours == pytest.approx(reference, rel=0.01)
+
+def test_batched_iwae_matches_the_bound_written_out_sample_by_sample(trained, mnist_slice):
+    images = torch.from_numpy(mnist_slice.test.images[:16])
+    ours = model_scores(trained, images, k=16, seed=5)
+    eps = torch.randn(16, trained.arch.latent_dim, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        reference = naive_iwae_nll(trained, images.float() / 255, eps).double().numpy()
+    np.testing.assert_allclose(ours["iwae_nll"], reference, rtol=1e-4)
+    np.testing.assert_allclose(ours["neg_elbo"], ours["recon_nll"] + ours["kl"], rtol=1e-9)
+    # k = 1 is the single-sample negative ELBO: the IWAE bound and the ELBO coincide.
+    one = model_scores(trained, images, k=1, seed=5)
+    np.testing.assert_allclose(one["iwae_nll"], one["neg_elbo"], rtol=1e-9)
+    # More samples tighten the bound on -log p(x): lower NLL than the ELBO on average.
+    assert ours["iwae_nll"].mean() < ours["neg_elbo"].mean() - 0.5
+
+
+def test_score_images_is_model_scores_of_the_named_score(trained, mnist_slice):
+    images = mnist_slice.test.images[:20]
+    spec = ScoreSpec("excess_nll", samples=4, noise_seed=1)
+    expected = model_scores(trained, torch.from_numpy(images), 4, 1)["excess_nll"]
+    np.testing.assert_array_equal(score_images(trained, images, spec), expected)
+    # Float pixels in [0, 1] (what serving receives) give the same scores as uint8.
+    floats = images.astype(np.float32) / 255
+    np.testing.assert_allclose(score_images(trained, floats, spec), expected, rtol=1e-6)
+    complexity = score_images(trained, images, ScoreSpec("complexity", 4, 1))
+    np.testing.assert_allclose(complexity, all_scores(trained, images, 4, 1)["complexity"])
+
+
+def test_calibrate_flags_about_one_minus_the_quantile_of_normal_images(trained, mnist_slice):
+    val = mnist_slice.val.images
+    spec = ScoreSpec("neg_elbo", samples=2)
+    record = calibrate(trained, val, spec, 0.9, normal_class=None, data_source="mnist-5k")
+    scores = score_images(trained, val, spec)
+    assert record["threshold"] == threshold_from_normal(scores, 0.9)
+    assert abs(np.mean(scores > record["threshold"]) - 0.1) < 0.02
+    assert record["score"] == "neg_elbo" and record["iwae_samples"] == 2
+    assert record["normal_class"] is None and record["data_source"] == "mnist-5k"
 
 
 def test_compressed_bits_of_a_blank_image_are_fewer_than_of_a_digit(mnist_slice):
@@ -198,7 +244,8 @@ def test_read_threshold_and_its_errors(tmp_path):
     fields = {"score": "iwae_nll", "threshold": 12.5, "iwae_samples": 8, "noise_seed": 0}
     path.write_text(json.dumps({**fields, "normal_class": 3}))
     stored = read_threshold(path)
-    assert stored.score == "iwae_nll" and stored.threshold == 12.5 and stored.normal_class == 3
+    assert stored.spec == ScoreSpec("iwae_nll", 8, 0)
+    assert stored.threshold == 12.5 and stored.normal_class == 3
     with pytest.raises(DataError, match="no threshold file"):
         read_threshold(tmp_path / "missing.json")
     path.write_text(json.dumps(fields))  # a model trained on every class has no normal class

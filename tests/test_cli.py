@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from convvae.cli import DEBUG_ENV, main, run_stage
+from convvae.cli import main
 from convvae.config import Params, load_params, parse_params
-from convvae.errors import CheckpointError, ConfigError
+from convvae.errors import DEBUG_ENV, CheckpointError, ConfigError, run_stage
 from convvae.model import Architecture, ConvVAE, count_parameters, save_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,15 @@ def test_check_params_good_file_prints_json_that_round_trips(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     printed = json.loads(result.stdout)
-    assert set(printed) == {"data", "model", "train", "evaluate", "tracking", "benchmark"}
+    assert set(printed) == {
+        "data",
+        "model",
+        "train",
+        "evaluate",
+        "tracking",
+        "anomaly",
+        "benchmark",
+    }
     assert printed["train"]["lr"] == 0.001
     assert printed["train"]["epochs"] == 3
     assert printed["model"]["channels"] == [8, 16]

@@ -81,7 +81,7 @@ def test_a_registered_version_scores_with_its_tagged_threshold(
 ):
     """models:/NAME@alias reads the weights and the threshold from the registry, and scores the
     same as the local file; a version without the tag and an unknown alias are one line."""
-    from convvae.anomaly import THRESHOLD_TAG
+    from convvae.decision import THRESHOLD_TAG
     from convvae.model import load_model
 
     record = one_class_model.with_name("threshold.json").read_text()

@@ -72,6 +72,43 @@ def test_repo_params_file_loads_and_matches_defaults_except_known_overrides() ->
     assert params.train.epochs == 30
 
 
+def test_benchmark_training_is_train_with_the_overrides_applied() -> None:
+    """Every key of `train` reaches the class models unless benchmark.train replaces it (the
+    old benchmark silently dropped optimizer, weight_decay, lr_schedule, warm-up and clipping)."""
+    params = parse_params(
+        {
+            "train": {
+                "optimizer": "adamw",
+                "weight_decay": 0.01,
+                "lr_schedule": "cosine",
+                "kl_warmup_epochs": 2,
+                "grad_clip_norm": 5.0,
+                "seed": 7,
+                "epochs": 30,
+            },
+            "benchmark": {"train": {"epochs": 4, "lr": 0.002}},
+        }
+    )
+    expected = dataclasses.replace(params.train, epochs=4, lr=0.002, seed=9)
+    assert params.benchmark_train(seed_offset=2) == expected
+    assert parse_params({}).benchmark_train() == dataclasses.replace(
+        TrainConfig(), epochs=20, batch_size=64
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"epochz": 3}, "unknown key benchmark.train.epochz; known keys in benchmark.train:"),
+        ({"lr": 5}, "benchmark.train.lr must be between 0 and 1"),
+        ({"optimizer": "sgd"}, "benchmark.train.optimizer must be one of adam, adamw"),
+        ([1, 2], "benchmark.train must be a mapping"),
+    ],
+)
+def test_bad_benchmark_overrides_are_one_line_errors(overrides, message) -> None:
+    assert message in config_error({"benchmark": {"train": overrides}})
+
+
 def test_repo_params_file_spells_out_every_key() -> None:
     # DVC tracks params by key, and check-params documents the file: every option is listed.
     raw = yaml.safe_load(REPO_PARAMS.read_text())

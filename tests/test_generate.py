@@ -9,11 +9,11 @@ from convvae.generate import (
     classifier_accuracy,
     classifier_features,
     frechet_distance,
-    image_grid,
     interpolate,
     sample_quality,
     train_classifier,
 )
+from convvae.images import image_grid
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from convvae.errors import DataError
+from convvae.images import to_unit_interval
 from convvae.impute import (
     imputation_benchmark,
     impute,
@@ -15,7 +16,6 @@ from convvae.impute import (
     nearest_neighbour_fill,
     save_imputation_grid,
 )
-from convvae.train import to_unit_interval
 
 SHAPE = (1, 28, 28)
 

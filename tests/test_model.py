@@ -8,6 +8,7 @@ from torch.distributions import Normal, kl_divergence
 
 from convvae.config import ModelConfig
 from convvae.errors import CheckpointError, ConfigError
+from convvae.images import to_unit_interval
 from convvae.model import (
     PRESETS,
     Architecture,
@@ -18,7 +19,6 @@ from convvae.model import (
     resolve_architecture,
     save_model,
 )
-from convvae.train import to_unit_interval
 from tests.conftest import TINY, tiny_model
 
 

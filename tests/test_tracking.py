@@ -11,13 +11,8 @@ import torch
 from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
 from convvae.model import save_model
-from convvae.tracking import (
-    Tracker,
-    flatten,
-    provenance_tags,
-    repository_root,
-    resolve_tracking_uri,
-)
+from convvae.provenance import provenance_tags, repository_root
+from convvae.tracking import Tracker, flatten, resolve_tracking_uri
 from tests.conftest import tiny_model
 from tests.e2e.servers import free_port
 

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from convvae.devices import select_device
 from convvae.errors import CheckpointError, ConfigError, TrainingDivergedError
-from convvae.train import Trainer, select_device
+from convvae.train import Trainer
 from tests.conftest import quick_train_config, tiny_model
 
 

@@ -1,4 +1,7 @@
-"""The `convvae` command, and the one place where user-fixable errors become one-line messages."""
+"""The `convvae` command: one subcommand per use, each a thin call into the library.
+
+User-fixable errors print as one line (convvae.errors.exit_on_error); --debug shows tracebacks.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +9,8 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
-from collections.abc import Callable
 
-from convvae.errors import ConvVAEError
-
-DEBUG_ENV = "CONVVAE_DEBUG"
-
-
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a pipeline stage; a ConvVAEError prints as one line (traceback with CONVVAE_DEBUG=1)."""
-    _exit_on_error(main, debug=os.environ.get(DEBUG_ENV, "") not in ("", "0"))
-
-
-def _exit_on_error(action: Callable[[], None], debug: bool) -> None:
-    try:
-        action()
-    except ConvVAEError as err:
-        if debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted; finished epochs are kept in the checkpoint", file=sys.stderr)
-        raise SystemExit(130) from None
+from convvae.errors import debug_requested, exit_on_error
 
 
 def _check_params(args: argparse.Namespace) -> None:
@@ -50,6 +31,7 @@ def _inspect(args: argparse.Namespace) -> None:
 def _promote(args: argparse.Namespace) -> None:
     import torch
 
+    from convvae.anomaly import ScoreSpec
     from convvae.config import load_params
     from convvae.data import load_splits
     from convvae.promote import promote
@@ -58,7 +40,8 @@ def _promote(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     images = torch.from_numpy(load_splits(args.data).test.images)
     tracker = Tracker(params.tracking)
-    decision = promote(tracker, args.model, images, args.metric, args.dry_run)
+    spec = ScoreSpec.from_config(params.anomaly)
+    decision = promote(tracker, args.model, images, args.metric, args.dry_run, spec)
     print(f"model {decision.model} ({tracker.uri}), metric {decision.metric} (lower is better)")
     comparison = decision.comparison
     if comparison is not None:
@@ -78,50 +61,16 @@ def _image_shape(model) -> tuple[int, int, int]:
     return (arch.image_channels, arch.image_size, arch.image_size)
 
 
-def _write_images(images, out: str) -> None:
-    """[0, 1] float (N, C, H, W) → a grid PNG, or a float32 .npy when ``out`` ends in .npy."""
-    from pathlib import Path
-
-    import numpy as np
-
-    from convvae.errors import ConfigError
-    from convvae.files import atomic_path
-    from convvae.generate import image_grid
-    from convvae.images import save_png
-
-    suffix = Path(out).suffix.lower()
-    if suffix == ".npy":
-        with atomic_path(out) as tmp, tmp.open("wb") as file:
-            np.save(file, images.numpy().astype(np.float32))
-    elif suffix == ".png":
-        save_png(image_grid(images), out)
-    else:
-        raise ConfigError(f"--out {out}: write .png (a grid) or .npy (float pixels in [0, 1])")
-
-
-def _write_png_folder(images, names: list[str], folder: str) -> None:
-    """uint8 (N, C, H, W) as one PNG per name in ``folder`` (array names like a.npz[3] are
-    written a.npz_3.png)."""
-    import re
-    from pathlib import Path
-
-    from convvae.images import save_png
-
-    for image, name in zip(images, names, strict=True):
-        if not name.lower().endswith(".png"):
-            name = re.sub(r"[^\w.-]+", "_", name).strip("_") + ".png"
-        save_png(image, Path(folder) / name)
-
-
 def _generate(args: argparse.Namespace) -> None:
     from convvae.errors import ConfigError
     from convvae.evaluate import sample_images
+    from convvae.images import write_images
     from convvae.modelref import load_model_ref
 
     if args.n < 1 or args.temperature <= 0:
         raise ConfigError("--n must be >= 1 and --temperature > 0")
     model = load_model_ref(args.model)
-    _write_images(sample_images(model, args.n, args.seed, args.temperature), args.out)
+    write_images(sample_images(model, args.n, args.seed, args.temperature), args.out)
     print(f"{args.n} samples (temperature {args.temperature}, seed {args.seed}) → {args.out}")
 
 
@@ -130,7 +79,7 @@ def _interpolate(args: argparse.Namespace) -> None:
 
     from convvae.errors import ConfigError
     from convvae.generate import interpolate
-    from convvae.images import load_images
+    from convvae.images import load_images, write_images
     from convvae.modelref import load_model_ref
 
     if args.steps < 2:
@@ -145,7 +94,7 @@ def _interpolate(args: argparse.Namespace) -> None:
         if not 0 <= index < len(batch.images):
             raise ConfigError(f"{option} {index}: {path} holds {len(batch.images)} image(s)")
         ends.append(torch.tensor(batch.images[index]))
-    _write_images(interpolate(model, *ends, args.steps), args.out)
+    write_images(interpolate(model, *ends, args.steps), args.out)
     print(f"latent walk of {args.steps} steps → {args.out}")
 
 
@@ -169,14 +118,14 @@ def _encode(args: argparse.Namespace) -> None:
 def _decode(args: argparse.Namespace) -> None:
     from convvae.compress import decode, load_codes
     from convvae.errors import DataError
-    from convvae.generate import to_uint8
+    from convvae.images import to_uint8, write_png_folder
     from convvae.modelref import load_model_ref
 
     model = load_model_ref(args.model)
     if not os.path.isfile(args.codes):
         raise DataError(f"{args.codes}: no such file; pass an .npz written by `convvae encode`")
     codes, names = load_codes(args.codes, model.arch)
-    _write_png_folder(to_uint8(decode(model, codes)), names, args.out)
+    write_png_folder(to_uint8(decode(model, codes)), names, args.out)
     print(f"{len(names)} images ({codes.precision} codes) → {args.out}/")
 
 
@@ -185,8 +134,7 @@ def _impute(args: argparse.Namespace) -> None:
 
     from convvae.data import load_splits
     from convvae.errors import ConfigError
-    from convvae.generate import to_uint8
-    from convvae.images import load_images
+    from convvae.images import load_images, to_uint8, write_png_folder
     from convvae.impute import impute, make_mask, mean_fill
     from convvae.modelref import load_model_ref
 
@@ -200,7 +148,7 @@ def _impute(args: argparse.Namespace) -> None:
     if fill.shape != shape:
         raise ConfigError(f"--data {args.data}: images of shape {tuple(fill.shape)}, not {shape}")
     filled = impute(model, torch.from_numpy(batch.images), missing, fill, args.iterations)
-    _write_png_folder(to_uint8(filled), batch.names, args.out)
+    write_png_folder(to_uint8(filled), batch.names, args.out)
     print(
         f"{len(batch.names)} images, {missing.float().mean().item():.0%} of pixels imputed "
         f"→ {args.out}/"
@@ -211,14 +159,14 @@ def _score(args: argparse.Namespace) -> None:
     import csv
     import io
 
-    from convvae.anomaly import all_scores
+    from convvae.anomaly import score_images
     from convvae.files import atomic_path
     from convvae.images import load_images
     from convvae.modelref import load_scorer_ref
 
     model, stored = load_scorer_ref(args.model)
     batch = load_images(args.images, _image_shape(model))
-    scores = all_scores(model, batch.images, stored.iwae_samples, stored.noise_seed)[stored.score]
+    scores = score_images(model, batch.images, stored.spec)
     flagged = scores > stored.threshold
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
@@ -234,19 +182,16 @@ def _score(args: argparse.Namespace) -> None:
         tmp.write_text(table.getvalue())
     normal = "every class" if stored.normal_class is None else f"class {stored.normal_class}"
     print(
-        f"{len(scores)} images scored ({stored.score}, threshold {stored.threshold:.2f}, normal: "
-        f"{normal}): {int(flagged.sum())} anomalous → {args.out}"
+        f"{len(scores)} images scored ({stored.spec.name}, threshold {stored.threshold:.2f}, "
+        f"normal: {normal}): {int(flagged.sum())} anomalous → {args.out}"
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `convvae` (subcommands call into the library)."""
-    parser = argparse.ArgumentParser(prog="convvae", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    # Also accepted after the subcommand; SUPPRESS keeps it from resetting the flag given before.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
-    commands = parser.add_subparsers(dest="command", required=True)
+MODEL_HELP = "a model file (models/model.pt), models:/NAME@alias or models:/NAME/VERSION"
+IMAGES_HELP = "a folder of PNGs, a PNG, an .npy or .npz"
+
+
+def _add_check_params(commands, common) -> None:
     check = commands.add_parser(
         "check-params", help="validate params.yaml and print it resolved", parents=[common]
     )
@@ -257,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("model", help="a .pt file written by the train stage")
     inspect.set_defaults(action=_inspect)
+
+
+def _add_promote(commands, common) -> None:
     promote = commands.add_parser(
         "promote",
         help="move @champion to the newest version if it is better by more than noise",
@@ -265,16 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--model", required=True, help="registered model, e.g. convvae-mnist-5k")
     promote.add_argument("--metric", default="test_neg_elbo", help="test_neg_elbo | test_iwae_nll")
     promote.add_argument("--dry-run", action="store_true", help="compare only; change nothing")
-    promote.add_argument("--params", default="params.yaml", help="for the tracking section")
+    promote.add_argument("--params", default="params.yaml", help="tracking and anomaly sections")
     promote.add_argument(
         "--data", default="data/prepared/splits.npz", help="held-out images (the test split)"
     )
     promote.set_defaults(action=_promote)
-    model_help = "a model file (models/model.pt), models:/NAME@alias or models:/NAME/VERSION"
+
+
+def _add_generation(commands, common) -> None:
     generate = commands.add_parser(
         "generate", help="sample images from the prior (grid PNG or .npy)", parents=[common]
     )
-    generate.add_argument("--model", required=True, help=model_help)
+    generate.add_argument("--model", required=True, help=MODEL_HELP)
     generate.add_argument("--n", type=int, default=64, help="number of samples")
     generate.add_argument("--out", required=True, help=".png grid or .npy float pixels")
     generate.add_argument("--seed", type=int, default=0)
@@ -283,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     walk = commands.add_parser(
         "interpolate", help="latent walk between two images", parents=[common]
     )
-    walk.add_argument("--model", required=True, help=model_help)
+    walk.add_argument("--model", required=True, help=MODEL_HELP)
     walk.add_argument("a", help="start: a PNG, .npy or .npz (pick an image with --index-a)")
     walk.add_argument("b", help="end: a PNG, .npy or .npz (pick an image with --index-b)")
     walk.add_argument("--index-a", type=int, default=0)
@@ -291,22 +241,28 @@ def build_parser() -> argparse.ArgumentParser:
     walk.add_argument("--steps", type=int, default=10)
     walk.add_argument("--out", required=True, help=".png row or .npy float pixels")
     walk.set_defaults(action=_interpolate)
+
+
+def _add_compression(commands, common) -> None:
     encode = commands.add_parser(
         "encode", help="compress images to latent codes (.npz)", parents=[common]
     )
-    encode.add_argument("--model", required=True, help=model_help)
-    encode.add_argument("images", help="a folder of PNGs, a PNG, an .npy or .npz")
+    encode.add_argument("--model", required=True, help=MODEL_HELP)
+    encode.add_argument("images", help=IMAGES_HELP)
     encode.add_argument("--out", required=True, help="the code file, .npz")
     encode.add_argument("--precision", choices=["float16", "float32", "int8"], default="float16")
     encode.set_defaults(action=_encode)
     decode = commands.add_parser("decode", help="decode latent codes to PNGs", parents=[common])
-    decode.add_argument("--model", required=True, help=model_help)
+    decode.add_argument("--model", required=True, help=MODEL_HELP)
     decode.add_argument("codes", help="an .npz written by `convvae encode`")
     decode.add_argument("--out", required=True, help="folder for the PNGs")
     decode.set_defaults(action=_decode)
+
+
+def _add_impute(commands, common) -> None:
     imputer = commands.add_parser("impute", help="fill missing pixels of images", parents=[common])
-    imputer.add_argument("--model", required=True, help=model_help)
-    imputer.add_argument("images", help="a folder of PNGs, a PNG, an .npy or .npz")
+    imputer.add_argument("--model", required=True, help=MODEL_HELP)
+    imputer.add_argument("images", help=IMAGES_HELP)
     imputer.add_argument(
         "--mask", required=True, help="center | left-half | random:P | MASK.png (white = missing)"
     )
@@ -319,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="its training split's mean starts the gaps",
     )
     imputer.set_defaults(action=_impute)
+
+
+def _add_score(commands, common) -> None:
     scorer = commands.add_parser(
         "score", help="anomaly scores of images, flagged at the model's threshold", parents=[common]
     )
@@ -328,17 +287,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="models:/NAME@alias, models:/NAME/VERSION, or a model file with threshold.json "
         "beside it (models/model.pt, models/anomaly/class_3/model.pt)",
     )
-    scorer.add_argument("images", help="a folder of PNGs, a PNG, an .npy or .npz")
+    scorer.add_argument("images", help=IMAGES_HELP)
     scorer.add_argument("--out", help="CSV file (file, score, is_anomaly); default: stdout")
     scorer.set_defaults(action=_score)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `convvae` (subcommands call into the library)."""
+    parser = argparse.ArgumentParser(prog="convvae", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    # Also accepted after the subcommand; SUPPRESS keeps it from resetting the flag given before.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_check_params,
+        _add_promote,
+        _add_generation,
+        _add_compression,
+        _add_impute,
+        _add_score,
+    ):
+        add(commands, common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `convvae` console script."""
     args = build_parser().parse_args(argv)
-    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    _exit_on_error(lambda: args.action(args), debug)
+    exit_on_error(lambda: args.action(args), args.debug or debug_requested())
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from PIL import Image
 from convvae.errors import DataError
 from convvae.evaluate import reconstruct
 from convvae.files import atomic_path
+from convvae.images import to_unit_interval
 from convvae.model import Architecture, ConvVAE, architecture_diff, architecture_from_dict
-from convvae.train import to_unit_interval
 
 PRECISIONS = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
 

@@ -180,25 +180,47 @@ AnomalyScore = Literal["recon_bce", "neg_elbo", "iwae_nll", "excess_nll", "compl
 
 
 @dataclass(frozen=True)
+class AnomalyConfig:
+    """How every model scores images and where it cuts: read by evaluate, the benchmark, and
+    stored with each model for `convvae score` and serving."""
+
+    # The score that `convvae score` and serving threshold (higher = more anomalous).
+    score: AnomalyScore = "excess_nll"
+    # Importance samples per image for the IWAE bound and the k-sample negative ELBO.
+    samples: int = 32
+    # Seed of the posterior noise shared by every image (scores do not depend on the batch).
+    noise_seed: int = 0
+    # The threshold is this quantile of the normal validation images' scores.
+    threshold_quantile: float = 0.95
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.samples <= 4096, "anomaly.samples", "must be between 1 and 4096")
+        _check_seed(self.noise_seed, "anomaly.noise_seed")
+        _check(
+            0.5 <= self.threshold_quantile < 1,
+            "anomaly.threshold_quantile",
+            "must be in [0.5, 1)",
+        )
+
+
+PeerName = Literal["pyod_knn", "pyod_iforest", "pyod_autoencoder", "pyod_vae"]
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
     """The one-class anomaly benchmark: one model per normal class, trained on that class only."""
 
     # The normal classes to run (one DVC matrix stage each); every class of the source by default.
     classes: list[int] = field(default_factory=lambda: list(range(10)))
-    # Models per class, with seeds 0..seeds-1; metrics are the mean over seeds.
+    # Models per class, with train seeds train.seed + 0 .. seeds - 1; metrics are the mean.
     seeds: int = 1
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    early_stopping_patience: int | None = 5
-    # Importance samples per image for the IWAE bound and the k-sample negative ELBO.
-    iwae_samples: int = 32
+    # Keys of the `train` section that differ for the class models; the rest is `train`'s.
+    train: dict[str, Any] = field(default_factory=lambda: {"epochs": 20, "batch_size": 64})
     bootstrap_resamples: int = 1000
-    # The threshold is this quantile of the normal class's validation scores.
-    threshold_quantile: float = 0.95
-    # The score that `convvae score` thresholds.
-    score: AnomalyScore = "excess_nll"
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # Detectors run beside ours on the same images (PyOD, default settings); [] runs none.
+    peers: list[PeerName] = field(
+        default_factory=lambda: ["pyod_knn", "pyod_iforest", "pyod_autoencoder", "pyod_vae"]
+    )
     # Register each class's model as convvae-anomaly-<data.source>-class-<c> in MLflow.
     register_models: bool = False
 
@@ -210,24 +232,11 @@ class BenchmarkConfig:
         )
         _check(len(set(self.classes)) == len(self.classes), "benchmark.classes", "has duplicates")
         _check(1 <= self.seeds <= 10, "benchmark.seeds", "must be between 1 and 10")
-        _check(self.epochs >= 1, "benchmark.epochs", "must be >= 1")
-        _check(self.batch_size >= 2, "benchmark.batch_size", "must be >= 2")
-        _check(0 < self.lr < 1, "benchmark.lr", "must be between 0 and 1")
-        _check(
-            self.early_stopping_patience is None or self.early_stopping_patience >= 1,
-            "benchmark.early_stopping_patience",
-            "must be >= 1 or null",
-        )
-        _check(self.iwae_samples >= 1, "benchmark.iwae_samples", "must be >= 1")
+        _check(len(set(self.peers)) == len(self.peers), "benchmark.peers", "has duplicates")
         _check(
             self.bootstrap_resamples >= 100,
             "benchmark.bootstrap_resamples",
             "must be >= 100",
-        )
-        _check(
-            0.5 <= self.threshold_quantile < 1,
-            "benchmark.threshold_quantile",
-            "must be in [0.5, 1)",
         )
 
 
@@ -240,11 +249,28 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+    def __post_init__(self) -> None:
+        self.benchmark_train()  # the overrides are validated with the rest of the file
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for logging and checkpoints)."""
         return dataclasses.asdict(self)
+
+    def benchmark_train(self, seed_offset: int = 0) -> TrainConfig:
+        """The class models' training: ``train`` with ``benchmark.train``'s keys replaced, every
+        other key honoured; seed ``train.seed + seed_offset`` (one model per benchmark seed)."""
+        merged = {**dataclasses.asdict(self.train), **self.benchmark.train}
+        try:
+            cfg = _build(TrainConfig, merged, prefix="benchmark.train.")
+        except ConfigError as err:  # TrainConfig's own checks name train.<key>
+            message = str(err)
+            if message.startswith("train."):
+                message = "benchmark." + message
+            raise ConfigError(message) from None
+        return dataclasses.replace(cfg, seed=cfg.seed + seed_offset)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -329,6 +355,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}; got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of keys to values, got {value!r}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {value!r}")

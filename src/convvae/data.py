@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib
+import json
 import math
 import os
 import struct
@@ -390,6 +391,28 @@ def load_splits(path: str | Path) -> Splits:
             )
         parts[split] = LabelledImages(images, labels.astype(np.int64))
     return Splits(**parts)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What the prepare stage wrote: the splits, their file's sha256 and the manifest."""
+
+    splits: Splits
+    path: Path  # the splits file
+    sha256: str  # of the splits file
+    manifest: dict  # the manifest's contents (build_manifest)
+
+
+def load_prepared(splits_path: str | Path, manifest_path: str | Path) -> PreparedData:
+    """Read the prepared splits and manifest (DataError when either is missing or corrupt)."""
+    splits_path, manifest_path = Path(splits_path), Path(manifest_path)
+    splits = load_splits(splits_path)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{manifest_path}: unreadable ({err}); {_PREPARE_FIX}") from None
+    digest = hashlib.sha256(splits_path.read_bytes()).hexdigest()
+    return PreparedData(splits, splits_path, digest, manifest)
 
 
 def _by_name(splits: Splits) -> dict[str, LabelledImages]:

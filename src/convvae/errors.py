@@ -1,4 +1,13 @@
-"""Errors a user can fix. The CLI prints each as one line; tracebacks only with --debug."""
+"""Errors a user can fix, and the one wrapper (CLI and stages) that prints each as one line.
+
+Tracebacks only with --debug or CONVVAE_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
 
 
 class ConvVAEError(Exception):
@@ -23,3 +32,30 @@ class TrainingDivergedError(ConvVAEError):
 
 class TrackingError(ConvVAEError):
     """The MLflow tracking store is unreachable or refuses a request."""
+
+
+DEBUG_ENV = "CONVVAE_DEBUG"
+
+
+def debug_requested() -> bool:
+    """Tracebacks instead of one-line errors: CONVVAE_DEBUG=1 (or `convvae --debug`)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def exit_on_error(action: Callable[[], None], debug: bool = False) -> None:
+    """Run ``action``; a ConvVAEError prints as one line on stderr and exits with code 2."""
+    try:
+        action()
+    except ConvVAEError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted; finished epochs are kept in the checkpoint", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a pipeline stage: one-line errors, tracebacks with CONVVAE_DEBUG=1."""
+    exit_on_error(main, debug=debug_requested())

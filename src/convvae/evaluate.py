@@ -13,63 +13,30 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
+from convvae.anomaly import model_scores
+from convvae.config import EvaluateConfig
+from convvae.data import LabelledImages
 from convvae.files import atomic_path
-from convvae.model import ConvVAE, elbo_terms
-from convvae.train import to_unit_interval
+from convvae.images import to_unit_interval
+from convvae.model import ConvVAE
+
+LIKELIHOOD = "bernoulli on grey levels in [0, 1], nats per image"
 
 
-@torch.no_grad()
-def per_image_neg_elbo(
-    model: ConvVAE, images: torch.Tensor, batch_size: int = 256, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Single-sample ELBO terms per image with seeded noise (deterministic).
-
-    images: uint8 (N, C, H, W). Returns (recon_nll, kl), each float64 (N,) in nats.
-    """
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    recon_parts, kl_parts = [], []
-    for start in range(0, len(images), batch_size):
-        x = to_unit_interval(images[start : start + batch_size])
-        logits, mu, logvar = model(x, generator)
-        recon, kl = elbo_terms(logits, x, mu, logvar)
-        recon_parts.append(recon.double())
-        kl_parts.append(kl.double())
-    return torch.cat(recon_parts), torch.cat(kl_parts)
-
-
-@torch.no_grad()
-def per_image_iwae_nll(
-    model: ConvVAE, images: torch.Tensor, k: int = 64, batch_size: int = 64, seed: int = 0
-) -> torch.Tensor:
-    """Importance-weighted estimate of -log p(x) with k samples (Burda et al., 2016).
-
-    -log p(x) <= -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x); tighter than -ELBO, equal at k=1.
-    images: uint8 (N, C, H, W). Returns float64 (N,) in nats.
-    """
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    results = []
-    for start in range(0, len(images), batch_size):
-        x = to_unit_interval(images[start : start + batch_size])
-        mu, logvar = model.encode(x)
-        std = torch.exp(0.5 * logvar)
-        log_weights = []
-        for _ in range(k):
-            eps = torch.randn(mu.shape, generator=generator)
-            z = mu + std * eps
-            logits = model.decode(z)
-            log_px_z = (
-                -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
-                .flatten(1)
-                .sum(1)
-            )
-            log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(1)
-            log_qz_x = -0.5 * (eps.pow(2) + logvar + math.log(2 * math.pi)).sum(1)
-            log_weights.append((log_px_z + log_pz - log_qz_x).double())
-        log_px = torch.logsumexp(torch.stack(log_weights), dim=0) - math.log(k)
-        results.append(-log_px)
-    return torch.cat(results)
+def likelihood_metrics(model: ConvVAE, images: torch.Tensor, k: int, seed: int = 0) -> dict:
+    """Mean test negative ELBO (with its reconstruction and KL terms) and IWAE NLL over
+    uint8 images (N, C, H, W), in nats per image, from the one estimator of
+    ``convvae.anomaly.model_scores`` with ``k`` importance samples."""
+    terms = model_scores(model, images, k, seed)
+    return {
+        "likelihood": LIKELIHOOD,
+        "test_images": len(images),
+        "test_neg_elbo": float(terms["neg_elbo"].mean()),
+        "test_recon_nll": float(terms["recon_nll"].mean()),
+        "test_kl": float(terms["kl"].mean()),
+        "test_iwae_nll": float(terms["iwae_nll"].mean()),
+        "iwae_samples": k,
+    }
 
 
 @torch.no_grad()
@@ -146,3 +113,17 @@ def save_latent_plot(
 def _save_png(grid: torch.Tensor, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         save_image(grid, tmp, format="png")
+
+
+def save_figures(
+    model: ConvVAE,
+    test: LabelledImages,
+    class_names: list[str],
+    cfg: EvaluateConfig,
+    folder: Path,
+) -> None:
+    """samples.png (from the prior), reconstructions.png and latent.png in ``folder``."""
+    save_sample_grid(model, cfg.grid_images, folder / "samples.png", seed=cfg.seed)
+    images = torch.from_numpy(test.images)
+    save_reconstruction_grid(model, images[: cfg.grid_images], folder / "reconstructions.png")
+    save_latent_plot(model, images, test.labels, class_names, folder / "latent.png")

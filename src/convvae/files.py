@@ -1,6 +1,5 @@
-"""Atomic file output: write to a temporary name in the same folder, then rename.
-
-A killed process never leaves half a file under the final name.
+"""File output: atomic writes (a temporary name in the same folder, then a rename, so a killed
+process never leaves half a file under the final name), and the names of a model's files.
 """
 
 from __future__ import annotations
@@ -9,11 +8,22 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Beside a model file: its anomaly threshold record (convvae.anomaly), read by `convvae score`.
+# Beside a model file: its threshold record (convvae.decision), read by `convvae score`.
 THRESHOLD_FILE = "threshold.json"
+
+
+@dataclass(frozen=True)
+class ClassFiles:
+    """Where one class of the one-class benchmark writes its results (a DVC stage's outputs)."""
+
+    model: Path
+    threshold: Path  # beside the model: THRESHOLD_FILE
+    metrics: Path
+    roc: Path
 
 
 @contextmanager

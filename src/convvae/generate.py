@@ -7,7 +7,6 @@ Inception network of FID (which needs a download and suits natural images, not 2
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -15,11 +14,10 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.utils import make_grid
 
 from convvae.evaluate import sample_images
+from convvae.images import to_unit_interval
 from convvae.model import ConvVAE
-from convvae.train import to_unit_interval
 
 
 @torch.no_grad()
@@ -38,21 +36,6 @@ def interpolate(
     weights = torch.linspace(0, 1, steps)[:, None]
     z = (1 - weights) * mu[0] + weights * mu[1]
     return torch.sigmoid(model.decode(z))
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[0, 1] float (..., C, H, W) → uint8 numpy, rounded to the nearest of 256 levels."""
-    return images.detach().mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def image_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
-    """[0, 1] float (N, C, H, W) → one uint8 (C, H', W') grid, white 1-pixel padding.
-
-    nrow: images per row; default the square root of N, rounded up.
-    """
-    nrow = nrow or math.ceil(math.sqrt(len(images)))
-    grid = make_grid(images, nrow=nrow, pad_value=1)
-    return to_uint8(grid[: images.shape[1]])
 
 
 class DigitClassifier(nn.Module):

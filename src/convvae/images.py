@@ -1,21 +1,80 @@
-"""Reading user images for the CLI (a folder of PNGs, an .npy or an .npz) and writing PNGs.
+"""Pixels and image files: the one place that scales pixels, reads user images, writes PNGs.
 
-Images are never resized or converted silently: a wrong size, channel count or dtype is a
+Pixels live as uint8 (N, C, H, W) arrays on disk and in memory; the model sees float32 in [0, 1].
+User images are never resized or converted silently: a wrong size, channel count or dtype is a
 DataError that says what was found and what the model expects.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
-from convvae.errors import DataError
+from convvae.errors import ConfigError, DataError
 from convvae.files import atomic_path
 
 IMAGE_SUFFIXES = (".png",)
+
+
+def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) → float32 in [0, 1], the model's input; floats pass through."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[0, 1] float (..., C, H, W) → uint8 numpy, rounded to the nearest of 256 levels."""
+    return images.detach().mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def check_pixels(x: torch.Tensor) -> None:
+    """Model inputs must lie in [0, 1]; the seed fed Normalize(0.5, 0.5) output in [-1, 1]."""
+    low, high = torch.aminmax(x.detach())
+    if not (low >= 0 and high <= 1):  # NaN fails both comparisons
+        raise ValueError(
+            f"pixel values must lie in [0, 1], got [{low.item():.3f}, {high.item():.3f}]; "
+            "scale uint8 images by 1/255 and do not normalise to [-1, 1]"
+        )
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
+    """[0, 1] float (N, C, H, W) → one uint8 (C, H', W') grid, white 1-pixel padding.
+
+    nrow: images per row; default the square root of N, rounded up.
+    """
+    from torchvision.utils import make_grid
+
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    grid = make_grid(images, nrow=nrow, pad_value=1)
+    return to_uint8(grid[: images.shape[1]])
+
+
+def write_images(images: torch.Tensor, out: str | Path) -> None:
+    """[0, 1] float (N, C, H, W) → a grid PNG, or a float32 .npy when ``out`` ends in .npy."""
+    suffix = Path(out).suffix.lower()
+    if suffix == ".npy":
+        with atomic_path(out) as tmp, tmp.open("wb") as file:
+            np.save(file, images.numpy().astype(np.float32))
+    elif suffix == ".png":
+        save_png(image_grid(images), out)
+    else:
+        raise ConfigError(f"--out {out}: write .png (a grid) or .npy (float pixels in [0, 1])")
+
+
+def write_png_folder(images: np.ndarray, names: list[str], folder: str | Path) -> None:
+    """uint8 (N, C, H, W) as one PNG per name in ``folder`` (array names like a.npz[3] are
+    written a.npz_3.png)."""
+    for image, name in zip(images, names, strict=True):
+        if not name.lower().endswith(".png"):
+            name = re.sub(r"[^\w.-]+", "_", name).strip("_") + ".png"
+        save_png(image, Path(folder) / name)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from convvae.errors import DataError
-from convvae.generate import image_grid
-from convvae.images import load_images, save_png
+from convvae.images import image_grid, load_images, save_png, to_unit_interval
 from convvae.model import ConvVAE
-from convvae.train import to_unit_interval
 
 MASK_KINDS = "center | left-half | random:P (0 < P < 1) | a mask PNG (white = missing)"
 # BCE of hard 0/1 guesses (nearest neighbour) is infinite where they miss; half a grey level

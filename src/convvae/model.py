@@ -19,6 +19,7 @@ from torch import nn
 from convvae.config import ModelConfig
 from convvae.errors import CheckpointError, ConfigError
 from convvae.files import atomic_path
+from convvae.images import check_pixels
 
 MODEL_FILE_FORMAT = 1
 
@@ -176,16 +177,6 @@ class Reconstructor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mu, _ = self.vae.encode(x)
         return torch.sigmoid(self.vae.decode(mu))
-
-
-def check_pixels(x: torch.Tensor) -> None:
-    """Bernoulli targets must lie in [0, 1]; the seed fed Normalize(0.5, 0.5) output in [-1, 1]."""
-    low, high = torch.aminmax(x.detach())
-    if low < 0 or high > 1:
-        raise ValueError(
-            f"pixel targets must lie in [0, 1], got [{low.item():.3f}, {high.item():.3f}]; "
-            "scale uint8 images by 1/255 and do not normalise to [-1, 1]"
-        )
 
 
 def elbo_terms(

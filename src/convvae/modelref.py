@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convvae.anomaly import (
+from convvae.config import TrackingConfig
+from convvae.decision import (
     THRESHOLD_TAG,
     StoredThreshold,
     parse_threshold,
     read_threshold,
 )
-from convvae.config import TrackingConfig
 from convvae.errors import DataError
 from convvae.files import THRESHOLD_FILE
 from convvae.model import ConvVAE, load_model

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from convvae.anomaly import ScoreSpec, model_scores
 from convvae.errors import ConfigError
-from convvae.evaluate import per_image_iwae_nll, per_image_neg_elbo
 from convvae.model import ConvVAE, load_model
 from convvae.stats import PairedComparison, paired_bootstrap
 from convvae.tracking import Tracker
@@ -37,18 +37,24 @@ class Decision:
     reason: str
 
 
-def per_image_losses(model: ConvVAE, images: torch.Tensor, metric: str, seed: int = 0):
-    """Lower-is-better loss per image (float64 (N,), nats) for the named test metric."""
-    if metric == "test_neg_elbo":
-        recon, kl = per_image_neg_elbo(model, images, seed=seed)
-        return (recon + kl).numpy()
-    return per_image_iwae_nll(model, images, k=16, seed=seed).numpy()
+def per_image_losses(model: ConvVAE, images: torch.Tensor, metric: str, spec: ScoreSpec):
+    """Lower-is-better loss per image (float64 (N,), nats) for the named test metric, from the
+    one estimator (``convvae.anomaly.model_scores``) with ``spec``'s samples and noise seed."""
+    terms = model_scores(model, images, spec.samples, spec.noise_seed)
+    return terms["neg_elbo" if metric == "test_neg_elbo" else "iwae_nll"]
 
 
 def promote(
-    tracker: Tracker, name: str, images: torch.Tensor, metric: str, dry_run: bool
+    tracker: Tracker,
+    name: str,
+    images: torch.Tensor,
+    metric: str,
+    dry_run: bool,
+    spec: ScoreSpec | None = None,
 ) -> Decision:
-    """Compare the newest version of ``name`` with @champion on ``images`` (uint8 N,C,H,W)."""
+    """Compare the newest version of ``name`` with @champion on ``images`` (uint8 N,C,H,W);
+    per-image losses use ``spec``'s sample count and noise (default: the anomaly defaults)."""
+    spec = spec or ScoreSpec()
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric} is not supported; choose one of {', '.join(METRICS)}")
     # The registry hands out versions as ints or strings depending on the store: use strings.
@@ -71,8 +77,8 @@ def promote(
         )
     else:
         comparison = paired_bootstrap(
-            per_image_losses(_load(tracker, name, champion), images, metric),
-            per_image_losses(_load(tracker, name, newest), images, metric),
+            per_image_losses(_load(tracker, name, champion), images, metric, spec),
+            per_image_losses(_load(tracker, name, newest), images, metric, spec),
         )
         reason = (
             f"challenger lowers {metric} by {comparison.improvement:.3f} nats/image, 95% CI "

@@ -1,7 +1,9 @@
 """The pyfunc flavour of a trained ConvVAE, for `mlflow models serve` and `mlflow.pyfunc`.
 
 MLflow imports this module (``loader_module="convvae.serving"``) and calls ``_load_pyfunc`` with
-the logged model file; no pickled code is involved.
+the logged model file and the model's threshold record (its ``model_config``); no pickled code
+is involved. Scores come from ``convvae.anomaly.score_images``, the function `convvae score`
+and the benchmark use, with the stored score name, sample count and noise seed.
 """
 
 from __future__ import annotations
@@ -9,32 +11,35 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from convvae.evaluate import per_image_neg_elbo, reconstruct
-from convvae.model import ConvVAE, check_pixels, load_model
-
-# The same noise for every request: a score must not change between two calls (scores are
-# single-sample negative ELBOs, in nats per image).
-SCORING_SEED = 0
+from convvae.anomaly import ScoreSpec, score_images
+from convvae.decision import StoredThreshold, parse_threshold
+from convvae.evaluate import reconstruct
+from convvae.images import check_pixels
+from convvae.model import ConvVAE, load_model
 
 
 class ScoringModel:
     """Scores and reconstructs batches of images with one ConvVAE."""
 
-    def __init__(self, model: ConvVAE) -> None:
+    def __init__(self, model: ConvVAE, stored: StoredThreshold | None = None) -> None:
         self.model = model.eval()
+        self.stored = stored
+        self.spec = stored.spec if stored is not None else ScoreSpec()
 
     def predict(self, model_input, params: dict | None = None) -> dict[str, np.ndarray]:
         """model_input: float pixels in [0, 1], shape (N, C, H, W) or (N, H, W).
 
-        Returns {"anomaly_score": float64 (N,), nats; higher is more anomalous,
-        "reconstruction": float32 (N, C, H, W), Bernoulli means}.
+        Returns {"anomaly_score": float64 (N,), the stored score; higher is more anomalous,
+        "is_anomaly": bool (N,) when a threshold is stored, "reconstruction": float32
+        (N, C, H, W), Bernoulli means}.
         """
         images = self._as_images(model_input)
-        recon_nll, kl = per_image_neg_elbo(self.model, images, seed=SCORING_SEED)
-        return {
-            "anomaly_score": (recon_nll + kl).numpy(),
-            "reconstruction": reconstruct(self.model, images).numpy(),
-        }
+        scores = score_images(self.model, images.numpy(), self.spec)
+        out = {"anomaly_score": scores}
+        if self.stored is not None:
+            out["is_anomaly"] = scores > self.stored.threshold
+        out["reconstruction"] = reconstruct(self.model, images).numpy()
+        return out
 
     def _as_images(self, model_input) -> torch.Tensor:
         arch = self.model.arch
@@ -51,5 +56,10 @@ class ScoringModel:
         return images
 
 
-def _load_pyfunc(data_path: str) -> ScoringModel:
-    return ScoringModel(load_model(data_path))
+def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ScoringModel:
+    import json
+
+    stored = None
+    if model_config:
+        stored = parse_threshold(json.dumps(dict(model_config)), "the model's threshold record")
+    return ScoringModel(load_model(data_path), stored)

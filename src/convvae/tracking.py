@@ -7,10 +7,8 @@ The embedded default store is ``sqlite:///<repository root>/mlflow.db`` with art
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -21,39 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
 from convvae.model import ConvVAE, Reconstructor
+from convvae.provenance import repository_root
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
-PACKAGES = ("torch", "torchvision", "mlflow", "dvc", "numpy", "scikit-learn", "convvae")
-
-
-def repository_root(start: Path | None = None) -> Path:
-    """The main repository's root, also from inside ``dvc exp run --temp``'s throw-away copy.
-
-    DVC runs temporary and queued experiments in ``<root>/.dvc/tmp/exps/<name>``; a store
-    relative to that copy would vanish with it.
-    """
-    here = (start or Path.cwd()).resolve()
-    parts = here.parts
-    for i in range(len(parts) - 3):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return here
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, root: Path) -> str:
     """tracking.uri, else $MLFLOW_TRACKING_URI, else the embedded SQLite store under ``root``."""
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DEFAULT_DB}"
-
-
-def registered_model_name(data_source: str) -> str:
-    """One registered model per data source, e.g. convvae-mnist-5k."""
-    return f"convvae-{data_source}"
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -66,61 +44,6 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value if not isinstance(value, list | tuple) else str(list(value))
     return flat
-
-
-def provenance_tags(root: Path) -> dict[str, str]:
-    """Git commit and dirty flag, DVC experiment, dvc.lock stage hashes, device, versions."""
-    tags = {"device": _device_name()}
-    commit = _git(root, "rev-parse", "HEAD")
-    if commit is not None:
-        tags["git.commit"] = commit
-        tags["git.dirty"] = str(bool(_git(root, "status", "--porcelain", "--untracked-files=no")))
-    for env, tag in (
-        ("DVC_EXP_NAME", "dvc.exp_name"),
-        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
-    ):
-        if os.environ.get(env):
-            tags[tag] = os.environ[env]
-    tags.update(_dvc_lock_hashes(root))
-    for package in PACKAGES:
-        try:
-            tags[f"version.{package}"] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return tags
-
-
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip()
-
-
-def _dvc_lock_hashes(root: Path) -> dict[str, str]:
-    """sha256 (first 12 hex digits) of each stage's entry in dvc.lock, as recorded so far."""
-    import yaml
-
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    # Matrix stages are named `stage@value`; MLflow tag keys refuse '@'.
-    return {
-        f"dvc.lock.{name.replace('@', ':')}": hashlib.sha256(
-            yaml.safe_dump(entry).encode()
-        ).hexdigest()[:12]
-        for name, entry in stages.items()
-    }
-
-
-def _device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 @dataclass(frozen=True)
@@ -255,18 +178,20 @@ class Tracker:
         example_images: np.ndarray,
         registered_name: str | None,
         version_tags: Mapping[str, str],
+        threshold: dict | None = None,
     ) -> str | None:
         """Log the PyTorch flavour and the scoring pyfunc; register the pyfunc (servable).
 
         example_images: float32 (n >= 2, C, H, W) in [0, 1] (pt2 export needs a batch of 2+).
+        ``threshold``: the model's threshold record; the pyfunc scores and decides with it.
         Returns the new registered version, or None when not registering.
         """
         from mlflow.models import infer_signature
 
-        from convvae.serving import ScoringModel
+        from convvae.serving import _load_pyfunc
 
         example = example_images.astype(np.float32)
-        scored = ScoringModel(model).predict(example)
+        scored = _load_pyfunc(str(model_file), threshold).predict(example)
         torch_signature = infer_signature(example, np.zeros_like(example))
         # pt2 (torch.export) stores a graph, not pickled code.
         self._mlflow.pytorch.log_model(
@@ -287,6 +212,7 @@ class Tracker:
             input_example=example,
             signature=infer_signature(example, scored),
             registered_model_name=registered_name,
+            model_config=threshold,
             # The package travels with the model, so it loads where convvae is not installed.
             code_paths=[str(Path(__file__).parent)],
             pip_requirements=_pip_requirements(),
@@ -297,6 +223,51 @@ class Tracker:
         for key, value in version_tags.items():
             self.client.set_model_version_tag(registered_name, version, key, str(value))
         return version
+
+    def find_run(self, tag: str, value: str) -> str | None:
+        """Id of the newest run of this experiment tagged ``tag = value``, or None."""
+        with self._errors("search the runs"):
+            found = self.client.search_runs(
+                [self._experiment_id()],
+                filter_string=f"tags.`{tag}` = '{value}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+        return found[0].info.run_id if found else None
+
+    def create_finished_run(self, run_name: str, tags: Mapping[str, str]) -> str:
+        """A new, already finished run (a parent that children are nested under); its id."""
+        with self._errors("create a run"):
+            run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=dict(tags))
+            self.client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
+    def child_runs(self, parent_run_id: str) -> list[Any]:
+        """The runs nested under ``parent_run_id`` (MLflow ``Run`` objects), newest first."""
+        with self._errors("list the nested runs"):
+            return self.client.search_runs(
+                [self._experiment_id()],
+                filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                order_by=["attributes.start_time DESC"],
+            )
+
+    @contextmanager
+    def nested_run(
+        self, parent_run_id: str, run_name: str, run_id: str | None = None
+    ) -> Iterator[str]:
+        """A new run nested under ``parent_run_id``, or the nested run ``run_id`` continued."""
+        with self._errors("start the nested run"):
+            if run_id is not None:
+                active = self._mlflow.start_run(run_id=run_id)
+            else:
+                active = self._mlflow.start_run(
+                    run_name=run_name, parent_run_id=parent_run_id, nested=True
+                )
+        with active, self._errors("log to the nested run"):
+            yield active.info.run_id
+
+    def _experiment_id(self) -> str:
+        return self.client.get_experiment_by_name(self.cfg.experiment).experiment_id
 
     # --- the model registry -------------------------------------------------------------
 
@@ -375,60 +346,3 @@ def _pip_requirements() -> list[str]:
 def open_tracker(cfg: TrackingConfig) -> Tracker | None:
     """A Tracker, or None when tracking.enabled is false."""
     return Tracker(cfg) if cfg.enabled else None
-
-
-# --- the one-class anomaly benchmark: a parent run, a nested run per normal class ---------
-
-BENCHMARK_KEY_TAG = "benchmark.key"
-
-
-def anomaly_model_name(data_source: str, normal_class: int) -> str:
-    """Registered name of one class's anomaly model, e.g. convvae-anomaly-mnist-5k-class-3."""
-    return f"convvae-anomaly-{data_source}-class-{normal_class}"
-
-
-def benchmark_parent_run(tracker: Tracker, key: str, run_name: str, tags: Mapping[str, str]) -> str:
-    """Id of the benchmark's parent run, the newest tagged ``benchmark.key = key``; created if
-    none. One benchmark (same params and data) keeps one parent across reports."""
-    with tracker._errors("find the benchmark's parent run"):
-        experiment = tracker.client.get_experiment_by_name(tracker.cfg.experiment)
-        found = tracker.client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{BENCHMARK_KEY_TAG}` = '{key}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if found:
-            return found[0].info.run_id
-        run = tracker.client.create_run(
-            experiment.experiment_id, run_name=run_name, tags={BENCHMARK_KEY_TAG: key, **tags}
-        )
-        tracker.client.set_terminated(run.info.run_id)
-        return run.info.run_id
-
-
-def child_runs(tracker: Tracker, parent_run_id: str) -> list[Any]:
-    """The runs nested under ``parent_run_id`` (MLflow ``Run`` objects), newest first."""
-    with tracker._errors("list the nested runs"):
-        experiment = tracker.client.get_experiment_by_name(tracker.cfg.experiment)
-        return tracker.client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-            order_by=["attributes.start_time DESC"],
-        )
-
-
-@contextmanager
-def nested_run(
-    tracker: Tracker, parent_run_id: str, run_name: str, run_id: str | None = None
-) -> Iterator[str]:
-    """A new run nested under ``parent_run_id``, or the nested run ``run_id`` continued."""
-    with tracker._errors("start the nested run"):
-        if run_id is not None:
-            active = tracker._mlflow.start_run(run_id=run_id)
-        else:
-            active = tracker._mlflow.start_run(
-                run_name=run_name, parent_run_id=parent_run_id, nested=True
-            )
-    with active, tracker._errors("log to the nested run"):
-        yield active.info.run_id

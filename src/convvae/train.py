@@ -7,9 +7,9 @@ whose states are saved in every checkpoint, so a resumed run ends where an unint
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from convvae.config import TrainConfig
-from convvae.errors import CheckpointError, ConfigError, TrainingDivergedError
+from convvae.checkpoint import changed_keys, load_checkpoint, save_checkpoint
+from convvae.config import Params, TrainConfig
+from convvae.data import Splits
+from convvae.devices import ProcessGroup, select_device
+from convvae.errors import CheckpointError, TrainingDivergedError
 from convvae.files import atomic_path
-from convvae.model import ConvVAE, elbo_terms
-
-CHECKPOINT_FORMAT = 1
+from convvae.images import to_unit_interval
+from convvae.model import ConvVAE, count_parameters, elbo_terms, resolve_architecture
 
 
 @dataclass(frozen=True)
@@ -53,65 +55,6 @@ class TrainResult:
     best_val_loss: float
     stopped_early: bool
     resumed_from_epoch: int | None
-
-
-@dataclass(frozen=True)
-class ProcessGroup:
-    """This process's place among data-parallel workers (rank 0 of 1 when not distributed)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 writes checkpoints, outputs and tracking; the others only train."""
-        return self.rank == 0
-
-
-def init_distributed(cfg: TrainConfig) -> ProcessGroup:
-    """Join the process group that ``torchrun`` describes in the environment.
-
-    Distributed when torchrun started several processes (WORLD_SIZE > 1) or train.distributed
-    is true; NCCL on CUDA, gloo on CPU. Without torchrun, train.distributed is a ConfigError.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1 and not cfg.distributed:
-        return ProcessGroup()
-    if "RANK" not in os.environ:
-        raise ConfigError(
-            "train.distributed is true but this process was not started by torchrun; run "
-            "`torchrun --nproc-per-node N -m pipeline.train` or set train.distributed: false"
-        )
-    group = ProcessGroup(int(os.environ["RANK"]), world_size, int(os.environ["LOCAL_RANK"]))
-    if not torch.distributed.is_initialized():
-        use_nccl = select_device(cfg.device).type == "cuda"
-        if use_nccl:
-            torch.cuda.set_device(group.local_rank)
-        torch.distributed.init_process_group("nccl" if use_nccl else "gloo")
-    return group
-
-
-def select_device(name: str) -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no CUDA device is visible; use auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device is mps but MPS is not available; use auto or cpu")
-    return torch.device(name)
-
-
-def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) → float32 in [0, 1], the Bernoulli targets; floats pass through."""
-    if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
-    return images.float()
 
 
 class Trainer:
@@ -218,6 +161,40 @@ class Trainer:
     def _run_epoch(
         self, epoch: int, train_images: torch.Tensor, val_images: torch.Tensor
     ) -> EpochRecord:
+        started = time.perf_counter()
+        sums, beta = self._train_pass(epoch, train_images)
+        n = len(train_images)
+        seconds = time.perf_counter() - started
+        train_loss, train_recon, train_kl = (sums / n).tolist()
+        val_recon, val_kl = self.evaluate_loss(val_images)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_recon=train_recon,
+            train_kl=train_kl,
+            val_loss=val_recon + self.beta * val_kl,
+            val_recon=val_recon,
+            val_kl=val_kl,
+            beta=beta,
+            lr=lr,
+            images_per_s=n / seconds,
+            seconds=seconds,
+        )
+        if not math.isfinite(record.val_loss):
+            self._diverged(f"validation loss is {record.val_loss} after epoch {epoch}")
+        if self.progress and self.group.is_main:
+            self.log(
+                f"epoch {epoch}/{self.cfg.epochs}: train {train_loss:.2f}, "
+                f"val {record.val_loss:.2f} nats/image, {record.images_per_s:.0f} img/s"
+            )
+        return record
+
+    def _train_pass(self, epoch: int, train_images: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One pass over the shuffled training images; returns the summed (loss, recon, kl)
+        over all images of all processes, and the KL weight of the last step."""
         self.parallel_model.train()
         n, batch_size = len(train_images), self.cfg.batch_size
         rank, world = self.group.rank, self.group.world_size
@@ -274,33 +251,7 @@ class Trainer:
         if world > 1:
             torch.distributed.all_reduce(sums)
         bar.close()
-        seconds = time.perf_counter() - started
-        train_loss, train_recon, train_kl = (sums / n).tolist()
-        val_recon, val_kl = self.evaluate_loss(val_images)
-        lr = self.optimizer.param_groups[0]["lr"]
-        if self.scheduler is not None:
-            self.scheduler.step()
-        record = EpochRecord(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_recon=train_recon,
-            train_kl=train_kl,
-            val_loss=val_recon + self.beta * val_kl,
-            val_recon=val_recon,
-            val_kl=val_kl,
-            beta=beta,
-            lr=lr,
-            images_per_s=n / seconds,
-            seconds=seconds,
-        )
-        if not math.isfinite(record.val_loss):
-            self._diverged(f"validation loss is {record.val_loss} after epoch {epoch}")
-        if self.progress and self.group.is_main:
-            self.log(
-                f"epoch {epoch}/{self.cfg.epochs}: train {train_loss:.2f}, "
-                f"val {record.val_loss:.2f} nats/image, {record.images_per_s:.0f} img/s"
-            )
-        return record
+        return sums, beta
 
     @torch.no_grad()
     def evaluate_loss(self, images: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
@@ -342,7 +293,6 @@ class Trainer:
         if self.checkpoint_path is None or not self.group.is_main:
             return
         state = {
-            "format": CHECKPOINT_FORMAT,
             "config": self._config_fingerprint(),
             "model": self.model.state_dict(),
             "best_model": self.best_state,
@@ -358,37 +308,26 @@ class Trainer:
                 "noise": self.noise_generator.get_state(),
             },
         }
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
+        save_checkpoint(state, self.checkpoint_path)
 
     def _resume(self) -> int | None:
         """Restore state from the checkpoint, if one exists; returns the epoch resumed after."""
-        path = self.checkpoint_path
-        if path is None or not path.is_file():
+        state = load_checkpoint(self.checkpoint_path, self.device)
+        if state is None:
             return None
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            saved_config = state["config"]
-        except Exception as err:  # torch raises many types for a corrupt file
-            raise CheckpointError(
-                f"{path}: unreadable training checkpoint ({type(err).__name__}); delete it to "
-                "start training afresh"
-            ) from None
-        current = self._config_fingerprint()
-        if saved_config != current:
-            changed = sorted(
-                k
-                for k in current.keys() | saved_config.keys()
-                if saved_config.get(k) != current.get(k)
+        changed = changed_keys(state["config"], self._config_fingerprint())
+        if changed:
+            self.log(
+                f"{self.checkpoint_path}: made for other inputs ({', '.join(changed)}); "
+                "training afresh"
             )
-            self.log(f"{path}: made for other inputs ({', '.join(changed)}); training afresh")
             return None
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError:
             raise CheckpointError(
-                f"{path}: checkpoint weights do not fit the model in params.yaml; delete it to "
-                "start afresh"
+                f"{self.checkpoint_path}: checkpoint weights do not fit the model in "
+                "params.yaml; delete it to start afresh"
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
@@ -402,3 +341,53 @@ class Trainer:
         self.shuffle_generator.set_state(state["rng"]["shuffle"].cpu())
         self.noise_generator.set_state(state["rng"]["noise"].cpu())
         return len(self.history)
+
+
+def train_model(
+    params: Params,
+    splits: Splits,
+    data_sha256: str,
+    checkpoint_path: Path,
+    group: ProcessGroup | None = None,
+) -> TrainResult:
+    """The pipeline's model: ``params.model``'s architecture trained with ``params.train`` on
+    the training split, early stopping on the validation split. Resumes from
+    ``checkpoint_path`` when it holds a checkpoint of the same params and data."""
+    group = group or ProcessGroup()
+    arch = resolve_architecture(params.model, splits.train.images.shape[1:])
+    torch.manual_seed(params.train.seed)
+    model = ConvVAE(arch)
+    trainer = Trainer(
+        model,
+        params.train,
+        beta=params.model.beta,
+        checkpoint_path=checkpoint_path,
+        fingerprint={"architecture": dataclasses.asdict(arch), "data_sha256": data_sha256},
+        group=group,
+    )
+    if group.is_main:
+        processes = f" x {group.world_size} processes" if group.world_size > 1 else ""
+        print(f"training {count_parameters(model):,} parameters on {trainer.device}{processes}")
+    return trainer.fit(torch.from_numpy(splits.train.images), torch.from_numpy(splits.val.images))
+
+
+def training_metrics(result: TrainResult) -> dict[str, float | int | bool]:
+    """metrics/train.json: the best epoch, whether early stopping fired, size and speed."""
+    return {
+        "best_val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "parameters": count_parameters(result.model),
+        "images_per_s": sum(r.images_per_s for r in result.history) / len(result.history),
+        "train_seconds": sum(r.seconds for r in result.history),
+    }
+
+
+def save_loss_curve(history: list[EpochRecord], path: Path) -> None:
+    """One CSV row per epoch, for `dvc plots show` (x: epoch, y: train_loss and val_loss)."""
+    fields = [f.name for f in dataclasses.fields(EpochRecord)]
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(r) for r in history)

@@ -46,7 +46,14 @@ def make_project(root: Path) -> Path:
     params["data"]["max_train_images"] = 200
     params["train"]["epochs"] = 2
     params["evaluate"].update(iwae_samples=4, grid_images=16)
-    params["benchmark"].update(classes=[0, 1], epochs=2, iwae_samples=4, bootstrap_resamples=100)
+    params["anomaly"]["samples"] = 4
+    params["benchmark"].update(
+        classes=[0, 1],
+        train={"epochs": 2},
+        bootstrap_resamples=100,
+        # PyOD's deep peers need 32+ training images per class; tests/test_peers.py runs them.
+        peers=["pyod_knn", "pyod_iforest"],
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], root)
     return root

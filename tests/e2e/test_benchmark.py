@@ -17,9 +17,7 @@ pytestmark = pytest.mark.e2e
 def project(tmp_path_factory) -> Path:
     root = make_project(tmp_path_factory.mktemp("benchmark"))
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["benchmark"].update(
-        classes=[0, 1], epochs=2, iwae_samples=4, bootstrap_resamples=100, device="cpu"
-    )
+    params["benchmark"]["train"]["device"] = "cpu"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 
@@ -43,13 +41,21 @@ def test_repro_runs_one_stage_per_class_then_the_report(project):
         assert threshold["score"] == "excess_nll" and threshold["normal_class"] == normal_class
         roc = json.loads((project / f"plots/benchmark/roc_class_{normal_class}.json").read_text())
         assert roc[0] == {"fpr": 0.0, "tpr": 0.0}
+        # The peers ran on the same test images, timed.
+        assert set(metrics["peers"]) == {"pyod_knn", "pyod_iforest"}
+        assert all(0 < m["roc_auc"] <= 1 and m["seconds"] > 0 for m in metrics["peers"].values())
 
     summary = json.loads((project / "metrics/benchmark_summary.json").read_text())
     assert summary["classes"] == 2 and 0 <= summary["iwae_nll.roc_auc_mean"] <= 1
+    assert summary["default_score"] == "excess_nll"
+    for method in ("excess_nll", "pyod_knn", "pyod_iforest"):
+        assert 0 <= summary[f"{method}.roc_auc_mean"] <= 1, method
+        assert summary[f"{method}.seconds_per_class"] > 0, method
     report = (project / "reports/anomaly.md").read_text()
-    assert "| IWAE NLL |" in report and "Different protocol" in report
+    assert "| IWAE NLL |" in report and "| PyOD KNN" in report and "Different protocol" in report
     assert "Capped data" in report and "quoted: AGAD, Table 1" in report
-    assert (project / "reports/anomaly_roc.png").stat().st_size > 0
+    for figure in ("anomaly_roc.png", "anomaly_methods.png"):
+        assert (project / "reports" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
     assert client.get_experiment_by_name("convvae") is None  # not among the training runs

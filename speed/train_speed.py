@@ -1,6 +1,6 @@
 """Training speed of the ConvVAE on this machine, against the original loop and the roofline.
 
-Run: ``.venv/bin/python benchmarks/train_speed.py [--quick] [--json out.json]``. All figures come
+Run: ``.venv/bin/python speed/train_speed.py [--quick] [--json out.json]``. All figures come
 from one run on the real mnist-5k training split (3500 images). Other processes on the machine
 make single epochs noisy (a busy second core can slow a 2-thread epoch tenfold), so the trainer
 and the reference loop take turns epoch by epoch, each rate is the median ("best": the fastest)

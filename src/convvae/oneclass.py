@@ -1,0 +1,199 @@
+"""The one-class protocol for one normal class c: train on class c only, score every test image.
+
+Trains ``benchmark.seeds`` ConvVAEs (the ``train`` section with ``benchmark.train``'s overrides)
+on the training images of class c, scores every test image (class c normal, all others
+anomalous) and the class's validation images with every score, and sets each score's threshold
+on the normal validation images (never on test labels).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from convvae.anomaly import COMPRESSOR, SCORES, ScoreSpec, all_scores, compressed_bits
+from convvae.config import Params
+from convvae.data import LabelledImages, Splits
+from convvae.decision import threshold_from_normal, threshold_record
+from convvae.detection import detection_metrics, roc_points
+from convvae.errors import DataError
+from convvae.files import ClassFiles, write_json
+from convvae.model import ConvVAE, resolve_architecture, save_model
+from convvae.peers import run_peer
+from convvae.train import Trainer
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    """One class's benchmark: metrics (JSON-ready), the seed-0 model and its threshold record,
+    and the ROC curve of the primary score (seed 0)."""
+
+    metrics: dict
+    model: ConvVAE
+    threshold: dict
+    roc: list[dict[str, float]]
+
+    def save(self, files: ClassFiles) -> None:
+        """Write the model, threshold record, ROC rows and metrics, each atomically."""
+        save_model(self.model, files.model)
+        write_json(self.threshold, files.threshold)
+        write_json(self.roc, files.roc)
+        write_json(self.metrics, files.metrics)
+
+
+def class_images(part: LabelledImages, normal_class: int, split: str) -> np.ndarray:
+    """The images of ``normal_class`` in one split; none is a DataError."""
+    images = part.images[part.labels == normal_class]
+    if len(images) == 0:
+        raise DataError(
+            f"no {split} images of class {normal_class} in the prepared splits; remove it from "
+            "benchmark.classes or raise data.max_train_images"
+        )
+    return images
+
+
+@dataclass(frozen=True)
+class _SeedRun:
+    model: ConvVAE
+    epochs: int
+    test_scores: dict[str, np.ndarray]
+    val_scores: dict[str, np.ndarray]
+    train_seconds: float
+    score_seconds: float
+
+
+def _train_and_score(
+    params: Params,
+    train_normal: np.ndarray,
+    val_normal: np.ndarray,
+    test_images: np.ndarray,
+    bits: tuple[np.ndarray, np.ndarray],
+    seed: int,
+) -> _SeedRun:
+    """One model on the normal class (early stopping on its validation images), then every
+    score of the test images and of the normal validation images."""
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    model = ConvVAE(resolve_architecture(params.model, train_normal.shape[1:]))
+    trainer = Trainer(model, params.benchmark_train(seed), beta=params.model.beta, progress=False)
+    result = trainer.fit(torch.from_numpy(train_normal), torch.from_numpy(val_normal))
+    trained = time.perf_counter()
+    samples = params.anomaly.samples
+    on_test = all_scores(result.model, test_images, samples, seed, bits[0])
+    on_val = all_scores(result.model, val_normal, samples, seed, bits[1])
+    return _SeedRun(
+        result.model,
+        len(result.history),
+        on_test,
+        on_val,
+        trained - started,
+        time.perf_counter() - trained,
+    )
+
+
+def run_peers(
+    params: Params,
+    train_normal: np.ndarray,
+    val_normal: np.ndarray,
+    test_images: np.ndarray,
+    labels: np.ndarray,
+) -> dict[str, dict]:
+    """The practitioner's detectors of ``benchmark.peers`` (PyOD, default settings) on the same
+    images as ours, one fit per benchmark seed: detection metrics as ours (threshold on the
+    normal validation images), plus fit and scoring seconds summed over seeds."""
+    results = {}
+    for name in params.benchmark.peers:
+        test_scores, thresholds, fit_seconds, score_seconds = [], [], 0.0, 0.0
+        for seed in range(params.benchmark.seeds):
+            peer = run_peer(name, train_normal, {"test": test_images, "val": val_normal}, seed)
+            test_scores.append(peer.scores["test"])
+            quantile = params.anomaly.threshold_quantile
+            thresholds.append(threshold_from_normal(peer.scores["val"], quantile))
+            fit_seconds += peer.fit_seconds
+            score_seconds += peer.score_seconds
+        metrics = detection_metrics(
+            labels,
+            np.stack(test_scores, axis=1),
+            np.array(thresholds),
+            params.benchmark.bootstrap_resamples,
+            seed=0,
+        )
+        metrics.update(
+            fit_seconds=fit_seconds,
+            score_seconds=score_seconds,
+            seconds=fit_seconds + score_seconds,
+        )
+        results[name] = metrics
+        print(f"  {name}: ROC-AUC {metrics['roc_auc']:.3f} in {metrics['seconds']:.1f} s")
+    return results
+
+
+def run_class(params: Params, splits: Splits, normal_class: int, class_name: str) -> ClassResult:
+    """Train, score and measure the one-class task of ``normal_class``; prints one line per
+    seed. Detection metrics are the mean over seeds (see ``detection_metrics``)."""
+    spec = ScoreSpec.from_config(params.anomaly)
+    train_normal = class_images(splits.train, normal_class, "training")
+    val_normal = class_images(splits.val, normal_class, "validation")
+    test = splits.test
+    labels = (test.labels != normal_class).astype(np.int64)  # 1 = anomalous
+    if labels.all() or not labels.any():
+        raise DataError(
+            f"the test split needs normal and anomalous images of class {normal_class}; "
+            "raise data.max_train_images"
+        )
+    # The compressor's lengths depend on the images only: once per data set, for every seed.
+    bits = (compressed_bits(test.images), compressed_bits(val_normal))
+    runs = []
+    for seed in range(params.benchmark.seeds):
+        run = _train_and_score(params, train_normal, val_normal, test.images, bits, seed)
+        runs.append(run)
+        print(f"class {normal_class} ({class_name}), seed {seed}: {run.epochs} epochs")
+    quantile = params.anomaly.threshold_quantile
+    thresholds = {
+        name: [threshold_from_normal(run.val_scores[name], quantile) for run in runs]
+        for name in SCORES
+    }
+    per_score = {
+        name: detection_metrics(
+            labels,
+            np.stack([run.test_scores[name] for run in runs], axis=1),
+            np.array(thresholds[name]),
+            params.benchmark.bootstrap_resamples,
+            seed=normal_class,
+        )
+        for name in SCORES
+    }
+    seconds_scoring = sum(run.score_seconds for run in runs)
+    seconds_ours = sum(run.train_seconds for run in runs) + seconds_scoring
+    for metric in per_score.values():
+        metric["seconds"] = seconds_ours  # every score comes from the same training and pass
+    metrics = {
+        "normal_class": normal_class,
+        "class_name": class_name,
+        "data_source": params.data.source,
+        "train_images": len(train_normal),
+        "val_normal_images": len(val_normal),
+        "test_images": len(labels),
+        "test_anomalous": int(labels.sum()),
+        "seeds": len(runs),
+        "epochs_run_mean": float(np.mean([run.epochs for run in runs])),
+        "train_seconds": sum(run.train_seconds for run in runs),
+        "score_images_per_s": len(runs) * (len(labels) + len(val_normal)) / seconds_scoring,
+        "compressor": COMPRESSOR,
+        "scores": per_score,
+        "peers": run_peers(params, train_normal, val_normal, test.images, labels),
+    }
+    record = threshold_record(
+        spec,
+        thresholds[spec.name][0],
+        quantile,
+        normal_class=normal_class,
+        class_name=class_name,
+        data_source=params.data.source,
+        thresholds={name: values[0] for name, values in thresholds.items()},
+    )
+    roc = roc_points(labels, runs[0].test_scores[spec.name])
+    return ClassResult(metrics, runs[0].model, record, roc)

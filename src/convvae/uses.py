@@ -1,0 +1,60 @@
+"""The other three uses, measured on the test split: generation, compression, imputation.
+
+``measure_uses`` is what the evaluate stage records in metrics/uses.json, with its figures.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from convvae.compress import rate_distortion, save_rate_distortion_plot
+from convvae.config import EvaluateConfig
+from convvae.data import Splits
+from convvae.files import atomic_path
+from convvae.generate import interpolate, sample_quality
+from convvae.images import image_grid, save_png
+from convvae.impute import imputation_benchmark, save_imputation_grid
+from convvae.model import ConvVAE
+
+RATE_DISTORTION_COLUMNS = ["method", "bytes_per_image", "psnr_db", "mse", "bce_nats"]
+
+
+def measure_uses(
+    model: ConvVAE, splits: Splits, cfg: EvaluateConfig, plots: Path, rate_distortion_csv: Path
+) -> dict:
+    """Generation, compression and imputation on the test split, as nested metrics; writes
+    interpolation.png, rate_distortion.png, imputation.png into ``plots`` and the
+    rate-distortion table to ``rate_distortion_csv``."""
+    train = torch.from_numpy(splits.train.images)
+    test = torch.from_numpy(splits.test.images)
+    generation = sample_quality(
+        model,
+        (train, splits.train.labels),
+        (test, splits.test.labels),
+        cfg.classifier_epochs,
+        cfg.seed,
+    )
+    walks = [interpolate(model, test[i], test[i + 1], 10) for i in range(0, 8, 2)]
+    save_png(image_grid(torch.cat(walks), nrow=10), plots / "interpolation.png")
+
+    rows = rate_distortion(model, test, cfg.jpeg_qualities)
+    with atomic_path(rate_distortion_csv) as tmp, tmp.open("w", newline="") as file:
+        writer = csv.DictWriter(file, RATE_DISTORTION_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    save_rate_distortion_plot(rows, plots / "rate_distortion.png")
+    compression = {
+        "rate": "bytes of the code array per image; PNG/JPEG: file bytes per image",
+        "lossless": "png (psnr_db null)",
+        **{row["method"]: {k: v for k, v in row.items() if k != "method"} for row in rows},
+    }
+
+    imputation, figure = imputation_benchmark(
+        model, train, test, iterations=cfg.imputation_iterations, seed=cfg.seed
+    )
+    save_imputation_grid(*figure, plots / "imputation.png")
+    imputation["iterations"] = cfg.imputation_iterations
+    return {"generation": generation, "compression": compression, "imputation": imputation}
