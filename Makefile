@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PIP_FILTER := grep -vE 'is ignored|^\s*$$|Requirement already satisfied' || true
 
-.PHONY: install run test system-deps lint lock speed ui clean fashion-mnist benchmark-fashion-mnist
+.PHONY: install run test system-deps lint lock speed timings ui clean fashion-mnist benchmark-fashion-mnist
 
 install: $(INSTALLED)
 
@@ -73,6 +73,10 @@ UI_PORT ?= 5000
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		--host 127.0.0.1 --port $(UI_PORT)
+
+# Seconds of every stage of a full `dvc repro -f` (imports and DVC's bookkeeping included).
+timings: install
+	$(PY) speed/pipeline_timing.py
 
 # Training speed against the original loop and the roofline (not the anomaly benchmark).
 speed: install

@@ -1,8 +1,9 @@
 """DVC stage `evaluate`: test-set likelihood (negative ELBO, IWAE) and figures, and the other
 uses measured on the test split: sample quality, rate-distortion, imputation (metrics/uses.json).
 
-Writes the model's anomaly threshold (models/threshold.json: the `anomaly` section's score at its
-threshold_quantile of the validation images), read by `convvae score`, and logs everything into
+Writes the model's anomaly threshold (models/threshold.json: the `anomaly` section's score, cut
+for its target_fpr on the calibration half of the validation images), read by `convvae score`
+and serving, and logs everything into
 the MLflow run that `train` opened, registering the model with its threshold.
 """
 
@@ -13,7 +14,7 @@ import torch
 from convvae.anomaly import ScoreSpec
 from convvae.config import load_params
 from convvae.data import load_splits
-from convvae.decision import calibrate
+from convvae.decision import calibrate, selection_and_calibration
 from convvae.errors import run_stage
 from convvae.evaluate import likelihood_metrics, save_figures
 from convvae.files import write_json
@@ -37,7 +38,8 @@ def main() -> None:
     save_figures(model, splits.test, class_names, cfg, layout.EVALUATE_PLOTS)
     uses = measure_uses(model, splits, cfg, layout.EVALUATE_PLOTS, layout.RATE_DISTORTION)
     spec = ScoreSpec.from_config(params.anomaly)
-    threshold = calibrate(model, splits.val.images, spec, params.anomaly.threshold_quantile)
+    _, calibration = selection_and_calibration(splits.val.images)
+    threshold = calibrate(model, calibration, spec, params.anomaly.target_fpr)
     write_json(threshold, layout.MODEL_THRESHOLD)
     run_id = json.loads(layout.MLFLOW_RUN.read_text())["run_id"]
     if tracker is not None and run_id is not None:

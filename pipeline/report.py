@@ -37,7 +37,7 @@ def main() -> None:
     context = ReportContext(
         data_source=params.data.source,
         val_fraction=params.data.val_fraction,
-        threshold_quantile=params.anomaly.threshold_quantile,
+        target_fpr=params.anomaly.target_fpr,
         iwae_samples=params.anomaly.samples,
         bootstrap_resamples=params.benchmark.bootstrap_resamples,
         max_train_images=params.data.max_train_images,

@@ -8,20 +8,30 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from convvae.anomaly import (
+    FUSED_COMPONENTS,
+    LIKELIHOOD_SCORES,
     SCORES,
     ScoreSpec,
     all_scores,
-    compressed_bits,
+    distance_scores,
+    fit_reference,
     model_scores,
     score_images,
 )
 from convvae.data import load_source, make_splits
-from convvae.decision import calibrate, read_threshold, threshold_from_normal
+from convvae.decision import (
+    calibrate,
+    conformal_threshold,
+    normalized_scores,
+    read_threshold,
+    selection_and_calibration,
+)
 from convvae.detection import detection_metrics, f1_at_threshold, fpr_at_tpr, roc_points
 from convvae.errors import DataError
-from convvae.stats import bootstrap_ci
+from convvae.stats import bootstrap_roc_auc
 from convvae.train import Trainer
 from tests.conftest import quick_train_config, tiny_model
 
@@ -66,31 +76,52 @@ def test_f1_at_a_threshold():
     assert f1_at_threshold(labels, scores, 1.0)["f1"] == 0.0
 
 
-def test_threshold_is_a_quantile_of_normal_scores_and_flags_about_that_share():
-    assert threshold_from_normal(np.arange(101.0), 0.95) == 95.0
+def test_conformal_threshold_is_the_right_order_statistic_and_holds_its_rate():
+    # n = 99, alpha = 0.05: the ceil(100 * 0.95) = 95th smallest of 0..98 is 94.
+    assert conformal_threshold(np.arange(99.0)[::-1], 0.05) == 94.0
+    # Too few calibration images for the target: the largest one (guarantee 1 / (n + 1)).
+    assert conformal_threshold(np.arange(10.0), 0.05) == 9.0
     rng = np.random.default_rng(0)
-    threshold = threshold_from_normal(rng.normal(size=5000), 0.95)
-    held_out_normals = rng.normal(size=5000)
-    assert np.mean(held_out_normals > threshold) == pytest.approx(0.05, abs=0.01)
+    realised = []
+    for _ in range(200):  # the guarantee is on average over calibration sets
+        threshold = conformal_threshold(rng.normal(size=50), 0.1)
+        realised.append(np.mean(rng.normal(size=2000) > threshold))
+    assert 0.07 < np.mean(realised) <= 0.1 + 0.005
     with pytest.raises(ValueError, match="non-empty"):
-        threshold_from_normal(np.array([]))
+        conformal_threshold(np.array([]), 0.05)
 
 
-def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_data():
+def test_normalized_scores_are_conformal_p_values():
+    calibration = np.array([1.0, 2.0, 3.0, 4.0])
+    p_values = normalized_scores(np.array([0.5, 2.0, 3.5, 10.0]), calibration)
+    np.testing.assert_allclose(p_values, [5 / 5, 4 / 5, 2 / 5, 1 / 5])
+    rng = np.random.default_rng(1)
+    uniform = normalized_scores(rng.normal(size=20000), rng.normal(size=999))
+    assert np.mean(uniform <= 0.05) == pytest.approx(0.05, abs=0.01)  # uniform on normals
+
+
+def test_validation_images_split_into_disjoint_selection_and_calibration_halves():
+    images = np.arange(11)[:, None]
+    selection, calibration = selection_and_calibration(images)
+    assert len(selection) == 6 and len(calibration) == 5
+    assert not set(selection.ravel()) & set(calibration.ravel())
+
+
+def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_data():
     from sklearn.metrics import roc_auc_score
 
     widths = []
     for n in (50, 2000):
         labels, scores = separated(n, shift=1.0)
-        low, high = bootstrap_ci(roc_auc_score, labels, scores, n_resamples=300, seed=0)
+        low, high = bootstrap_roc_auc(labels, scores, n_resamples=300, seed=0)
         assert low <= roc_auc_score(labels, scores) <= high
         widths.append(high - low)
     assert widths[1] < widths[0] / 3  # about 1/sqrt(40) as wide
-    assert bootstrap_ci(roc_auc_score, labels, scores, 200, seed=1) == bootstrap_ci(
-        roc_auc_score, labels, scores, 200, seed=1
+    assert bootstrap_roc_auc(labels, scores, 200, seed=1) == bootstrap_roc_auc(
+        labels, scores, 200, seed=1
     )
     with pytest.raises(ValueError, match="labels"):
-        bootstrap_ci(roc_auc_score, labels[:10], scores, 100)
+        bootstrap_roc_auc(labels[:10], scores, 100)
 
 
 def test_several_seeds_average_the_metric_and_resample_images_together():
@@ -169,27 +200,25 @@ def test_score_images_is_model_scores_of_the_named_score(trained, mnist_slice):
     # Float pixels in [0, 1] (what serving receives) give the same scores as uint8.
     floats = images.astype(np.float32) / 255
     np.testing.assert_allclose(score_images(trained, floats, spec), expected, rtol=1e-6)
-    complexity = score_images(trained, images, ScoreSpec("complexity", 4, 1))
-    np.testing.assert_allclose(complexity, all_scores(trained, images, 4, 1)["complexity"])
+    np.testing.assert_array_equal(
+        all_scores(trained, images, 4, 1)["recon_mse"],
+        score_images(trained, images, ScoreSpec("recon_mse", 4, 1)),
+    )
 
 
-def test_calibrate_flags_about_one_minus_the_quantile_of_normal_images(trained, mnist_slice):
-    val = mnist_slice.val.images
+def test_calibrate_stores_the_conformal_cut_and_the_calibration_scores(trained, mnist_slice):
+    selection, calibration = selection_and_calibration(mnist_slice.val.images)
     spec = ScoreSpec("neg_elbo", samples=2)
-    record = calibrate(trained, val, spec, 0.9, normal_class=None, data_source="mnist-5k")
-    scores = score_images(trained, val, spec)
-    assert record["threshold"] == threshold_from_normal(scores, 0.9)
-    assert abs(np.mean(scores > record["threshold"]) - 0.1) < 0.02
+    record = calibrate(trained, calibration, spec, 0.1, normal_class=None, data_source="mnist-5k")
+    scores = score_images(trained, calibration, spec)
+    assert record["threshold"] == conformal_threshold(scores, 0.1)
+    assert record["calibration_scores"] == sorted(scores.tolist())
+    assert record["target_fpr"] == 0.1 and record["achievable_fpr"] == 1 / (len(scores) + 1)
+    # Held-out normal images are flagged at about the target rate.
+    others = score_images(trained, selection, spec)
+    assert np.mean(others > record["threshold"]) < 0.25
     assert record["score"] == "neg_elbo" and record["iwae_samples"] == 2
     assert record["normal_class"] is None and record["data_source"] == "mnist-5k"
-
-
-def test_compressed_bits_of_a_blank_image_are_fewer_than_of_a_digit(mnist_slice):
-    digits = mnist_slice.test.images[:5]
-    blank = np.zeros((1, *digits.shape[1:]), dtype=np.uint8)
-    bits = compressed_bits(np.concatenate([blank, digits]))
-    assert bits.shape == (6,) and np.all(bits % 8 == 0)
-    assert np.all(bits[0] < bits[1:])
 
 
 @pytest.fixture(scope="module")
@@ -206,21 +235,20 @@ def test_a_model_of_the_digit_one_scores_other_digits_higher(digit_one):
     model, test = digit_one
     labels = (test.labels != 1).astype(int)
     scores = all_scores(model, test.images, k=8)
-    assert set(scores) == set(SCORES)
-    for name in ("recon_bce", "neg_elbo", "iwae_nll", "excess_nll"):
+    assert set(scores) == set(LIKELIHOOD_SCORES)  # no reference: the model's own scores
+    for name in LIKELIHOOD_SCORES:
         metrics = detection_metrics(labels, scores[name], np.median(scores[name]), 200)
         assert metrics["roc_auc"] > 0.9, (name, metrics)
 
 
-def test_the_complexity_score_subtracts_the_compressed_length(digit_one):
+def test_the_reconstruction_mse_is_the_squared_error_of_the_posterior_mean_decode(digit_one):
     model, test = digit_one
-    images = test.images[:100]
-    scores = all_scores(model, images, k=8)
-    bits = compressed_bits(images)
-    np.testing.assert_allclose(scores["complexity"], scores["iwae_nll"] / math.log(2) - bits)
-    # Passing precomputed lengths gives the same scores.
-    again = all_scores(model, images, k=8, bits=bits)
-    np.testing.assert_array_equal(again["complexity"], scores["complexity"])
+    images = test.images[:50]
+    x = torch.from_numpy(images).float() / 255
+    with torch.no_grad():
+        means = torch.sigmoid(model.decode(model.encode(x)[0]))
+    expected = (means - x).pow(2).flatten(1).sum(1).double().numpy()
+    np.testing.assert_allclose(all_scores(model, images, k=2)["recon_mse"], expected, rtol=1e-5)
 
 
 def test_the_excess_nll_is_the_iwae_nll_above_the_bernoulli_floor(digit_one):
@@ -241,11 +269,20 @@ def test_the_excess_nll_is_the_iwae_nll_above_the_bernoulli_floor(digit_one):
 
 def test_read_threshold_and_its_errors(tmp_path):
     path = tmp_path / "threshold.json"
-    fields = {"score": "iwae_nll", "threshold": 12.5, "iwae_samples": 8, "noise_seed": 0}
+    fields = {
+        "score": "iwae_nll",
+        "threshold": 12.5,
+        "iwae_samples": 8,
+        "noise_seed": 0,
+        "calibration_scores": [13.0, 10.0, 12.5],
+    }
     path.write_text(json.dumps({**fields, "normal_class": 3}))
     stored = read_threshold(path)
     assert stored.spec == ScoreSpec("iwae_nll", 8, 0)
     assert stored.threshold == 12.5 and stored.normal_class == 3
+    decided = stored.decide(np.array([11.0, 12.5, 20.0]))
+    np.testing.assert_allclose(decided["normalized_score"], [3 / 4, 3 / 4, 1 / 4])
+    assert decided["is_anomaly"].tolist() == [False, False, True]
     with pytest.raises(DataError, match="no threshold file"):
         read_threshold(tmp_path / "missing.json")
     path.write_text(json.dumps(fields))  # a model trained on every class has no normal class
@@ -256,3 +293,114 @@ def test_read_threshold_and_its_errors(tmp_path):
     path.write_text(json.dumps({**fields, "normal_class": 3, "score": "psnr"}))
     with pytest.raises(DataError, match="unknown score"):
         read_threshold(path)
+    path.write_text(json.dumps({**fields, "calibration_scores": []}))
+    with pytest.raises(DataError, match="no calibration scores"):
+        read_threshold(path)
+
+
+def test_the_rank_bootstrap_of_roc_auc_equals_the_plain_resampling_loop():
+    """The rank formula gives the interval of the plain loop (one roc_auc_score call per
+    stratified resample, drawn in the same order), ties included."""
+    from sklearn.metrics import roc_auc_score
+
+    labels, scores = separated(60, shift=1.0, seed=4)
+    columns = np.stack([scores, np.round(scores)], axis=1)  # the second column has many ties
+    rng = np.random.default_rng(2)
+    groups = [np.flatnonzero(labels == value) for value in (0, 1)]
+    values = []
+    for _ in range(300):
+        rows = np.concatenate([rng.choice(group, len(group)) for group in groups])
+        values.append(np.mean([roc_auc_score(labels[rows], c) for c in columns[rows].T]))
+    expected = np.percentile(values, [2.5, 97.5])
+    np.testing.assert_allclose(bootstrap_roc_auc(labels, columns, 300, seed=2), expected)
+
+
+# --- the distance scores and the fused default ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digit_one_with_reference(digit_one):
+    """digit_one's model with its Reference: the training 1s, statistics on held-out 1s."""
+    import copy
+
+    model, test = digit_one
+    model = copy.deepcopy(model)
+    splits = make_splits(load_source("mnist-5k"), 0.1, 0.2, seed=0)
+    ones = splits.train.images[splits.train.labels == 1]
+    selection, _ = selection_and_calibration(splits.val.images[splits.val.labels == 1])
+    reference = fit_reference(model, ones, selection, k=4, seed=0)
+    return model, test, reference, selection
+
+
+def test_the_fused_score_is_the_mean_of_its_standardised_components(digit_one_with_reference):
+    model, test, reference, selection = digit_one_with_reference
+    # On the held-out normal images that set the statistics, each component has mean 0, sd 1.
+    on_selection = all_scores(model, selection, k=4, seed=0)
+    for name in FUSED_COMPONENTS:
+        standardised = (on_selection[name] - reference.center[name]) / reference.scale[name]
+        assert standardised.mean() == pytest.approx(0, abs=1e-6)
+        assert standardised.std() == pytest.approx(1, rel=1e-6)
+    scores = all_scores(model, test.images[:40], k=4, seed=0)
+    assert set(scores) == set(SCORES)  # with a reference: every score
+    expected = np.mean(
+        [(scores[n] - reference.center[n]) / reference.scale[n] for n in FUSED_COMPONENTS], axis=0
+    )
+    np.testing.assert_allclose(scores["fused"], expected)
+    labels = (test.labels != 1).astype(int)
+    fused = all_scores(model, test.images, k=4, seed=0)["fused"]
+    assert roc_auc_score(labels, fused) > 0.95
+
+
+def test_distance_scores_are_kth_neighbour_distances(digit_one_with_reference):
+    model, test, reference, _ = digit_one_with_reference
+    images = test.images[:7]
+    scores = distance_scores(model, images)
+    x = images.reshape(7, -1).astype(np.float64) / 255
+    bank = reference.images.reshape(len(reference.images), -1).astype(np.float64) / 255
+    x_unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    bank_unit = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    distances = np.sqrt(((x_unit[:, None] - bank_unit[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(scores["cosine_knn"], np.sort(distances, 1)[:, 4], rtol=1e-4)
+    # A blank frame is the zero vector: distance 1 from every normal image's direction.
+    blank = np.zeros((1, 1, 28, 28), np.uint8)
+    assert distance_scores(model, blank)["cosine_knn"][0] == pytest.approx(1.0)
+
+
+def test_a_blank_frame_is_flagged_by_the_fused_score(digit_one_with_reference):
+    """Out-of-domain: the likelihood alone finds a blank frame more normal than most normal
+    images; the cosine distance puts it beyond every one, and the fused score in their tail."""
+    model, test, _, _ = digit_one_with_reference
+    ones = test.images[test.labels == 1]
+    frames = np.concatenate([np.zeros((1, 1, 28, 28), np.uint8), ones])
+    scores = all_scores(model, frames, k=4, seed=0)
+    assert scores["excess_nll"][0] < np.median(scores["excess_nll"][1:])
+    assert scores["cosine_knn"][0] > scores["cosine_knn"][1:].max()
+    assert scores["fused"][0] > np.quantile(scores["fused"][1:], 0.9)
+
+
+def test_the_reference_travels_in_the_model_file_and_scores_agree(
+    digit_one_with_reference, tmp_path
+):
+    from convvae.model import load_model, save_model
+
+    model, test, reference, _ = digit_one_with_reference
+    save_model(model, tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")
+    np.testing.assert_array_equal(loaded.reference.images, reference.images)
+    assert loaded.reference.center == reference.center
+    spec = ScoreSpec("fused", samples=4, noise_seed=0)
+    images = test.images[:30]
+    np.testing.assert_allclose(
+        score_images(loaded, images, spec), score_images(model, images, spec), rtol=1e-9
+    )
+    # Float pixels in [0, 1] (what serving receives) give the same fused scores.
+    floats = images.astype(np.float32) / 255
+    np.testing.assert_allclose(
+        score_images(loaded, floats, spec), score_images(model, images, spec), rtol=1e-5
+    )
+
+
+def test_distance_scores_without_a_reference_are_one_line(trained, mnist_slice):
+    with pytest.raises(DataError, match="no reference images") as info:
+        score_images(trained, mnist_slice.test.images[:2], ScoreSpec("fused"))
+    assert "\n" not in str(info.value)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convvae.anomaly import all_scores
+from convvae.anomaly import ScoreSpec
+from convvae.decision import calibrate, selection_and_calibration
 from convvae.images import save_png
 from convvae.model import save_model
 from tests.test_cli import assert_one_line_error, convvae
@@ -20,15 +21,9 @@ def one_class_model(trained, mnist_slice, tmp_path_factory) -> Path:
     """The trained tiny model as the benchmark stores it: model.pt with threshold.json beside."""
     folder = tmp_path_factory.mktemp("anomaly") / "class_3"
     save_model(trained, folder / "model.pt")
-    scores = all_scores(trained, mnist_slice.val.images, k=4, seed=0)["neg_elbo"]
-    threshold = {
-        "score": "neg_elbo",
-        "threshold": float(np.median(scores)),
-        "iwae_samples": 4,
-        "noise_seed": 0,
-        "normal_class": 3,
-    }
-    (folder / "threshold.json").write_text(json.dumps(threshold))
+    _, calibration = selection_and_calibration(mnist_slice.val.images)
+    record = calibrate(trained, calibration, ScoreSpec("neg_elbo", 4, 0), 0.5, normal_class=3)
+    (folder / "threshold.json").write_text(json.dumps(record))
     return folder / "model.pt"
 
 
@@ -48,9 +43,14 @@ def test_scores_a_png_folder_and_flags_above_the_threshold(one_class_model, mnis
     assert "6 images scored (neg_elbo" in result.stdout
     rows = read_rows(out)
     assert [row["file"] for row in rows] == [f"digit_{i}.png" for i in range(6)]
-    threshold = json.loads(one_class_model.with_name("threshold.json").read_text())["threshold"]
+    record = json.loads(one_class_model.with_name("threshold.json").read_text())
+    calibration = np.array(record["calibration_scores"])
     for row in rows:
-        assert row["is_anomaly"] == str(int(float(row["score"]) > threshold))
+        score = float(row["score"])
+        assert row["is_anomaly"] == str(int(score > record["threshold"]))
+        # The conformal p-value: the share of calibration images scoring at least as high.
+        expected = (1 + np.sum(calibration >= score)) / (len(calibration) + 1)
+        assert float(row["normalized_score"]) == pytest.approx(expected, abs=1e-4)
     # The same images as an array give the same scores (no dependence on the batch or format).
     np.save(tmp_path / "digits.npy", images)
     again = convvae("score", "--model", str(one_class_model), str(tmp_path / "digits.npy"))

@@ -6,18 +6,28 @@ estimator. A higher score means more anomalous.
 
 Scores, per image (all from one batched pass over the images, deterministic):
 
+- ``recon_mse``: squared error of the reconstruction decoded from the posterior mean, summed
+  over pixels in [0, 1]: the plain reconstruction-error baseline, free of the Bernoulli floor.
 - ``recon_bce``: binary cross-entropy of the reconstruction decoded from the posterior mean, nats.
 - ``neg_elbo``: negative ELBO, nats, averaged over the same ``k`` posterior samples as the IWAE
   bound (a k-sample estimate of the single-sample -ELBO: lower variance, same expectation); it is
   ``recon_nll + kl``, both estimated from those samples.
 - ``iwae_nll``: the importance-weighted bound on -log p(x) with ``k`` samples (Burda et al. 2016).
-- ``excess_nll``: the IWAE NLL minus the likelihood's floor for this image, sum_i H(x_i) with H
-  the binary entropy of pixel i's grey level (nats): the Bernoulli deviance of the image. A
-  Bernoulli likelihood on grey levels can never give an image less than that floor, so the raw
-  NLL mostly measures how many pixels are grey (a T-shirt scores worse than a sandal under any
-  model); the excess measures how far the model is from the best possible fit of this image.
-- ``complexity``: Serrà et al. (ICLR 2020), S(x) = -log2 p(x) - L(x) in bits, with -log p(x) the
-  IWAE bound and L(x) the length in bits of the image's PNG file (Pillow, compress_level 9).
+- ``excess_nll``: the Bernoulli deviance of the image: the IWAE NLL minus sum_i H(x_i), H the
+  binary entropy of pixel i's grey level (nats), the least -log p(x) any Bernoulli decoder can
+  give it. A Bernoulli likelihood on grey levels is not a probability of the 8-bit image, and
+  its raw NLL mostly measures how many pixels are grey (a T-shirt scores worse than a sandal
+  under any model); the deviance measures how far the model is from the best possible fit.
+- ``hidden_knn``: distance, in the encoder's last hidden layer, to the 5th nearest normal
+  training image (a nearest-neighbour density of the training images in the VAE's features).
+- ``cosine_knn``: distance between L2-normalised pixel vectors to the 5th nearest training image
+  (so a blank or saturated frame, far from every normal image's direction, is caught).
+- ``fused`` (the default): the mean of ``excess_nll``, ``hidden_knn`` and ``cosine_knn``, each
+  standardised by its mean and standard deviation on held-out normal images (the selection half
+  of the validation images). It keeps the likelihood and adds two densities that catch what the
+  likelihood misses; chosen on held-out *training* images, never on test images (README).
+
+The distance scores need the model's ``Reference`` (``fit_reference``, stored in the model file).
 
 The posterior noise is one fixed (k, latent_dim) draw shared by every image, so an image's score
 does not depend on which other images share its batch (common random numbers): scoring one file
@@ -26,21 +36,32 @@ alone gives the same value as scoring it inside a test set.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from convvae.config import AnomalyConfig
+from convvae.errors import DataError
 from convvae.images import to_unit_interval
-from convvae.model import ConvVAE
+from convvae.model import ConvVAE, Reference
 
-SCORES = ("recon_bce", "neg_elbo", "iwae_nll", "excess_nll", "complexity")
-COMPRESSOR = "png (Pillow, compress_level=9)"
+SCORES = (
+    "recon_mse",
+    "recon_bce",
+    "neg_elbo",
+    "iwae_nll",
+    "excess_nll",
+    "hidden_knn",
+    "cosine_knn",
+    "fused",
+)
+# The scores the model alone gives; the others also need its Reference.
+LIKELIHOOD_SCORES = SCORES[:5]
+FUSED_COMPONENTS = ("excess_nll", "hidden_knn", "cosine_knn")
+KNN_NEIGHBOURS = 5
 # Images x importance samples decoded at once: bounds memory (about 100 MB at the default model).
 _DECODES_PER_CHUNK = 8192
 
@@ -49,7 +70,7 @@ _DECODES_PER_CHUNK = 8192
 class ScoreSpec:
     """How to compute an anomaly score: stored with every model beside its threshold."""
 
-    name: str = "excess_nll"  # one of SCORES
+    name: str = "fused"  # one of SCORES
     samples: int = 32  # importance samples per image
     noise_seed: int = 0  # seed of the shared posterior noise
 
@@ -105,7 +126,9 @@ def _batch_scores(
     iwae_nll = -(torch.logsumexp(log_weights, 1) - math.log(k))
     # BCE(x, x) = sum_i H(x_i): the least -log p(x) any Bernoulli decoder can reach.
     floor = F.binary_cross_entropy(x, x, reduction="none").flatten(1).sum(1).double()
+    recon_mse = (torch.sigmoid(logits[:, 0]) - x).pow(2).flatten(1).sum(1).double()
     return {
+        "recon_mse": recon_mse,
         "recon_bce": bce[:, 0],
         "recon_nll": recon_nll,
         "kl": kl,
@@ -115,35 +138,109 @@ def _batch_scores(
     }
 
 
-def compressed_bits(images: np.ndarray) -> np.ndarray:
-    """Length in bits of each image's lossless PNG code: float64 (N,) for uint8 (N, C, H, W)."""
-    lengths = np.empty(len(images), dtype=np.float64)
-    for i, image in enumerate(images):  # the compressor has no batched form
-        pixels = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG", compress_level=9)
-        lengths[i] = 8 * buffer.tell()
-    return lengths
+@torch.no_grad()
+def hidden_features(model: ConvVAE, images: np.ndarray) -> torch.Tensor:
+    """The encoder's last hidden layer (before the posterior's mean and variance), float32
+    (N, H), for uint8 images (N, C, H, W)."""
+    model.eval()
+    return torch.cat(
+        [
+            model.encoder(to_unit_interval(torch.from_numpy(images[i : i + 1024])))
+            for i in range(0, len(images), 1024)
+        ]
+    )
+
+
+def unit_pixels(images: np.ndarray) -> torch.Tensor:
+    """Pixel vectors scaled to [0, 1] and to unit length, float32 (N, C*H*W); a blank image
+    stays the zero vector (distance 1 from every unit vector)."""
+    pixels = torch.from_numpy(images.reshape(len(images), -1)).float() / 255
+    return pixels / pixels.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int = KNN_NEIGHBOURS) -> np.ndarray:
+    """Euclidean distance of each query (M, D) to its k-th nearest row of ``bank`` (N, D),
+    float64 (M,); computed 2048 queries at a time to bound memory."""
+    k = min(k, len(bank))
+    parts = [
+        torch.cdist(queries[i : i + 2048], bank).kthvalue(k, dim=1).values
+        for i in range(0, len(queries), 2048)
+    ]
+    return torch.cat(parts).double().numpy()
+
+
+def distance_scores(model: ConvVAE, images: np.ndarray) -> dict[str, np.ndarray]:
+    """``hidden_knn`` and ``cosine_knn`` of uint8 images (N, C, H, W) against the model's
+    Reference images; float64 (N,) each."""
+    reference = _reference(model)
+    with torch.no_grad():
+        hidden = knn_distance(
+            hidden_features(model, images), hidden_features(model, reference.images)
+        )
+        cosine = knn_distance(unit_pixels(images), unit_pixels(reference.images))
+    return {"hidden_knn": hidden, "cosine_knn": cosine}
+
+
+def _reference(model: ConvVAE) -> Reference:
+    if model.reference is None:
+        raise DataError(
+            "this model file has no reference images, which the distance and fused scores "
+            "need; re-run the stage that wrote it (dvc repro -f train / benchmark)"
+        )
+    return model.reference
+
+
+def fused_score(components: dict[str, np.ndarray], reference: Reference) -> np.ndarray:
+    """The mean of the FUSED_COMPONENTS, each standardised with the reference's statistics."""
+    standardised = [
+        (components[name] - reference.center[name]) / reference.scale[name]
+        for name in FUSED_COMPONENTS
+    ]
+    return np.mean(standardised, axis=0)
 
 
 def all_scores(
-    model: ConvVAE, images: np.ndarray, k: int = 32, seed: int = 0, bits: np.ndarray | None = None
+    model: ConvVAE, images: np.ndarray, k: int = 32, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """Every score of ``SCORES`` for uint8 images (N, C, H, W): float64 (N,) each.
-
-    ``bits`` are the images' ``compressed_bits`` when already known (they depend on the images
-    only, so a caller scoring one data set with many models computes them once).
-    """
+    """Every score of ``SCORES`` for uint8 images (N, C, H, W): float64 (N,) each; without a
+    Reference on the model, the likelihood scores only."""
     terms = model_scores(model, torch.from_numpy(np.ascontiguousarray(images)), k, seed)
-    bits = compressed_bits(images) if bits is None else bits
-    terms["complexity"] = terms["iwae_nll"] / math.log(2) - bits
-    return {name: terms[name] for name in SCORES}
+    scores = {name: terms[name] for name in LIKELIHOOD_SCORES}
+    if model.reference is not None:
+        scores.update(distance_scores(model, images))
+        scores["fused"] = fused_score(scores, model.reference)
+    return scores
+
+
+def fit_reference(
+    model: ConvVAE, train_images: np.ndarray, held_out_normal: np.ndarray, k: int, seed: int
+) -> Reference:
+    """The model's Reference: its normal training images (uint8 (N, C, H, W)), and each fused
+    component's mean and standard deviation on ``held_out_normal`` images, which must be
+    neither training nor calibration images. Also sets ``model.reference``."""
+    model.reference = Reference(np.ascontiguousarray(train_images), {}, {})
+    held_out = np.ascontiguousarray(held_out_normal)
+    raw = {
+        "excess_nll": model_scores(model, torch.from_numpy(held_out), k, seed)["excess_nll"],
+        **distance_scores(model, held_out),
+    }
+    model.reference = Reference(
+        model.reference.images,
+        {name: float(raw[name].mean()) for name in FUSED_COMPONENTS},
+        {name: float(raw[name].std() + 1e-12) for name in FUSED_COMPONENTS},
+    )
+    return model.reference
 
 
 def score_images(model: ConvVAE, images: np.ndarray, spec: ScoreSpec) -> np.ndarray:
     """The anomaly score ``spec`` names, float64 (N,), for images (N, C, H, W): uint8, or
     float in [0, 1]. The one function behind `convvae score`, serving and the benchmark."""
-    if spec.name == "complexity":
-        return all_scores(model, images, spec.samples, spec.noise_seed)["complexity"]
-    images_t = torch.from_numpy(np.ascontiguousarray(images))
-    return model_scores(model, images_t, spec.samples, spec.noise_seed)[spec.name]
+    images = np.ascontiguousarray(images)
+    if spec.name in LIKELIHOOD_SCORES:
+        return model_scores(model, torch.from_numpy(images), spec.samples, spec.noise_seed)[
+            spec.name
+        ]
+    _reference(model)
+    if images.dtype != np.uint8:  # the distances compare 8-bit images, as stored
+        images = np.rint(np.clip(images, 0, 1) * 255).astype(np.uint8)
+    return all_scores(model, images, spec.samples, spec.noise_seed)[spec.name]

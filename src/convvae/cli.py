@@ -166,14 +166,16 @@ def _score(args: argparse.Namespace) -> None:
 
     model, stored = load_scorer_ref(args.model)
     batch = load_images(args.images, _image_shape(model))
-    scores = score_images(model, batch.images, stored.spec)
-    flagged = scores > stored.threshold
+    decided = stored.decide(score_images(model, batch.images, stored.spec))
+    scores, flagged = decided["score"], decided["is_anomaly"]
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["file", "score", "is_anomaly"])
+    writer.writerow(["file", "score", "normalized_score", "is_anomaly"])
     writer.writerows(
-        (name, f"{score:.4f}", int(flag))
-        for name, score, flag in zip(batch.names, scores, flagged, strict=True)
+        (name, f"{score:.4f}", f"{p_value:.4f}", int(flag))
+        for name, score, p_value, flag in zip(
+            batch.names, scores, decided["normalized_score"], flagged, strict=True
+        )
     )
     if args.out is None:
         print(table.getvalue(), end="")
@@ -288,7 +290,11 @@ def _add_score(commands, common) -> None:
         "beside it (models/model.pt, models/anomaly/class_3/model.pt)",
     )
     scorer.add_argument("images", help=IMAGES_HELP)
-    scorer.add_argument("--out", help="CSV file (file, score, is_anomaly); default: stdout")
+    scorer.add_argument(
+        "--out",
+        help="CSV file (file, score, normalized_score = conformal p-value, is_anomaly); "
+        "default: stdout",
+    )
     scorer.set_defaults(action=_score)
 
 

@@ -176,7 +176,16 @@ class TrackingConfig:
         _check(1 <= self.timeout_s <= 30, "tracking.timeout_s", "must be between 1 and 30")
 
 
-AnomalyScore = Literal["recon_bce", "neg_elbo", "iwae_nll", "excess_nll", "complexity"]
+AnomalyScore = Literal[
+    "recon_mse",
+    "recon_bce",
+    "neg_elbo",
+    "iwae_nll",
+    "excess_nll",
+    "hidden_knn",
+    "cosine_knn",
+    "fused",
+]
 
 
 @dataclass(frozen=True)
@@ -185,22 +194,19 @@ class AnomalyConfig:
     stored with each model for `convvae score` and serving."""
 
     # The score that `convvae score` and serving threshold (higher = more anomalous).
-    score: AnomalyScore = "excess_nll"
+    score: AnomalyScore = "fused"
     # Importance samples per image for the IWAE bound and the k-sample negative ELBO.
     samples: int = 32
     # Seed of the posterior noise shared by every image (scores do not depend on the batch).
     noise_seed: int = 0
-    # The threshold is this quantile of the normal validation images' scores.
-    threshold_quantile: float = 0.95
+    # The false-positive rate the threshold targets: the conformal quantile of the scores of
+    # normal calibration images (held out from training and from early stopping).
+    target_fpr: float = 0.05
 
     def __post_init__(self) -> None:
         _check(1 <= self.samples <= 4096, "anomaly.samples", "must be between 1 and 4096")
         _check_seed(self.noise_seed, "anomaly.noise_seed")
-        _check(
-            0.5 <= self.threshold_quantile < 1,
-            "anomaly.threshold_quantile",
-            "must be in [0.5, 1)",
-        )
+        _check(0 < self.target_fpr <= 0.5, "anomaly.target_fpr", "must be in (0, 0.5]")
 
 
 PeerName = Literal["pyod_knn", "pyod_iforest", "pyod_autoencoder", "pyod_vae"]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from convvae.stats import bootstrap_ci
+from convvae.stats import bootstrap_roc_auc
 
 
 def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
@@ -95,7 +95,7 @@ def detection_metrics(
         return lambda y, s: float(np.mean([metric(y, column) for column in s.T]))
 
     mean_auc = mean_over_seeds(roc_auc_score)
-    low, high = bootstrap_ci(mean_auc, labels, columns, n_resamples, seed)
+    low, high = bootstrap_roc_auc(labels, columns, n_resamples, seed)
     per_seed = [f1_at_threshold(labels, c, t) for c, t in zip(columns.T, thresholds, strict=True)]
     aucs = [roc_auc_score(labels, column) for column in columns.T]
     return {

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +23,17 @@ from convvae.files import atomic_path
 from convvae.images import check_pixels
 
 MODEL_FILE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a trained model's distance-based anomaly scores compare an image with, stored in its
+    model file: the normal training images, and the mean and standard deviation of each fused
+    score component on held-out normal images (see ``convvae.anomaly``)."""
+
+    images: np.ndarray  # uint8 (N, C, H, W)
+    center: dict[str, float]
+    scale: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,8 @@ class ConvVAE(nn.Module):
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.arch = arch
+        # Set after training (convvae.anomaly.fit_reference); saved with the model file.
+        self.reference: Reference | None = None
         k, pad = arch.kernel_size, _padding(arch.kernel_size)
         sizes = _feature_sizes(arch)
         conv_widths = [arch.image_channels, *arch.channels]
@@ -206,6 +220,12 @@ def save_model(model: ConvVAE, path: str | Path) -> None:
         "architecture": dataclasses.asdict(model.arch),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if model.reference is not None:
+        payload["reference"] = {
+            "images": torch.from_numpy(np.ascontiguousarray(model.reference.images)),
+            "center": dict(model.reference.center),
+            "scale": dict(model.reference.scale),
+        }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -258,4 +278,7 @@ def load_model(
         raise CheckpointError(
             f"{path}: weights do not fit the stored architecture: {first}"
         ) from None
+    if "reference" in payload:
+        raw = payload["reference"]
+        model.reference = Reference(raw["images"].numpy(), raw["center"], raw["scale"])
     return model

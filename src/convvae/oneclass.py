@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from convvae.anomaly import COMPRESSOR, SCORES, ScoreSpec, all_scores, compressed_bits
+from convvae.anomaly import SCORES, ScoreSpec, all_scores, fit_reference
 from convvae.config import Params
 from convvae.data import LabelledImages, Splits
-from convvae.decision import threshold_from_normal, threshold_record
+from convvae.decision import conformal_threshold, selection_and_calibration, threshold_record
 from convvae.detection import detection_metrics, roc_points
 from convvae.errors import DataError
 from convvae.files import ClassFiles, write_json
@@ -60,7 +60,7 @@ class _SeedRun:
     model: ConvVAE
     epochs: int
     test_scores: dict[str, np.ndarray]
-    val_scores: dict[str, np.ndarray]
+    calibration_scores: dict[str, np.ndarray]
     train_seconds: float
     score_seconds: float
 
@@ -70,20 +70,21 @@ def _train_and_score(
     train_normal: np.ndarray,
     val_normal: np.ndarray,
     test_images: np.ndarray,
-    bits: tuple[np.ndarray, np.ndarray],
     seed: int,
 ) -> _SeedRun:
-    """One model on the normal class (early stopping on its validation images), then every
-    score of the test images and of the normal validation images."""
+    """One model on the normal class (early stopping on the selection half of its validation
+    images), then every score of the test images and of the calibration half."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     model = ConvVAE(resolve_architecture(params.model, train_normal.shape[1:]))
     trainer = Trainer(model, params.benchmark_train(seed), beta=params.model.beta, progress=False)
-    result = trainer.fit(torch.from_numpy(train_normal), torch.from_numpy(val_normal))
-    trained = time.perf_counter()
+    selection, calibration = selection_and_calibration(val_normal)
+    result = trainer.fit(torch.from_numpy(train_normal), torch.from_numpy(selection))
     samples = params.anomaly.samples
-    on_test = all_scores(result.model, test_images, samples, seed, bits[0])
-    on_val = all_scores(result.model, val_normal, samples, seed, bits[1])
+    fit_reference(result.model, train_normal, selection, samples, seed)
+    trained = time.perf_counter()
+    on_test = all_scores(result.model, test_images, samples, seed)
+    on_val = all_scores(result.model, calibration, samples, seed)
     return _SeedRun(
         result.model,
         len(result.history),
@@ -108,10 +109,12 @@ def run_peers(
     for name in params.benchmark.peers:
         test_scores, thresholds, fit_seconds, score_seconds = [], [], 0.0, 0.0
         for seed in range(params.benchmark.seeds):
-            peer = run_peer(name, train_normal, {"test": test_images, "val": val_normal}, seed)
+            _, calibration = selection_and_calibration(val_normal)
+            sets = {"test": test_images, "calibration": calibration}
+            peer = run_peer(name, train_normal, sets, seed)
             test_scores.append(peer.scores["test"])
-            quantile = params.anomaly.threshold_quantile
-            thresholds.append(threshold_from_normal(peer.scores["val"], quantile))
+            target = params.anomaly.target_fpr
+            thresholds.append(conformal_threshold(peer.scores["calibration"], target))
             fit_seconds += peer.fit_seconds
             score_seconds += peer.score_seconds
         metrics = detection_metrics(
@@ -144,16 +147,14 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
             f"the test split needs normal and anomalous images of class {normal_class}; "
             "raise data.max_train_images"
         )
-    # The compressor's lengths depend on the images only: once per data set, for every seed.
-    bits = (compressed_bits(test.images), compressed_bits(val_normal))
     runs = []
     for seed in range(params.benchmark.seeds):
-        run = _train_and_score(params, train_normal, val_normal, test.images, bits, seed)
+        run = _train_and_score(params, train_normal, val_normal, test.images, seed)
         runs.append(run)
         print(f"class {normal_class} ({class_name}), seed {seed}: {run.epochs} epochs")
-    quantile = params.anomaly.threshold_quantile
+    target = params.anomaly.target_fpr
     thresholds = {
-        name: [threshold_from_normal(run.val_scores[name], quantile) for run in runs]
+        name: [conformal_threshold(run.calibration_scores[name], target) for run in runs]
         for name in SCORES
     }
     per_score = {
@@ -175,21 +176,20 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         "class_name": class_name,
         "data_source": params.data.source,
         "train_images": len(train_normal),
-        "val_normal_images": len(val_normal),
+        "val_normal_images": len(val_normal),  # half select the epoch, half calibrate
         "test_images": len(labels),
         "test_anomalous": int(labels.sum()),
         "seeds": len(runs),
         "epochs_run_mean": float(np.mean([run.epochs for run in runs])),
         "train_seconds": sum(run.train_seconds for run in runs),
-        "score_images_per_s": len(runs) * (len(labels) + len(val_normal)) / seconds_scoring,
-        "compressor": COMPRESSOR,
+        "score_images_per_s": len(runs) * (len(labels) + len(val_normal) // 2) / seconds_scoring,
         "scores": per_score,
         "peers": run_peers(params, train_normal, val_normal, test.images, labels),
     }
     record = threshold_record(
         spec,
-        thresholds[spec.name][0],
-        quantile,
+        runs[0].calibration_scores[spec.name],
+        target,
         normal_class=normal_class,
         class_name=class_name,
         data_source=params.data.source,

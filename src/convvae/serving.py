@@ -24,20 +24,24 @@ class ScoringModel:
     def __init__(self, model: ConvVAE, stored: StoredThreshold | None = None) -> None:
         self.model = model.eval()
         self.stored = stored
-        self.spec = stored.spec if stored is not None else ScoreSpec()
+        # Without a stored record: the default score where the model file has its reference.
+        fallback = ScoreSpec() if model.reference is not None else ScoreSpec("excess_nll")
+        self.spec = stored.spec if stored is not None else fallback
 
     def predict(self, model_input, params: dict | None = None) -> dict[str, np.ndarray]:
         """model_input: float pixels in [0, 1], shape (N, C, H, W) or (N, H, W).
 
-        Returns {"anomaly_score": float64 (N,), the stored score; higher is more anomalous,
-        "is_anomaly": bool (N,) when a threshold is stored, "reconstruction": float32
-        (N, C, H, W), Bernoulli means}.
+        Returns {"anomaly_score": float64 (N,), the stored score; higher is more anomalous;
+        with a stored threshold also "normalized_score" (conformal p-value, float64 (N,)) and
+        "is_anomaly" (bool (N,)); "reconstruction": float32 (N, C, H, W), Bernoulli means}.
         """
         images = self._as_images(model_input)
         scores = score_images(self.model, images.numpy(), self.spec)
         out = {"anomaly_score": scores}
         if self.stored is not None:
-            out["is_anomaly"] = scores > self.stored.threshold
+            decided = self.stored.decide(scores)
+            out["normalized_score"] = decided["normalized_score"]
+            out["is_anomaly"] = decided["is_anomaly"]
         out["reconstruction"] = reconstruct(self.model, images).numpy()
         return out
 

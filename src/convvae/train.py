@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from convvae.anomaly import fit_reference
 from convvae.checkpoint import changed_keys, load_checkpoint, save_checkpoint
 from convvae.config import Params, TrainConfig
 from convvae.data import Splits
+from convvae.decision import selection_and_calibration
 from convvae.devices import ProcessGroup, select_device
 from convvae.errors import CheckpointError, TrainingDivergedError
 from convvae.files import atomic_path
@@ -368,7 +370,16 @@ def train_model(
     if group.is_main:
         processes = f" x {group.world_size} processes" if group.world_size > 1 else ""
         print(f"training {count_parameters(model):,} parameters on {trainer.device}{processes}")
-    return trainer.fit(torch.from_numpy(splits.train.images), torch.from_numpy(splits.val.images))
+    # Early stopping sees the selection half of the validation images; the calibration half
+    # sets the anomaly threshold in the evaluate stage.
+    selection, _ = selection_and_calibration(splits.val.images)
+    result = trainer.fit(torch.from_numpy(splits.train.images), torch.from_numpy(selection))
+    if group.is_main:  # what the fused anomaly score compares with, saved in the model file
+        anomaly = params.anomaly
+        fit_reference(
+            result.model, splits.train.images, selection, anomaly.samples, anomaly.noise_seed
+        )
+    return result
 
 
 def training_metrics(result: TrainResult) -> dict[str, float | int | bool]:

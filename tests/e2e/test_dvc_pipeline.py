@@ -45,30 +45,36 @@ def test_repro_runs_every_stage_then_does_nothing(project):
 
 
 def test_the_registered_model_scores_images_at_its_validation_threshold(project, tmp_path):
-    """evaluate stores the model's threshold (file and version tag); `convvae score` with
-    models:/ flags about (1 - quantile) of validation images, which are normal by definition."""
+    """evaluate stores the model's conformal threshold (file and version tag); `convvae score`
+    with models:/ flags exactly the calibration images above the cut, and about the target rate
+    of the other validation images (normal by definition, never used to calibrate)."""
+    import math
+
     import numpy as np
 
     threshold = json.loads((project / "models/threshold.json").read_text())
     assert threshold["score"] == "excess_nll" and threshold["normal_class"] is None
-    np.save(tmp_path / "val.npy", np.load(project / "data/prepared/splits.npz")["val_images"])
-    out = tmp_path / "scores.csv"
-    ref = "models:/convvae-mnist-5k/1"
-    result = run(
-        [
-            str(BIN / "convvae"),
-            "score",
-            "--model",
-            ref,
-            str(tmp_path / "val.npy"),
-            "--out",
-            str(out),
-        ],
-        project,
-    )
-    assert "normal: every class" in result.stdout
-    flags = [line.rsplit(",", 1)[1] for line in out.read_text().splitlines()[1:]]
-    assert len(flags) > 20 and 0 < flags.count("1") <= 0.05 * len(flags) + 1
+    val = np.load(project / "data/prepared/splits.npz")["val_images"]
+    flagged = {}
+    for half, images in (("selection", val[0::2]), ("calibration", val[1::2])):
+        np.save(tmp_path / f"{half}.npy", images)
+        out = tmp_path / f"{half}.csv"
+        ref = "models:/convvae-mnist-5k/1"
+        result = run(
+            [str(BIN / "convvae"), "score", "--model", ref, str(tmp_path / f"{half}.npy")]
+            + ["--out", str(out)],
+            project,
+        )
+        assert "normal: every class" in result.stdout
+        rows = out.read_text().splitlines()
+        assert rows[0] == "file,score,normalized_score,is_anomaly"
+        flagged[half] = [row.rsplit(",", 1)[1] == "1" for row in rows[1:]]
+    n = len(flagged["calibration"])
+    assert n == len(threshold["calibration_scores"]) > 20
+    rank = math.ceil((n + 1) * (1 - threshold["target_fpr"]))
+    assert sum(flagged["calibration"]) == n - rank  # the cut is the rank-th smallest score
+    share = np.mean(flagged["selection"])
+    assert share <= threshold["target_fpr"] + 3 * math.sqrt(0.05 * 0.95 / n)
 
 
 def test_metrics_and_plots_show(project, tmp_path):
