@@ -19,6 +19,7 @@ from convvae.errors import run_stage
 from convvae.evaluate import likelihood_metrics, save_figures
 from convvae.files import write_json
 from convvae.model import load_model, resolve_architecture
+from convvae.outofdomain import out_of_domain_auroc
 from convvae.tracked_runs import log_evaluation
 from convvae.tracking import open_tracker
 from convvae.uses import measure_uses
@@ -41,6 +42,8 @@ def main() -> None:
     _, calibration = selection_and_calibration(splits.val.images)
     threshold = calibrate(model, calibration, spec, params.anomaly.target_fpr)
     write_json(threshold, layout.MODEL_THRESHOLD)
+    # Flipped or inverted digits, noise and blank frames against the normal test images.
+    metrics["out_of_domain_roc_auc"] = out_of_domain_auroc(model, splits.test.images, spec)
     run_id = json.loads(layout.MLFLOW_RUN.read_text())["run_id"]
     if tracker is not None and run_id is not None:
         example = splits.test.images[:2].astype("float32") / 255

@@ -105,6 +105,9 @@ def test_validation_images_split_into_disjoint_selection_and_calibration_halves(
     selection, calibration = selection_and_calibration(images)
     assert len(selection) == 6 and len(calibration) == 5
     assert not set(selection.ravel()) & set(calibration.ravel())
+    with pytest.raises(DataError, match="at least 2 are needed") as info:
+        selection_and_calibration(images[:1])
+    assert "data.max_train_images" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_data():

@@ -23,10 +23,10 @@ from convvae.data import (
     load_source,
     load_splits,
     make_splits,
-    read_idx,
     save_splits,
 )
 from convvae.errors import DataError
+from convvae.idx import read_idx
 
 IDX_STEMS = (
     "train-images-idx3-ubyte",

@@ -37,29 +37,23 @@ alone gives the same value as scoring it inside a test set.
 from __future__ import annotations
 
 import math
+import typing
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convvae.config import AnomalyConfig
+from convvae.config import AnomalyConfig, AnomalyScore
 from convvae.errors import DataError
 from convvae.images import to_unit_interval
 from convvae.model import ConvVAE, Reference
 
-SCORES = (
-    "recon_mse",
-    "recon_bce",
-    "neg_elbo",
-    "iwae_nll",
-    "excess_nll",
-    "hidden_knn",
-    "cosine_knn",
-    "fused",
-)
+# Every score's name, in report order: the values `anomaly.score` accepts.
+SCORES: tuple[str, ...] = typing.get_args(AnomalyScore)
 # The scores the model alone gives; the others also need its Reference.
-LIKELIHOOD_SCORES = SCORES[:5]
+LIKELIHOOD_SCORES = ("recon_mse", "recon_bce", "neg_elbo", "iwae_nll", "excess_nll")
 FUSED_COMPONENTS = ("excess_nll", "hidden_knn", "cosine_knn")
 KNN_NEIGHBOURS = 5
 # Images x importance samples decoded at once: bounds memory (about 100 MB at the default model).
@@ -86,7 +80,8 @@ def model_scores(
 ) -> dict[str, np.ndarray]:
     """Likelihood terms and model-based scores of every image, each float64 (N,) in nats.
 
-    images: uint8 (N, C, H, W), or float in [0, 1]. Keys: ``recon_bce``, ``recon_nll`` and
+    images: uint8 (N, C, H, W), or float in [0, 1]. Keys: ``recon_mse``, ``recon_bce``,
+    ``recon_nll`` and
     ``kl`` (k-sample estimates of the ELBO's terms), ``neg_elbo`` (= recon_nll + kl), ``iwae_nll``,
     ``excess_nll``. ``k`` importance samples per image with noise drawn once from ``seed`` and
     shared by all images; batches of images are decoded k + 1 codes at a time in one call.
@@ -172,13 +167,25 @@ def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int = KNN_NEIGHBO
 def distance_scores(model: ConvVAE, images: np.ndarray) -> dict[str, np.ndarray]:
     """``hidden_knn`` and ``cosine_knn`` of uint8 images (N, C, H, W) against the model's
     Reference images; float64 (N,) each."""
-    reference = _reference(model)
+    hidden_bank, unit_bank = _reference_banks(model, _reference(model))
     with torch.no_grad():
-        hidden = knn_distance(
-            hidden_features(model, images), hidden_features(model, reference.images)
-        )
-        cosine = knn_distance(unit_pixels(images), unit_pixels(reference.images))
+        hidden = knn_distance(hidden_features(model, images), hidden_bank)
+        cosine = knn_distance(unit_pixels(images), unit_bank)
     return {"hidden_knn": hidden, "cosine_knn": cosine}
+
+
+# The reference images' encoder features and unit pixel vectors, computed once per Reference
+# (a served model scores many requests against the same bank).
+_BANKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _reference_banks(model: ConvVAE, reference: Reference) -> tuple[torch.Tensor, torch.Tensor]:
+    if reference not in _BANKS:
+        _BANKS[reference] = (
+            hidden_features(model, reference.images),
+            unit_pixels(reference.images),
+        )
+    return _BANKS[reference]
 
 
 def _reference(model: ConvVAE) -> Reference:
@@ -235,12 +242,12 @@ def fit_reference(
 def score_images(model: ConvVAE, images: np.ndarray, spec: ScoreSpec) -> np.ndarray:
     """The anomaly score ``spec`` names, float64 (N,), for images (N, C, H, W): uint8, or
     float in [0, 1]. The one function behind `convvae score`, serving and the benchmark."""
+    if images.dtype != np.uint8:  # one preprocessing for every caller: the 256 grey levels
+        images = np.rint(np.clip(images, 0, 1) * 255).astype(np.uint8)
     images = np.ascontiguousarray(images)
     if spec.name in LIKELIHOOD_SCORES:
         return model_scores(model, torch.from_numpy(images), spec.samples, spec.noise_seed)[
             spec.name
         ]
     _reference(model)
-    if images.dtype != np.uint8:  # the distances compare 8-bit images, as stored
-        images = np.rint(np.clip(images, 0, 1) * 255).astype(np.uint8)
     return all_scores(model, images, spec.samples, spec.noise_seed)[spec.name]

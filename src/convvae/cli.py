@@ -40,7 +40,8 @@ def _promote(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     images = torch.from_numpy(load_splits(args.data).test.images)
     tracker = Tracker(params.tracking)
-    spec = ScoreSpec.from_config(params.anomaly)
+    # The samples and noise of the test metrics that evaluate tagged the versions with.
+    spec = ScoreSpec(samples=params.evaluate.iwae_samples, noise_seed=params.evaluate.seed)
     decision = promote(tracker, args.model, images, args.metric, args.dry_run, spec)
     print(f"model {decision.model} ({tracker.uri}), metric {decision.metric} (lower is better)")
     comparison = decision.comparison

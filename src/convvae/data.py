@@ -6,13 +6,10 @@ that names the file and says how to fix it.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib
 import json
-import math
 import os
-import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -22,6 +19,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from convvae.errors import DataError
+from convvae.idx import read_idx_and_hash
 
 SOURCES = ("mnist-5k", "fashion-mnist", "mnist")
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -33,8 +31,6 @@ FASHION_NAMES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 
-# IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, bottom of page).
-_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 # (images, labels) file stems of the official parts; each may be stored gzipped or raw.
 _IDX_STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -83,54 +79,6 @@ class Splits:
     train: LabelledImages
     val: LabelledImages
     test: LabelledImages
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file, raw or gzipped; returns an array of the header's shape and type.
-
-    Type 0x08 (the MNIST images and labels) gives uint8; the other IDX types give native-endian
-    int8, int16, int32, float32 or float64.
-    """
-    return _read_idx_and_hash(Path(path))[0]
-
-
-def _read_idx_and_hash(path: Path, fix: str = "re-download it") -> tuple[np.ndarray, str]:
-    # One read serves both the parse and the checksum: the training files are tens of MB.
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; check the path") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror}); check its permissions") from None
-    digest = hashlib.sha256(raw).hexdigest()
-    # Detect gzip by content: a renamed or re-compressed file keeps working.
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise DataError(f"{path}: corrupt or truncated gzip ({err}); {fix}") from None
-    if len(raw) < 4 or raw[:2] != b"\0\0":
-        raise DataError(f"{path}: not an IDX file (magic {raw[:4].hex()!r}); {fix}")
-    type_code, ndim = raw[2], raw[3]
-    if type_code not in _IDX_DTYPES:
-        raise DataError(f"{path}: unknown IDX type code 0x{type_code:02x}; {fix}")
-    if not 1 <= ndim <= 4:
-        raise DataError(f"{path}: IDX header gives {ndim} dimensions (1..4 expected); {fix}")
-    header_size = 4 + 4 * ndim
-    if len(raw) < header_size:
-        raise DataError(f"{path}: truncated inside the IDX header; {fix}")
-    shape = struct.unpack(f">{ndim}I", raw[4:header_size])
-    dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected = math.prod(shape) * dtype.itemsize
-    got = len(raw) - header_size
-    if got != expected:
-        problem = "truncated" if got < expected else "trailing bytes"
-        raise DataError(
-            f"{path}: {problem}: header says shape {'x'.join(map(str, shape))} of {dtype.name} "
-            f"({expected} bytes of data) but the file holds {got} bytes of data; {fix}"
-        )
-    array = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
-    return array.astype(dtype.newbyteorder("=")), digest
 
 
 def load_source(
@@ -227,8 +175,8 @@ def _load_idx_pair(
     images_path: Path, labels_path: Path, fix: str, files: dict[str, str]
 ) -> LabelledImages:
     # Records each file's sha256 in `files` as it reads it.
-    images, files[str(images_path)] = _read_idx_and_hash(images_path, fix)
-    labels, files[str(labels_path)] = _read_idx_and_hash(labels_path, fix)
+    images, files[str(images_path)] = read_idx_and_hash(images_path, fix)
+    labels, files[str(labels_path)] = read_idx_and_hash(labels_path, fix)
     if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1:
         raise DataError(
             f"{images_path}, {labels_path}: expected uint8 images (N, H, W) and labels (N,), "

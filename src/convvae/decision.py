@@ -32,7 +32,14 @@ THRESHOLD_TAG = "anomaly.threshold"
 
 def selection_and_calibration(normal_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Held-out normal images (in seeded random order) split into the selection half (even
-    positions: early stopping) and the calibration half (odd positions: thresholds)."""
+    positions: early stopping) and the calibration half (odd positions: thresholds); fewer
+    than 2 is a DataError."""
+    if len(normal_images) < 2:
+        raise DataError(
+            f"{len(normal_images)} held-out normal image(s): at least 2 are needed (half choose "
+            "the epoch, half calibrate the threshold); raise data.max_train_images or "
+            "data.val_fraction"
+        )
     return normal_images[0::2], normal_images[1::2]
 
 

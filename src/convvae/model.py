@@ -25,7 +25,7 @@ from convvae.images import check_pixels
 MODEL_FILE_FORMAT = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: it holds arrays
 class Reference:
     """What a trained model's distance-based anomaly scores compare an image with, stored in its
     model file: the normal training images, and the mean and standard deviation of each fused

@@ -2,8 +2,9 @@
 
 Trains ``benchmark.seeds`` ConvVAEs (the ``train`` section with ``benchmark.train``'s overrides)
 on the training images of class c, scores every test image (class c normal, all others
-anomalous) and the class's validation images with every score, and sets each score's threshold
-on the normal validation images (never on test labels).
+anomalous) and the calibration half of the class's validation images with every score, and
+sets each score's threshold on those calibration images (never on test images or labels). The
+peers run on the same images, and their intervals resample the same test images.
 """
 
 from __future__ import annotations
@@ -75,16 +76,19 @@ def _train_and_score(
     """One model on the normal class (early stopping on the selection half of its validation
     images), then every score of the test images and of the calibration half."""
     started = time.perf_counter()
-    torch.manual_seed(seed)
+    train_cfg = params.benchmark_train(seed)
+    torch.manual_seed(train_cfg.seed)
     model = ConvVAE(resolve_architecture(params.model, train_normal.shape[1:]))
-    trainer = Trainer(model, params.benchmark_train(seed), beta=params.model.beta, progress=False)
+    trainer = Trainer(model, train_cfg, beta=params.model.beta, progress=False)
     selection, calibration = selection_and_calibration(val_normal)
     result = trainer.fit(torch.from_numpy(train_normal), torch.from_numpy(selection))
-    samples = params.anomaly.samples
-    fit_reference(result.model, train_normal, selection, samples, seed)
+    # The stored record's noise (anomaly.noise_seed), so `convvae score` reproduces these scores;
+    # the benchmark seed varies the training only.
+    samples, noise = params.anomaly.samples, params.anomaly.noise_seed
+    fit_reference(result.model, train_normal, selection, samples, noise)
     trained = time.perf_counter()
-    on_test = all_scores(result.model, test_images, samples, seed)
-    on_val = all_scores(result.model, calibration, samples, seed)
+    on_test = all_scores(result.model, test_images, samples, noise)
+    on_val = all_scores(result.model, calibration, samples, noise)
     return _SeedRun(
         result.model,
         len(result.history),
@@ -101,16 +105,17 @@ def run_peers(
     val_normal: np.ndarray,
     test_images: np.ndarray,
     labels: np.ndarray,
+    bootstrap_seed: int,
 ) -> dict[str, dict]:
     """The practitioner's detectors of ``benchmark.peers`` (PyOD, default settings) on the same
     images as ours, one fit per benchmark seed: detection metrics as ours (threshold on the
-    normal validation images), plus fit and scoring seconds summed over seeds."""
+    calibration half of the validation images), plus fit and scoring seconds summed over seeds."""
     results = {}
+    _, calibration = selection_and_calibration(val_normal)
+    sets = {"test": test_images, "calibration": calibration}
     for name in params.benchmark.peers:
         test_scores, thresholds, fit_seconds, score_seconds = [], [], 0.0, 0.0
         for seed in range(params.benchmark.seeds):
-            _, calibration = selection_and_calibration(val_normal)
-            sets = {"test": test_images, "calibration": calibration}
             peer = run_peer(name, train_normal, sets, seed)
             test_scores.append(peer.scores["test"])
             target = params.anomaly.target_fpr
@@ -122,7 +127,7 @@ def run_peers(
             np.stack(test_scores, axis=1),
             np.array(thresholds),
             params.benchmark.bootstrap_resamples,
-            seed=0,
+            seed=bootstrap_seed,  # the resamples of our scores: paired intervals
         )
         metrics.update(
             fit_seconds=fit_seconds,
@@ -184,7 +189,7 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         "train_seconds": sum(run.train_seconds for run in runs),
         "score_images_per_s": len(runs) * (len(labels) + len(val_normal) // 2) / seconds_scoring,
         "scores": per_score,
-        "peers": run_peers(params, train_normal, val_normal, test.images, labels),
+        "peers": run_peers(params, train_normal, val_normal, test.images, labels, normal_class),
     }
     record = threshold_record(
         spec,

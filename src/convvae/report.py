@@ -355,12 +355,7 @@ def save_roc_figure(
     ax.set_ylabel("true positive rate (anomalies flagged)")
     ax.set_title(f"One-class ROC per normal class, score {score}")
     ax.legend(title="normal class: ROC-AUC", fontsize=7, loc="lower right")
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    _save_figure(fig, path)
 
 
 def save_methods_figure(summary: dict, primary: str, path: Path) -> None:
@@ -394,6 +389,13 @@ def save_methods_figure(summary: dict, primary: str, path: Path) -> None:
     ax.set_xlim(max(0.0, min(means) - 10), 100)
     ax.set_xlabel(f"mean ROC-AUC over {summary['classes']} classes (%); blue: ConvVAE, grey: peers")
     ax.set_title(f"One-class benchmark, {summary['data_source']}")
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically and close it, even when saving fails."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
         with atomic_path(path) as tmp:

@@ -85,7 +85,7 @@ def bootstrap_roc_auc(
 
     Test images are drawn with replacement within each label (a stratified bootstrap), so every
     resample keeps the class counts; each resample's ROC-AUC comes from ranks (Mann-Whitney,
-    ties averaged), a block of resamples at a time, not one ``roc_auc_score`` call per resample.
+    ties averaged), 100 resamples at a time, not one ``roc_auc_score`` call per resample.
 
     labels: (N,) 0 normal / 1 anomalous, both present; scores: (N,) or (N, S). Returns (low, high).
     """
@@ -103,24 +103,26 @@ def bootstrap_roc_auc(
         raise ValueError(f"need n_resamples >= 1 and 0 < level < 1, got {n_resamples}, {level}")
     rng = np.random.default_rng(seed)
     # Per resample, each label group in turn: a plain loop over resamples draws the same rows.
-    draws = [
-        (
-            negatives[rng.integers(0, len(negatives), len(negatives))],
-            positives[rng.integers(0, len(positives), len(positives))],
-        )
-        for _ in range(n_resamples)
-    ]
     values = np.empty(n_resamples)
     n_neg, n_pos = len(negatives), len(positives)
     for start in range(0, n_resamples, 100):  # bounded memory: 100 x N ranks at a time
-        block = draws[start : start + 100]
-        rows = np.stack([np.concatenate(pair) for pair in block])  # (B, N): negatives first
+        rows = np.stack(
+            [
+                np.concatenate(
+                    [
+                        negatives[rng.integers(0, n_neg, n_neg)],
+                        positives[rng.integers(0, n_pos, n_pos)],
+                    ]
+                )
+                for _ in range(min(100, n_resamples - start))
+            ]
+        )  # (B, N): negatives first
         aucs = []
         for column in columns.T:
             ranks = rankdata(column[rows], axis=1)  # ties get their average rank
             rank_sum = ranks[:, n_neg:].sum(1)
             aucs.append((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-        values[start : start + len(block)] = np.mean(aucs, axis=0)
+        values[start : start + len(rows)] = np.mean(aucs, axis=0)
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)

@@ -8,10 +8,12 @@ The embedded default store is ``sqlite:///<repository root>/mlflow.db`` with art
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,6 +67,8 @@ class Tracker:
         self.uri = resolve_tracking_uri(cfg, self.root)
         self.cfg = cfg
         self._mlflow = mlflow
+        # "Creating initial MLflow database tables..." on a new store is not news to a user.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         if self.uri.startswith(("http://", "https://")):
             self._limit_http_retries(cfg.timeout_s)
             self._check_reachable(cfg.timeout_s)
@@ -158,9 +162,13 @@ class Tracker:
     def log_datasets(self, parts: list[DatasetPart], name: str, source: str, sha256: str) -> None:
         """The prepared splits as run inputs (schema, digest and size; not the pixels)."""
         for part in parts:
-            dataset = self._mlflow.data.from_numpy(
-                part.images, targets=part.labels, source=source, name=f"{name}-{part.context}"
-            )
+            with warnings.catch_warnings():
+                # A local path matches MLflow's local-artifact source twice; it warns and picks
+                # that source, which is the right one.
+                warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+                dataset = self._mlflow.data.from_numpy(
+                    part.images, targets=part.labels, source=source, name=f"{name}-{part.context}"
+                )
             self._mlflow.log_input(dataset, context=part.context, tags={"sha256": sha256})
 
     def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:

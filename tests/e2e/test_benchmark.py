@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
+from convvae.anomaly import SCORES
 from tests.e2e.project import BIN, make_project, run
 
 pytestmark = pytest.mark.e2e
@@ -32,13 +33,13 @@ def test_repro_runs_one_stage_per_class_then_the_report(project):
     for normal_class in (0, 1):
         metrics = json.loads((project / f"metrics/benchmark/class_{normal_class}.json").read_text())
         assert metrics["normal_class"] == normal_class and metrics["test_images"] == 200
-        for score in ("recon_mse", "recon_bce", "neg_elbo", "iwae_nll", "excess_nll"):
+        for score in SCORES:
             values = metrics["scores"][score]
             assert values["roc_auc_ci_low"] <= values["roc_auc"] <= values["roc_auc_ci_high"]
         threshold = json.loads(
             (project / f"models/anomaly/class_{normal_class}/threshold.json").read_text()
         )
-        assert threshold["score"] == "excess_nll" and threshold["normal_class"] == normal_class
+        assert threshold["score"] == "fused" and threshold["normal_class"] == normal_class
         roc = json.loads((project / f"plots/benchmark/roc_class_{normal_class}.json").read_text())
         assert roc[0] == {"fpr": 0.0, "tpr": 0.0}
         # The peers ran on the same test images, timed.
@@ -47,8 +48,8 @@ def test_repro_runs_one_stage_per_class_then_the_report(project):
 
     summary = json.loads((project / "metrics/benchmark_summary.json").read_text())
     assert summary["classes"] == 2 and 0 <= summary["iwae_nll.roc_auc_mean"] <= 1
-    assert summary["default_score"] == "excess_nll"
-    for method in ("excess_nll", "pyod_knn", "pyod_iforest"):
+    assert summary["default_score"] == "fused"
+    for method in ("fused", "excess_nll", "pyod_knn", "pyod_iforest"):
         assert 0 <= summary[f"{method}.roc_auc_mean"] <= 1, method
         assert summary[f"{method}.seconds_per_class"] > 0, method
     report = (project / "reports/anomaly.md").read_text()
@@ -124,9 +125,7 @@ def test_registered_class_models_score_new_images_from_the_registry(project, tmp
             ],
             project,
         )
-        assert (
-            "20 images scored (excess_nll" in result.stdout and "normal: class 0" in result.stdout
-        )
+        assert "20 images scored (fused" in result.stdout and "normal: class 0" in result.stdout
         scored[ref] = out.read_text()
     first, second = scored.values()
     assert first == second and first.count("\n") == 21

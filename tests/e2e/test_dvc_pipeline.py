@@ -53,7 +53,7 @@ def test_the_registered_model_scores_images_at_its_validation_threshold(project,
     import numpy as np
 
     threshold = json.loads((project / "models/threshold.json").read_text())
-    assert threshold["score"] == "excess_nll" and threshold["normal_class"] is None
+    assert threshold["score"] == "fused" and threshold["normal_class"] is None
     val = np.load(project / "data/prepared/splits.npz")["val_images"]
     flagged = {}
     for half, images in (("selection", val[0::2]), ("calibration", val[1::2])):

@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from convvae.anomaly import ScoreSpec, score_images
+from convvae.decision import StoredThreshold, calibrate, selection_and_calibration
 from convvae.model import save_model
 from tests.e2e.servers import free_port, running_server
 
 pytestmark = pytest.mark.e2e
+SPEC = ScoreSpec("excess_nll", samples=8, noise_seed=0)
 BIN = Path(sys.executable).parent
 
 
@@ -30,20 +33,27 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
 
 @pytest.fixture
 def champion_store(local_tracker, tmp_path, trained, mnist_slice):
+    """The tiny model, registered with its threshold record (the excess_nll deviance, conformal
+    on half of the validation images), as @champion."""
     tracker = local_tracker
     example = mnist_slice.test.images[:2].astype(np.float32) / 255
     save_model(trained, tmp_path / "model.pt")
+    _, calibration = selection_and_calibration(mnist_slice.val.images)
+    record = calibrate(trained, calibration, SPEC, 0.05)
     with tracker.run():
-        version = tracker.log_model(trained, tmp_path / "model.pt", example, "convvae-serve", {})
+        version = tracker.log_model(
+            trained, tmp_path / "model.pt", example, "convvae-serve", {}, record
+        )
     tracker.set_alias("convvae-serve", "champion", version)
-    return tracker.uri
+    return tracker.uri, record
 
 
-def test_served_champion_scores_images(champion_store, mnist_slice, tmp_path):
+def test_served_champion_scores_images(champion_store, trained, mnist_slice, tmp_path):
+    uri, record = champion_store
     port = free_port()
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": champion_store,
+        "MLFLOW_TRACKING_URI": uri,
         "PATH": f"{BIN}:{os.environ['PATH']}",
     }
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/convvae-serve@champion"]
@@ -56,6 +66,14 @@ def test_served_champion_scores_images(champion_store, mnist_slice, tmp_path):
         predictions = body["predictions"]
         scores = np.array(predictions["anomaly_score"])
         assert scores.shape == (3,) and np.all(scores > 0)
+        # One score everywhere: the served score is score_images' on the same pixels.
+        local = score_images(trained, mnist_slice.test.images[:3], SPEC)
+        np.testing.assert_allclose(scores, local, rtol=1e-5)
+        decided = StoredThreshold(
+            SPEC, record["threshold"], None, np.array(record["calibration_scores"])
+        ).decide(local)
+        np.testing.assert_allclose(predictions["normalized_score"], decided["normalized_score"])
+        assert predictions["is_anomaly"] == decided["is_anomaly"].tolist()
         assert np.array(predictions["reconstruction"]).shape == (3, 1, 28, 28)
         noise = np.random.default_rng(0).random((1, 1, 28, 28)).astype(np.float32)
         _, noisy = post(f"{base}/invocations", {"inputs": noise.tolist()})
@@ -63,3 +81,8 @@ def test_served_champion_scores_images(champion_store, mnist_slice, tmp_path):
         wrong = np.zeros((1, 1, 32, 32), dtype=np.float32)
         status, body = post(f"{base}/invocations", {"inputs": wrong.tolist()})
         assert status == 400 and "shape" in body["message"], body
+        nan = digits[:1].copy()
+        nan[0, 0, 5, 5] = np.nan
+        status, body = post(f"{base}/invocations", {"inputs": nan.tolist()})
+        # MLflow answers 400 and carries our one-line reason in the error body.
+        assert status == 400 and "pixel values must lie in [0, 1]" in json.dumps(body), body

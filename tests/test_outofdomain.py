@@ -1,0 +1,58 @@
+"""convvae.outofdomain: odd inputs made from nothing and from the test images, scored as usual."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from convvae.anomaly import ScoreSpec, fit_reference
+from convvae.decision import selection_and_calibration
+from convvae.outofdomain import out_of_domain_auroc, out_of_domain_sets
+
+
+def test_the_sets_are_shaped_like_the_images_and_made_as_named(mnist_slice):
+    images = mnist_slice.test.images
+    sets = out_of_domain_sets(images, n=50, seed=3)
+    assert set(sets) == {
+        "blank",
+        "saturated",
+        "uniform_noise",
+        "inverted",
+        "flipped_left_right",
+        "flipped_upside_down",
+    }
+    for name, odd in sets.items():
+        assert odd.shape == (50, *images.shape[1:]) and odd.dtype == np.uint8, name
+    assert not sets["blank"].any() and (sets["saturated"] == 255).all()
+    np.testing.assert_array_equal(sets["inverted"], 255 - images[:50])
+    np.testing.assert_array_equal(sets["flipped_left_right"][:, :, :, 0], images[:50, :, :, -1])
+    np.testing.assert_array_equal(sets["flipped_upside_down"][:, :, 0], images[:50, :, -1])
+    again = out_of_domain_sets(images, n=50, seed=3)["uniform_noise"]
+    np.testing.assert_array_equal(again, sets["uniform_noise"])
+
+
+@pytest.fixture(scope="module")
+def model_with_reference(trained, mnist_slice):
+    model = copy.deepcopy(trained)
+    selection, _ = selection_and_calibration(mnist_slice.val.images)
+    fit_reference(model, mnist_slice.train.images, selection, k=4, seed=0)
+    return model
+
+
+def test_frames_noise_and_inverted_digits_are_flagged_by_the_fused_score(
+    model_with_reference, mnist_slice
+):
+    spec = ScoreSpec("fused", samples=4, noise_seed=0)
+    aurocs = out_of_domain_auroc(model_with_reference, mnist_slice.test.images, spec)
+    assert all(0 <= value <= 1 for value in aurocs.values())
+    for name in ("blank", "saturated", "uniform_noise", "inverted"):
+        assert aurocs[name] > 0.9, (name, aurocs)
+
+
+def test_the_likelihood_alone_takes_blank_frames_for_normal_digits(
+    model_with_reference, mnist_slice
+):
+    """Why the default is fused: the Bernoulli deviance of an empty frame is small."""
+    spec = ScoreSpec("excess_nll", samples=4, noise_seed=0)
+    aurocs = out_of_domain_auroc(model_with_reference, mnist_slice.test.images, spec)
+    assert aurocs["blank"] < 0.5 and aurocs["uniform_noise"] > 0.9
