@@ -155,13 +155,16 @@ def unit_pixels(images: np.ndarray) -> torch.Tensor:
 
 def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int = KNN_NEIGHBOURS) -> np.ndarray:
     """Euclidean distance of each query (M, D) to its k-th nearest row of ``bank`` (N, D),
-    float64 (M,); computed 2048 queries at a time to bound memory."""
+    float64 (M,); computed 2048 queries at a time to bound memory, in float64 so that the
+    matrix-product form of the distance loses nothing to cancellation (a query's distance must
+    not depend on the batch it arrives in)."""
     k = min(k, len(bank))
+    bank = bank.double()
     parts = [
-        torch.cdist(queries[i : i + 2048], bank).kthvalue(k, dim=1).values
+        torch.cdist(queries[i : i + 2048].double(), bank).kthvalue(k, dim=1).values
         for i in range(0, len(queries), 2048)
     ]
-    return torch.cat(parts).double().numpy()
+    return torch.cat(parts).numpy()
 
 
 def distance_scores(model: ConvVAE, images: np.ndarray) -> dict[str, np.ndarray]:

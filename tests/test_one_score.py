@@ -1,0 +1,57 @@
+"""One score everywhere: `convvae score`, the served pyfunc and the benchmark's scoring give the
+same score for the same image, whatever the order and the batch it arrives in."""
+
+import copy
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from convvae.anomaly import ScoreSpec, all_scores, fit_reference
+from convvae.decision import calibrate, selection_and_calibration
+from convvae.model import save_model
+from convvae.serving import _load_pyfunc
+from tests.test_cli import convvae
+
+SPEC = ScoreSpec("fused", samples=8, noise_seed=2)
+
+
+@pytest.fixture(scope="module")
+def stored_model(trained, mnist_slice, tmp_path_factory):
+    """The tiny model with its reference and threshold record, saved as a stage saves it."""
+    model = copy.deepcopy(trained)
+    selection, calibration = selection_and_calibration(mnist_slice.val.images)
+    fit_reference(model, mnist_slice.train.images, selection, SPEC.samples, SPEC.noise_seed)
+    record = calibrate(model, calibration, SPEC, 0.05)
+    folder = tmp_path_factory.mktemp("model")
+    save_model(model, folder / "model.pt")
+    (folder / "threshold.json").write_text(json.dumps(record))
+    return model, folder, record
+
+
+def test_cli_pyfunc_and_benchmark_agree_across_orders_and_batches(
+    stored_model, mnist_slice, tmp_path
+):
+    model, folder, record = stored_model
+    images = mnist_slice.test.images[:60]
+    # The benchmark's path: every score of the whole set at once.
+    benchmark = all_scores(model, images, SPEC.samples, SPEC.noise_seed)["fused"]
+    # The CLI: the images in reverse order, from a file.
+    np.save(tmp_path / "reversed.npy", images[::-1])
+    result = convvae("score", "--model", str(folder / "model.pt"), str(tmp_path / "reversed.npy"))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(result.stdout.splitlines()))
+    cli = np.array([float(row["score"]) for row in rows])[::-1]
+    np.testing.assert_allclose(cli, benchmark, atol=1e-4)  # the CSV keeps 4 decimals
+    # The pyfunc: float pixels, shuffled, in three requests of different sizes.
+    served = _load_pyfunc(str(folder / "model.pt"), record)
+    order = np.random.default_rng(0).permutation(len(images))
+    pixels = images[order].astype(np.float32) / 255
+    parts = [served.predict(pixels[a:b]) for a, b in ((0, 7), (7, 40), (40, 60))]
+    scores = np.empty(len(images))
+    scores[order] = np.concatenate([part["anomaly_score"] for part in parts])
+    np.testing.assert_allclose(scores, benchmark, rtol=1e-5, atol=1e-5)  # z-units, near 0
+    flags = np.empty(len(images), dtype=bool)
+    flags[order] = np.concatenate([part["is_anomaly"] for part in parts])
+    assert flags.tolist() == [row["is_anomaly"] == "1" for row in rows][::-1]
