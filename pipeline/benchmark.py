@@ -12,12 +12,16 @@ import json
 from convvae.config import load_params
 from convvae.data import load_splits
 from convvae.errors import run_stage
-from convvae.oneclass import run_class
+from convvae.oneclass import NO_CLASSES, run_class, write_skipped_class
 from pipeline import layout
 
 
 def main(normal_class: int) -> None:
     params = load_params(layout.PARAMS)
+    if params.data.source == "folder":
+        write_skipped_class(layout.class_files(normal_class))
+        print(f"benchmark class {normal_class}: skipped, {NO_CLASSES}")
+        return
     splits = load_splits(layout.PREPARED_SPLITS)
     class_name = json.loads(layout.MANIFEST.read_text())["class_names"][normal_class]
     result = run_class(params, splits, normal_class, class_name)

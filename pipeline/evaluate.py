@@ -15,8 +15,10 @@ from convvae.anomaly import ScoreSpec
 from convvae.config import load_params
 from convvae.data import load_splits
 from convvae.decision import calibrate, selection_and_calibration
+from convvae.defects import measure_defects
 from convvae.errors import run_stage
 from convvae.evaluate import likelihood_metrics, save_figures
+from convvae.export import export_onnx
 from convvae.files import write_json
 from convvae.model import load_model, resolve_architecture
 from convvae.outofdomain import out_of_domain_auroc
@@ -31,19 +33,23 @@ def main() -> None:
     cfg = params.evaluate
     tracker = open_tracker(params.tracking)
     splits = load_splits(layout.PREPARED_SPLITS)
-    test_images = torch.from_numpy(splits.test.images)
-    expected = resolve_architecture(params.model, tuple(test_images.shape[1:]))
+    expected = resolve_architecture(params.model, splits.test.images.shape[1:])
     model = load_model(layout.MODEL, expected=expected)
-    metrics = likelihood_metrics(model, test_images, cfg.iwae_samples, cfg.seed)
     class_names = json.loads(layout.MANIFEST.read_text())["class_names"]
+    # A folder's defect images are not draws from the data the likelihood models.
+    normal = splits.test.labels == 0 if params.data.source == "folder" else slice(None)
+    test_images = torch.from_numpy(splits.test.images[normal])
+    metrics = likelihood_metrics(model, test_images, cfg.iwae_samples, cfg.seed)
     save_figures(model, splits.test, class_names, cfg, layout.EVALUATE_PLOTS)
     uses = measure_uses(model, splits, cfg, layout.EVALUATE_PLOTS, layout.RATE_DISTORTION)
     spec = ScoreSpec.from_config(params.anomaly)
     _, calibration = selection_and_calibration(splits.val.images)
     threshold = calibrate(model, calibration, spec, params.anomaly.target_fpr)
     write_json(threshold, layout.MODEL_THRESHOLD)
+    export_onnx(model, spec, layout.MODEL_ONNX)
     # Flipped or inverted digits, noise and blank frames against the normal test images.
-    metrics["out_of_domain_roc_auc"] = out_of_domain_auroc(model, splits.test.images, spec)
+    metrics["out_of_domain_roc_auc"] = out_of_domain_auroc(model, test_images.numpy(), spec)
+    defects = measure_defects(model, splits, class_names, spec, layout.ANOMALY_MAPS_PNG)
     run_id = json.loads(layout.MLFLOW_RUN.read_text())["run_id"]
     if tracker is not None and run_id is not None:
         example = splits.test.images[:2].astype("float32") / 255
@@ -51,21 +57,25 @@ def main() -> None:
             tracker,
             run_id,
             params,
-            {**metrics, **uses},
+            {**metrics, **uses, "anomaly": defects},
             layout.EVALUATE_PLOTS,
             model,
             layout.MODEL,
             example,
             threshold,
+            layout.MODEL_ONNX,
         )
         metrics["mlflow_run_id"] = uses["mlflow_run_id"] = run_id
     write_json(metrics, layout.EVALUATE_METRICS)
     write_json(uses, layout.USES_METRICS)
+    write_json(defects, layout.DEFECT_METRICS)
     print(
         f"test -ELBO {metrics['test_neg_elbo']:.2f}, IWAE NLL (k={cfg.iwae_samples}) "
-        f"{metrics['test_iwae_nll']:.2f} nats/image; Fréchet distance of samples "
-        f"{uses['generation']['frechet_distance_samples']:.2f}"
+        f"{metrics['test_iwae_nll']:.2f} nats/image"
     )
+    if "image_roc_auc" in defects:
+        pixel = f", pixel AUPRO {defects['pixel_aupro']:.3f}" if "pixel_aupro" in defects else ""
+        print(f"defects: image ROC-AUC {defects['image_roc_auc']:.3f}{pixel}")
 
 
 if __name__ == "__main__":

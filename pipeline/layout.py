@@ -9,6 +9,8 @@ PREPARED_SPLITS = Path("data/prepared/splits.npz")
 MANIFEST = Path("data/prepared/manifest.json")
 MODEL = Path("models/model.pt")
 MODEL_THRESHOLD = MODEL.with_name(THRESHOLD_FILE)
+# The same score and map as an ONNX graph (convvae export), for runtimes without PyTorch.
+MODEL_ONNX = MODEL.with_suffix(".onnx")
 # Outside DVC's outputs (which DVC deletes before a stage runs), so an interrupted run resumes.
 TRAIN_CHECKPOINT = Path("checkpoints/train.pt")
 TRAIN_METRICS = Path("metrics/train.json")
@@ -22,6 +24,9 @@ TRAIN_CHECKPOINT_RUN = Path("checkpoints/train.mlflow_run")
 # Generation, compression and imputation measured on the test split (README: the other uses).
 USES_METRICS = Path("metrics/uses.json")
 RATE_DISTORTION = EVALUATE_PLOTS / "rate_distortion.csv"
+# Image and pixel anomaly metrics against a folder's defects (a note for the class sources).
+DEFECT_METRICS = Path("metrics/anomaly.json")
+ANOMALY_MAPS_PNG = EVALUATE_PLOTS / "anomaly_maps.png"
 # The one-class anomaly benchmark: per normal class c, then the report over all classes.
 ANOMALY_MODELS = Path("models/anomaly")
 BENCHMARK_METRICS = Path("metrics/benchmark")

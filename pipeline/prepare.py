@@ -9,15 +9,20 @@ from pipeline import layout
 
 def main() -> None:
     cfg = load_params(layout.PARAMS).data
-    source = load_source(cfg.source, cfg.path)
+    folder_options = {}
+    if cfg.source == "folder":
+        sizes = {key: cfg.size_pair(key) for key in ("image_size", "crop")}
+        folder_options = {**sizes, "channels": cfg.channels}
+    source = load_source(cfg.source, cfg.path, **folder_options)
     splits = make_splits(
         source, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_train_images
     )
     save_splits(splits, layout.PREPARED_SPLITS)
     write_json(build_manifest(source, splits), layout.MANIFEST)
+    shape = "x".join(map(str, splits.train.images.shape[1:]))
     print(
         f"prepared {cfg.source}: {len(splits.train)} train, {len(splits.val)} val, "
-        f"{len(splits.test)} test images"
+        f"{len(splits.test)} test images of {shape}"
     )
 
 

@@ -13,12 +13,14 @@ from convvae.config import load_params
 from convvae.data import load_prepared
 from convvae.errors import DataError, run_stage
 from convvae.files import atomic_path, write_json
+from convvae.oneclass import NO_CLASSES
 from convvae.report import (
     ReportContext,
     render_report,
     save_methods_figure,
     save_roc_figure,
     summarize,
+    write_skipped_report,
 )
 from convvae.tracked_runs import benchmark_tracking, log_benchmark
 from convvae.tracking import open_tracker
@@ -27,6 +29,12 @@ from pipeline import layout
 
 def main() -> None:
     params = load_params(layout.PARAMS)
+    if params.data.source == "folder":
+        figures = [layout.ANOMALY_ROC_PNG, layout.ANOMALY_METHODS_PNG]
+        write_skipped_report(NO_CLASSES, layout.ANOMALY_REPORT, figures)
+        write_json({"skipped": NO_CLASSES}, layout.BENCHMARK_SUMMARY)
+        print(f"benchmark report: skipped, {NO_CLASSES}")
+        return
     per_class = {c: _read_json(layout.class_files(c).metrics) for c in params.benchmark.classes}
     primary = params.anomaly.score
     summary = summarize(per_class, params.data.source, params.benchmark.seeds, primary)

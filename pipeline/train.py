@@ -26,6 +26,7 @@ def main() -> None:
     result = train_model(params, data.splits, data.sha256, layout.TRAIN_CHECKPOINT, group)
     if not group.is_main:
         return
+    result.model.preprocessing = data.manifest.get("preprocessing")  # for score --resize
     save_model(result.model, layout.MODEL)
     save_loss_curve(result.history, layout.LOSS_CURVE)
     metrics = training_metrics(result)

@@ -284,3 +284,15 @@ def test_run_stage_keyboard_interrupt_exits_130(capsys, monkeypatch) -> None:
         run_stage(stage)
     assert info.value.code == 130
     assert capsys.readouterr().err.startswith("interrupted")
+
+
+def test_presets_prints_each_sizes_default_architecture():
+    from convvae.model import ConvVAE, count_parameters, default_architecture
+
+    result = convvae("presets")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert set(rows) == {"1x28x28", "3x32x32", "3x64x64", "3x128x128", "3x256x256"}
+    for shape in ((1, 28, 28), (3, 64, 64)):
+        params = count_parameters(ConvVAE(default_architecture(shape)))
+        assert f"{params:,}" in rows["x".join(map(str, shape))]

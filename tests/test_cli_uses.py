@@ -97,8 +97,9 @@ def test_bad_input_is_one_line_exit_2(files, tmp_path, capsys):
                              str(tmp_path / "c.npz")], capsys)  # fmt: skip
     (tmp_path / "mixed").mkdir()
     (tmp_path / "mixed" / "notes.txt").write_text("hello")
-    assert "not a PNG" in fails(["impute", "--model", model, str(tmp_path / "mixed"), "--mask",
-                                 "center", "--out", str(tmp_path / "o")], capsys)  # fmt: skip
+    assert "notes.txt is not an image" in fails(["impute", "--model", model,
+                                                 str(tmp_path / "mixed"), "--mask", "center",
+                                                 "--out", str(tmp_path / "o")], capsys)  # fmt: skip
     Image.fromarray(np.zeros((14, 14), np.uint8), mode="L").save(tmp_path / "small.png")
     small = str(tmp_path / "small.png")
     assert "14x14" in fails(["impute", "--model", model, digits, "--mask", small,

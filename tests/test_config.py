@@ -160,7 +160,8 @@ def test_partial_section_keeps_other_defaults(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, "train:\n  lr: 0.01\n  optimizer: adamw\n"))
     assert params.train == dataclasses.replace(TrainConfig(), lr=0.01, optimizer="adamw")
     assert params.data == DataConfig()
-    assert params.model == ModelConfig()
+    # likelihood: auto resolves per data source when the file is read.
+    assert params.model == ModelConfig(likelihood="bernoulli")
     assert params.evaluate == EvaluateConfig()
 
 
@@ -297,7 +298,7 @@ def test_nan_and_inf_from_yaml_are_rejected(tmp_path: Path) -> None:
         ),
         (
             {"data": {"source": "cifar10"}},
-            "data.source must be one of mnist-5k, fashion-mnist, mnist; got 'cifar10'",
+            "data.source must be one of mnist-5k, fashion-mnist, mnist, folder; got 'cifar10'",
         ),
         ({"model": {"preset": "big"}}, "model.preset must be one of default, seed; got 'big'"),
         ({"train": {"optimizer": "Adam"}}, "train.optimizer must be one of adam, adamw"),
@@ -427,7 +428,7 @@ def test_null_accepted_where_optional(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, text))
     assert params.data.path is None
     assert params.data.max_train_images is None
-    assert params.model == ModelConfig()
+    assert params.model == ModelConfig(likelihood="bernoulli")
     assert params.train.grad_clip_norm is None
     # null switches early stopping off (the default is 5, so this is not just the default).
     assert params.train.early_stopping_patience is None
@@ -545,3 +546,40 @@ def test_duplicate_keys_are_refused_not_silently_overwritten(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="line 3") as err:
         load_params(path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "likelihood"),
+    [({}, "bernoulli"), ({"source": "fashion-mnist"}, "bernoulli"),
+     ({"source": "folder", "path": "images"}, "bernoulli")],
+)  # fmt: skip
+def test_auto_likelihood_resolves_per_source(data: dict, likelihood: str) -> None:
+    assert parse_params({"data": data}).model.likelihood == likelihood
+    chosen = parse_params({"data": data, "model": {"likelihood": "discretized_logistic"}})
+    assert chosen.model.likelihood == "discretized_logistic"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"source": "folder"}, "data.path must name the image folder"),
+        ({"image_size": 64}, "data.image_size applies to data.source: folder only"),
+        ({"source": "folder", "path": "x", "image_size": 4}, "data.image_size must be null, an"),
+        ({"source": "folder", "path": "x", "crop": [1, 2, 3]}, "data.crop must be null, an"),
+        (
+            {"source": "folder", "path": "x", "channels": 2},
+            "data.channels must be one of auto, 1, 3",
+        ),
+        ({"channels": 3}, "data.channels applies to data.source: folder only"),
+    ],
+)
+def test_folder_options_are_checked(data: dict, message: str) -> None:
+    assert message in config_error({"data": data})
+
+
+def test_image_size_accepts_an_int_or_height_width() -> None:
+    square = parse_params({"data": {"source": "folder", "path": "x", "image_size": 64}})
+    assert square.data.size_pair("image_size") == (64, 64)
+    oblong = parse_params({"data": {"source": "folder", "path": "x", "image_size": [48, 64]}})
+    assert oblong.data.size_pair("image_size") == (48, 64)
+    assert oblong.data.size_pair("crop") is None

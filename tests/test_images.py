@@ -63,7 +63,7 @@ def test_bad_folders(tmp_path):
         load_images(tmp_path, SHAPE)
     (tmp_path / "rgb.png").unlink()
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match="not a PNG"):
+    with pytest.raises(DataError, match="is not an image"):
         load_images(tmp_path, SHAPE)
     with pytest.raises(DataError, match="no such file"):
         load_images(tmp_path / "absent", SHAPE)

@@ -28,15 +28,50 @@ from tests.conftest import TINY, tiny_model
         PRESETS["default"],
         Architecture(channels=(8, 16, 32), kernel_size=3, encoder_hidden=(), decoder_hidden=()),
         Architecture(channels=(8,), kernel_size=5, encoder_hidden=(32, 16), latent_dim=3),
-        Architecture(image_channels=3, image_size=32, channels=(8, 16), kernel_size=4),
+        Architecture(image_channels=3, image_size=(32, 32), channels=(8, 16), kernel_size=4),
+        Architecture(image_channels=3, image_size=(40, 56), channels=(8, 16, 32), kernel_size=3),
     ],
 )
 def test_output_shapes_match_input(arch):
     model = ConvVAE(arch)
-    x = torch.rand(5, arch.image_channels, arch.image_size, arch.image_size)
+    x = torch.rand(5, *arch.image_shape)
     logits, mu, logvar = model(x)
     assert logits.shape == x.shape
     assert mu.shape == logvar.shape == (5, arch.latent_dim)
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "variance", "outputs"),
+    [("bernoulli", "pixel", 1), ("gaussian", "pixel", 2), ("gaussian", "shared", 2),
+     ("discretized_logistic", "pixel", 2)],
+)  # fmt: skip
+def test_each_likelihood_decodes_its_parameters_and_a_mean_image(likelihood, variance, outputs):
+    arch = Architecture(image_channels=3, image_size=(16, 16), channels=(8,),
+                        likelihood=likelihood, variance=variance)  # fmt: skip
+    model = ConvVAE(arch)
+    x = torch.rand(4, 3, 16, 16)
+    out, mu, logvar = model(x)
+    assert out.shape == (4, 3 * outputs, 16, 16)
+    mean = model.decode_mean(mu)
+    assert mean.shape == x.shape and mean.min() >= 0 and mean.max() <= 1
+    recon, _ = elbo_terms(out, x, mu, logvar, likelihood)
+    assert recon.shape == (4,) and torch.isfinite(recon).all()
+    recon.sum().backward()  # every parameter, the shared deviation included, gets a gradient
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_default_preset_depth_follows_the_image_size():
+    sides = {}
+    for height, width in [(28, 28), (32, 32), (64, 64), (256, 256), (48, 96)]:
+        arch = resolve_architecture(ModelConfig(), (3, height, width))
+        sides[height, width] = len(arch.channels)
+        model = ConvVAE(arch)
+        assert max(model.feature_shape[1:]) <= 7  # downsampled to a few pixels
+        assert min(model.feature_shape[1:]) >= 3
+    assert sides == {(28, 28): 2, (32, 32): 3, (64, 64): 4, (256, 256): 6, (48, 96): 4}
+    assert resolve_architecture(ModelConfig(), (1, 28, 28)) == dataclasses.replace(
+        PRESETS["default"], likelihood="bernoulli"
+    )  # 28x28 grey behaves as before
 
 
 def test_presets_have_the_documented_sizes():
@@ -81,13 +116,11 @@ def test_resolve_architecture_applies_overrides_and_data_shape():
     cfg = ModelConfig(latent_dim=8, channels=[16, 32, 64])
     arch = resolve_architecture(cfg, (3, 32, 32))
     assert arch.latent_dim == 8 and arch.channels == (16, 32, 64)
-    assert arch.image_channels == 3 and arch.image_size == 32
+    assert arch.image_channels == 3 and arch.image_size == (32, 32)
     assert arch.encoder_hidden == PRESETS["default"].encoder_hidden
 
 
 def test_resolve_architecture_rejects_impossible_shapes():
-    with pytest.raises(ConfigError, match="square"):
-        resolve_architecture(ModelConfig(), (1, 28, 32))
     with pytest.raises(ConfigError, match="model.channels"):
         resolve_architecture(ModelConfig(channels=[4] * 6), (1, 28, 28))
 

@@ -38,31 +38,31 @@ def register(local_tracker, model, tmp_path, example) -> str:
 
 
 def test_promotion_gate(local_tracker, tmp_path, trained, mnist_slice):
-    images = torch.from_numpy(mnist_slice.test.images)
+    images = torch.from_numpy(mnist_slice.val.images)  # normal images, never the test split
     example = images[:2].float().numpy() / 255
     register(local_tracker, tiny_model(seed=5), tmp_path, example)  # v1: untrained
 
-    first = promote(local_tracker, NAME, images, "test_neg_elbo", dry_run=False)
+    first = promote(local_tracker, NAME, images, "neg_elbo", dry_run=False)
     assert first.promoted and first.champion is None
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
 
     register(local_tracker, trained, tmp_path, example)  # v2: trained, much better
-    dry = promote(local_tracker, NAME, images, "test_neg_elbo", dry_run=True)
+    dry = promote(local_tracker, NAME, images, "neg_elbo", dry_run=True)
     assert dry.promoted and dry.comparison.significant
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"  # unchanged
     assert "gate.compared" not in client.get_model_version(NAME, "2").tags
 
-    second = promote(local_tracker, NAME, images, "test_neg_elbo", dry_run=False)
+    second = promote(local_tracker, NAME, images, "neg_elbo", dry_run=False)
     assert second.promoted and second.comparison.improvement > 10
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     tags = client.get_model_version(NAME, "2").tags
     assert json.loads(tags["promotion.audit"])["from"] == "1"
-    assert float(tags["gate.test_neg_elbo.p_value"]) < 0.01
+    assert float(tags["gate.neg_elbo.p_value"]) < 0.01
     assert "gate.compared" in client.get_model_version(NAME, "1").tags
 
     register(local_tracker, trained, tmp_path, example)  # v3: the same weights again
-    third = promote(local_tracker, NAME, images, "test_neg_elbo", dry_run=False)
+    third = promote(local_tracker, NAME, images, "neg_elbo", dry_run=False)
     assert not third.promoted and "not better than noise" in third.reason
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "3"
@@ -71,7 +71,57 @@ def test_promotion_gate(local_tracker, tmp_path, trained, mnist_slice):
 
 
 def test_unknown_model_lists_what_exists(local_tracker, tmp_path, mnist_slice):
-    images = torch.from_numpy(mnist_slice.test.images)
+    images = torch.from_numpy(mnist_slice.val.images)
     register(local_tracker, tiny_model(), tmp_path, images[:2].float().numpy() / 255)
     with pytest.raises(TrackingError, match=f"registered models: {NAME}"):
-        promote(local_tracker, "convvae-nope", images, "test_neg_elbo", dry_run=True)
+        promote(local_tracker, "convvae-nope", images, "neg_elbo", dry_run=True)
+
+
+def register_scorer(local_tracker, model, tmp_path, example, calibration, threshold=None) -> str:
+    """A version with a fused threshold record (as evaluate registers it); ``threshold``
+    overrides the conformal cut (a broken record)."""
+    import copy
+
+    from convvae.anomaly import ScoreSpec, fit_reference
+    from convvae.decision import THRESHOLD_TAG, calibrate
+
+    model = copy.deepcopy(model)
+    fit_reference(model, calibration["train"], calibration["selection"], 4, 0)
+    record = calibrate(model, calibration["calibration"], ScoreSpec("fused", 4, 0), 0.05)
+    if threshold is not None:
+        record["threshold"] = threshold
+    path = tmp_path / "model.pt"
+    save_model(model, path)
+    tags = {THRESHOLD_TAG: json.dumps(record)}  # as evaluate tags the version
+    with local_tracker.run():
+        return local_tracker.log_model(model, path, example, NAME, tags, record)
+
+
+def test_the_anomaly_gate_refuses_a_threshold_that_flags_normal_images(
+    local_tracker, tmp_path, trained, mnist_slice
+):
+    from convvae.decision import selection_and_calibration
+
+    selection, calibration = selection_and_calibration(mnist_slice.val.images)
+    halves = {"train": mnist_slice.train.images, "selection": selection,
+              "calibration": calibration}  # fmt: skip
+    example = selection[:2].astype(np.float32) / 255
+    register_scorer(local_tracker, tiny_model(seed=5), tmp_path, example, halves)  # v1
+    assert promote(local_tracker, NAME, torch.from_numpy(selection), "neg_elbo", False).promoted
+    # v2: much better likelihood, but a threshold below every score: flags every normal image.
+    register_scorer(local_tracker, trained, tmp_path, example, halves, threshold=-1e9)
+    decision = promote(local_tracker, NAME, torch.from_numpy(selection), "neg_elbo", False)
+    assert decision.comparison.significant and not decision.promoted
+    assert "flags 100.0% of normal selection images" in decision.reason
+    challenger = next(c for c in decision.checks if c.version == "2")
+    assert challenger.realised_fpr == 1.0 and not challenger.fpr_ok
+    assert 0.5 <= challenger.out_of_domain_roc_auc <= 1
+    tags = mlflow.MlflowClient().get_model_version(NAME, "2").tags
+    assert tags["gate.anomaly.v2.realised_fpr"] == "1.0"
+    assert tags["gate.split"] == "validation selection half"
+    # v3: the same trained model with its honest conformal threshold passes both gates.
+    register_scorer(local_tracker, trained, tmp_path, example, halves)
+    third = promote(local_tracker, NAME, torch.from_numpy(selection), "neg_elbo", False)
+    assert third.promoted, third.reason
+    mine = next(c for c in third.checks if c.version == "3")
+    assert mine.fpr_ok and mine.realised_fpr <= mine.fpr_limit

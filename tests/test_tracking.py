@@ -82,7 +82,11 @@ def test_history_params_and_model_are_logged_and_served(
     served = mlflow.pyfunc.load_model("models:/convvae-unit/1")
     first = served.predict(example)
     again = served.predict(example)
-    assert first["reconstruction"].shape == (4, 1, 28, 28)
+    assert "reconstruction" not in first  # only when asked: a decode per image
+    asked = served.predict(example, params={"return_reconstruction": True,
+                                            "return_anomaly_map": True})  # fmt: skip
+    assert asked["reconstruction"].shape == (4, 1, 28, 28)
+    assert asked["anomaly_map"].shape == (4, 28, 28)
     assert first["anomaly_score"].shape == (4,)
     np.testing.assert_array_equal(
         first["anomaly_score"], again["anomaly_score"]

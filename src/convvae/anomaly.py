@@ -8,16 +8,18 @@ Scores, per image (all from one batched pass over the images, deterministic):
 
 - ``recon_mse``: squared error of the reconstruction decoded from the posterior mean, summed
   over pixels in [0, 1]: the plain reconstruction-error baseline, free of the Bernoulli floor.
-- ``recon_bce``: binary cross-entropy of the reconstruction decoded from the posterior mean, nats.
+- ``recon_bce``: negative log-likelihood of the image under the reconstruction decoded from the
+  posterior mean, nats (a binary cross-entropy for the Bernoulli likelihood, hence the name).
 - ``neg_elbo``: negative ELBO, nats, averaged over the same ``k`` posterior samples as the IWAE
   bound (a k-sample estimate of the single-sample -ELBO: lower variance, same expectation); it is
   ``recon_nll + kl``, both estimated from those samples.
 - ``iwae_nll``: the importance-weighted bound on -log p(x) with ``k`` samples (Burda et al. 2016).
-- ``excess_nll``: the Bernoulli deviance of the image: the IWAE NLL minus sum_i H(x_i), H the
-  binary entropy of pixel i's grey level (nats), the least -log p(x) any Bernoulli decoder can
-  give it. A Bernoulli likelihood on grey levels is not a probability of the 8-bit image, and
-  its raw NLL mostly measures how many pixels are grey (a T-shirt scores worse than a sandal
-  under any model); the deviance measures how far the model is from the best possible fit.
+- ``excess_nll``: the deviance of the image: the IWAE NLL minus the least -log p(x) any decoder
+  of the likelihood's family can give it (``convvae.likelihood.pixel_floor``; for Bernoulli
+  sum_i H(x_i), H the binary entropy of pixel i's grey level). A Bernoulli likelihood on grey
+  levels is not a probability of the 8-bit image, and its raw NLL mostly measures how many
+  pixels are grey (a T-shirt scores worse than a sandal under any model); the deviance measures
+  how far the model is from the best possible fit.
 - ``hidden_knn``: distance, in the encoder's last hidden layer, to the 5th nearest normal
   training image (a nearest-neighbour density of the training images in the VAE's features).
 - ``cosine_knn``: distance between L2-normalised pixel vectors to the 5th nearest training image
@@ -28,6 +30,8 @@ Scores, per image (all from one batched pass over the images, deterministic):
   likelihood misses; chosen on held-out *training* images, never on test images (README).
 
 The distance scores need the model's ``Reference`` (``fit_reference``, stored in the model file).
+
+``convvae.maps`` says where in an image: per-pixel maps, fitted with the same Reference.
 
 The posterior noise is one fixed (k, latent_dim) draw shared by every image, so an image's score
 does not depend on which other images share its batch (common random numbers): scoring one file
@@ -43,15 +47,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from convvae.config import AnomalyConfig, AnomalyScore
 from convvae.errors import DataError
-from convvae.images import to_unit_interval
+from convvae.images import as_uint8_images, to_unit_interval
+from convvae.likelihood import pixel_floor, pixel_mean
+from convvae.maps import smoothed_maps
 from convvae.model import ConvVAE, Reference
 
-# Every score's name, in report order: the values `anomaly.score` accepts.
-SCORES: tuple[str, ...] = typing.get_args(AnomalyScore)
+# Every score's name: the values `anomaly.score` accepts.
+ALL_SCORES: tuple[str, ...] = typing.get_args(AnomalyScore)
+# Image scores read off the anomaly maps: the folder sources' default. Not in the class
+# benchmark's table (a nearest-neighbour search over every patch of 10,000 test images costs
+# minutes per class); the benchmark computes one only when it is the primary score.
+MAP_SCORES = ("patch_knn",)
+# The scores the class benchmark reports for every model, in report order.
+SCORES: tuple[str, ...] = tuple(name for name in ALL_SCORES if name not in MAP_SCORES)
 # The scores the model alone gives; the others also need its Reference.
 LIKELIHOOD_SCORES = ("recon_mse", "recon_bce", "neg_elbo", "iwae_nll", "excess_nll")
 FUSED_COMPONENTS = ("excess_nll", "hidden_knn", "cosine_knn")
@@ -109,19 +120,19 @@ def _batch_scores(
     z = mu[:, None, :] + std[:, None, :] * eps[None]  # (B, k, D)
     # The posterior mean and the k samples go through the decoder together.
     codes = torch.cat([mu[:, None, :], z], dim=1).flatten(0, 1)  # (B * (k + 1), D)
-    logits = model.decode(codes).unflatten(0, (len(x), k + 1))  # (B, k + 1, C, H, W)
-    targets = x[:, None].expand_as(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    bce = bce.flatten(2).sum(2).double()  # (B, k + 1) nats
+    out = model.decode(codes).unflatten(0, (len(x), k + 1))  # (B, k + 1, P*C, H, W)
+    targets = x[:, None].expand(-1, k + 1, -1, -1, -1)
+    bce = model.pixel_nll(out, targets).flatten(2).sum(2).double()  # (B, k + 1) nats
     log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(2)
     log_qz = log_q_eps[None] - 0.5 * logvar.sum(1, keepdim=True)
     log_ratio = (log_qz - log_pz).double()  # (B, k): the KL term's k-sample estimate
     log_weights = -bce[:, 1:] - log_ratio  # (B, k)
     recon_nll, kl = bce[:, 1:].mean(1), log_ratio.mean(1)
     iwae_nll = -(torch.logsumexp(log_weights, 1) - math.log(k))
-    # BCE(x, x) = sum_i H(x_i): the least -log p(x) any Bernoulli decoder can reach.
-    floor = F.binary_cross_entropy(x, x, reduction="none").flatten(1).sum(1).double()
-    recon_mse = (torch.sigmoid(logits[:, 0]) - x).pow(2).flatten(1).sum(1).double()
+    # The least -log p(x) any decoder of the family can reach (Bernoulli: sum_i H(x_i)).
+    floor = pixel_floor(model.arch.likelihood, x).flatten(1).sum(1).double()
+    mean = pixel_mean(model.arch.likelihood, out[:, 0])
+    recon_mse = (mean - x).pow(2).flatten(1).sum(1).double()
     return {
         "recon_mse": recon_mse,
         "recon_bce": bce[:, 0],
@@ -210,16 +221,27 @@ def fused_score(components: dict[str, np.ndarray], reference: Reference) -> np.n
 
 
 def all_scores(
-    model: ConvVAE, images: np.ndarray, k: int = 32, seed: int = 0
+    model: ConvVAE, images: np.ndarray, k: int = 32, seed: int = 0, with_maps: bool = False
 ) -> dict[str, np.ndarray]:
-    """Every score of ``SCORES`` for uint8 images (N, C, H, W): float64 (N,) each; without a
-    Reference on the model, the likelihood scores only."""
+    """Every score of ``SCORES`` (and of ``MAP_SCORES`` ``with_maps``) for uint8 images
+    (N, C, H, W): float64 (N,) each; without a Reference on the model, the likelihood scores
+    only."""
     terms = model_scores(model, torch.from_numpy(np.ascontiguousarray(images)), k, seed)
     scores = {name: terms[name] for name in LIKELIHOOD_SCORES}
     if model.reference is not None:
         scores.update(distance_scores(model, images))
         scores["fused"] = fused_score(scores, model.reference)
+        if with_maps:
+            scores["patch_knn"] = patch_knn_score(model, images)
     return scores
+
+
+def patch_knn_score(model: ConvVAE, images: np.ndarray) -> np.ndarray:
+    """``patch_knn``: the largest value of an image's smoothed ``feature_knn`` map (its most
+    unusual patch, as PatchCore scores an image), float64 (N,)."""
+    _reference(model)
+    maps = smoothed_maps(model, images, "feature_knn")
+    return maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
 
 
 def fit_reference(
@@ -245,12 +267,12 @@ def fit_reference(
 def score_images(model: ConvVAE, images: np.ndarray, spec: ScoreSpec) -> np.ndarray:
     """The anomaly score ``spec`` names, float64 (N,), for images (N, C, H, W): uint8, or
     float in [0, 1]. The one function behind `convvae score`, serving and the benchmark."""
-    if images.dtype != np.uint8:  # one preprocessing for every caller: the 256 grey levels
-        images = np.rint(np.clip(images, 0, 1) * 255).astype(np.uint8)
-    images = np.ascontiguousarray(images)
+    images = as_uint8_images(images)
     if spec.name in LIKELIHOOD_SCORES:
         return model_scores(model, torch.from_numpy(images), spec.samples, spec.noise_seed)[
             spec.name
         ]
+    if spec.name in MAP_SCORES:
+        return patch_knn_score(model, images)
     _reference(model)
     return all_scores(model, images, spec.samples, spec.noise_seed)[spec.name]

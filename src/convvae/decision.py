@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from convvae.anomaly import SCORES, ScoreSpec, score_images
+from convvae.anomaly import ALL_SCORES, ScoreSpec, score_images
 from convvae.errors import DataError
 from convvae.model import ConvVAE
 
@@ -77,6 +77,7 @@ class StoredThreshold:
     threshold: float  # flag images whose score is above this
     normal_class: int | None  # None: the model was trained on every class
     calibration_scores: np.ndarray  # float64 (n,), sorted
+    record: dict = field(default_factory=dict, compare=False)  # the JSON it was read from
 
     def decide(self, scores: np.ndarray) -> dict[str, np.ndarray]:
         """Per image: ``score``, ``normalized_score`` (conformal p-value) and ``is_anomaly``."""
@@ -150,12 +151,13 @@ def parse_threshold(text: str, where: str) -> StoredThreshold:
             threshold=float(raw["threshold"]),
             normal_class=None if normal_class is None else int(normal_class),
             calibration_scores=np.sort(np.asarray(raw["calibration_scores"], dtype=np.float64)),
+            record=dict(raw),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(
             f"{where}: not a threshold record ({type(err).__name__}: {err}); {fix}"
         ) from None
-    if stored.spec.name not in SCORES or stored.spec.samples < 1:
+    if stored.spec.name not in ALL_SCORES or stored.spec.samples < 1:
         raise DataError(f"{where}: unknown score {stored.spec.name!r} or iwae_samples < 1; {fix}")
     if stored.calibration_scores.ndim != 1 or len(stored.calibration_scores) == 0:
         raise DataError(f"{where}: no calibration scores; {fix}")

@@ -35,7 +35,7 @@ def interpolate(
     mu, _ = model.encode(to_unit_interval(torch.stack([image_a, image_b])))
     weights = torch.linspace(0, 1, steps)[:, None]
     z = (1 - weights) * mu[0] + weights * mu[1]
-    return torch.sigmoid(model.decode(z))
+    return model.decode_mean(z)
 
 
 class DigitClassifier(nn.Module):

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from convvae.errors import ConfigError, DataError
 from convvae.files import atomic_path
 
-IMAGE_SUFFIXES = (".png",)
+# Read through Pillow (convvae.folder): the formats a user's folder may hold.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
@@ -32,6 +34,14 @@ def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[0, 1] float (..., C, H, W) → uint8 numpy, rounded to the nearest of 256 levels."""
     return images.detach().mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def as_uint8_images(images: np.ndarray) -> np.ndarray:
+    """uint8 images as they are; float pixels in [0, 1] rounded to the nearest of the 256 grey
+    levels (the one preprocessing of every scoring path); contiguous (N, C, H, W)."""
+    if images.dtype != np.uint8:
+        images = np.rint(np.clip(images, 0, 1) * 255).astype(np.uint8)
+    return np.ascontiguousarray(images)
 
 
 def check_pixels(x: torch.Tensor) -> None:
@@ -85,16 +95,29 @@ class ImageBatch:
     names: list[str]
 
 
-def load_images(path: str | Path, shape: tuple[int, int, int]) -> ImageBatch:
-    """Read a folder of PNGs, an .npy array or an .npz (its only array, or ``images``).
+@dataclass(frozen=True)
+class Resize:
+    """How image files are brought to the model's size when the user asks (``--resize``): as
+    the prepare stage did (bilinear resize to ``image_size``, then a centre ``crop``)."""
+
+    image_size: tuple[int, int]
+    crop: tuple[int, int] | None = None
+
+
+def load_images(
+    path: str | Path, shape: tuple[int, int, int], resize: Resize | None = None
+) -> ImageBatch:
+    """Read a folder of images (PNG, JPEG, BMP, TIFF), one image, an .npy array or an .npz (its
+    only array, or ``images``).
 
     ``shape`` is the model's (C, H, W). Arrays may be (N, H, W) when C is 1, or (N, C, H, W),
-    uint8 (0..255) or float (0..1, rounded to the nearest of the 256 uint8 levels). PNGs must be
-    8-bit greyscale (mode "L") for C=1 or RGB for C=3. Returns uint8 (N, C, H, W).
+    uint8 (0..255) or float (0..1, rounded to the nearest of the 256 uint8 levels). Image files
+    must be grey for C=1 or RGB for C=3, and of the model's size unless ``resize`` says how to
+    bring them to it (arrays are never resized). Returns uint8 (N, C, H, W).
     """
     path = Path(path)
     if path.is_dir():
-        return _load_png_folder(path, shape)
+        return _load_png_folder(path, shape, resize)
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder; pass a folder of PNGs, an .npy or .npz")
     if path.suffix == ".npy":
@@ -102,7 +125,7 @@ def load_images(path: str | Path, shape: tuple[int, int, int]) -> ImageBatch:
     elif path.suffix == ".npz":
         array = _load_array(path, lambda: _only_array(path))
     elif path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageBatch(_read_png(path, shape)[None], [path.name])
+        return ImageBatch(_read_png(path, shape, resize)[None], [path.name])
     else:
         raise DataError(f"{path}: unsupported file type; pass a folder of PNGs, an .npy or .npz")
     images = _check_array(array, shape, str(path))
@@ -117,39 +140,77 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
         Image.fromarray(pixels, mode="L" if channels == 1 else "RGB").save(tmp, format="PNG")
 
 
-def _load_png_folder(folder: Path, shape: tuple[int, int, int]) -> ImageBatch:
+def iter_images(
+    path: str | Path, shape: tuple[int, int, int], resize: Resize | None = None, batch: int = 512
+) -> tuple[int, Iterator[ImageBatch]]:
+    """``load_images`` in batches of at most ``batch`` files, so that a folder of any size is
+    read with bounded memory: (number of images, the batches). Arrays come as one batch."""
+    path = Path(path)
+    if not path.is_dir():
+        whole = load_images(path, shape, resize)
+        return len(whole.names), iter([whole])
+    files = _image_files(path)
+
+    def batches() -> Iterator[ImageBatch]:
+        for start in range(0, len(files), batch):
+            chunk = files[start : start + batch]
+            images = np.stack([_read_png(p, shape, resize) for p in chunk])
+            yield ImageBatch(images, [p.name for p in chunk])
+
+    return len(files), batches()
+
+
+def _image_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
-        raise DataError(f"{folder}: the folder is empty; put PNG images in it")
+        raise DataError(f"{folder}: the folder is empty; put images in it")
     others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
         raise DataError(
-            f"{folder}: {others[0]} is not a PNG ({len(others)} such files); the folder must "
-            "hold only .png images"
+            f"{folder}: {others[0]} is not an image ({len(others)} such files); the folder must "
+            f"hold only {', '.join(IMAGE_SUFFIXES)} files"
         )
-    return ImageBatch(np.stack([_read_png(p, shape) for p in files]), [p.name for p in files])
+    return files
 
 
-def _read_png(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+def _load_png_folder(
+    folder: Path, shape: tuple[int, int, int], resize: Resize | None
+) -> ImageBatch:
+    files = _image_files(folder)
+    images = np.stack([_read_png(p, shape, resize) for p in files])
+    return ImageBatch(images, [p.name for p in files])
+
+
+def _read_png(path: Path, shape: tuple[int, int, int], resize: Resize | None) -> np.ndarray:
+    from convvae.folder import preprocess_image, read_image_file
+
     channels, height, width = shape
-    try:
-        with Image.open(path) as image:
-            mode, size = image.mode, image.size
-            pixels = np.asarray(image)
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{path}: not a readable image ({err}); replace or remove it") from None
+    image = read_image_file(path)
     wanted_mode = "L" if channels == 1 else "RGB"
-    if mode != wanted_mode:
+    if resize is None and image.mode != wanted_mode:
         raise DataError(
-            f"{path}: image mode {mode}, the model expects {wanted_mode} ({channels} channel"
-            f"{'s' if channels > 1 else ''}); convert it, e.g. PIL's image.convert('{wanted_mode}')"
+            f"{path}: image mode {image.mode}, the model expects {wanted_mode} ({channels} "
+            f"channel{'s' if channels > 1 else ''}); convert it, e.g. PIL's "
+            f"image.convert('{wanted_mode}'), or pass --resize to convert and resize as the "
+            "prepare stage did"
         )
-    if size != (width, height):
+    if resize is None and image.size != (width, height):
         raise DataError(
-            f"{path}: {size[0]}x{size[1]} pixels, the model expects {width}x{height}; images are "
-            "not resized silently: resize them yourself"
+            f"{path}: {image.size[0]}x{image.size[1]} pixels, the model expects {width}x{height}; "
+            "images are not resized silently: pass --resize, or resize them yourself"
         )
-    return pixels[None] if channels == 1 else np.transpose(pixels, (2, 0, 1))
+    try:
+        pixels = preprocess_image(
+            image, resize and resize.image_size, resize and resize.crop, channels
+        )
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
+    if pixels.shape != shape:
+        raise DataError(
+            f"{path}: {pixels.shape[2]}x{pixels.shape[1]} after --resize, the model expects "
+            f"{width}x{height}"
+        )
+    return pixels
 
 
 def _load_array(path: Path, read) -> np.ndarray:
@@ -193,3 +254,17 @@ def _check_array(array: np.ndarray, shape: tuple[int, int, int], where: str) -> 
     raise DataError(
         f"{where}: pixel dtype {array.dtype}; pass uint8 (0..255) or float (0..1) pixels"
     )
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, high: float) -> np.ndarray:
+    """uint8 image (C, H, W) with an anomaly map (H, W) laid over it in matplotlib's
+    ``inferno`` colours (0 → transparent, ``high`` and above → opaque): uint8 (3, H, W)."""
+    from matplotlib import colormaps
+
+    level = np.clip(heat / max(high, 1e-12), 0, 1)
+    colours = colormaps["inferno"](level)[..., :3]  # (H, W, 3) in [0, 1]
+    grey_or_rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
+    base = grey_or_rgb.transpose(1, 2, 0).astype(np.float32) / 255
+    alpha = 0.6 * level[..., None]
+    blended = (1 - alpha) * base + alpha * colours
+    return np.rint(blended * 255).astype(np.uint8).transpose(2, 0, 1)

@@ -86,7 +86,7 @@ def impute(
         x = torch.where(gaps, fill, known)
         for _ in range(iterations):
             mu, _ = model.encode(x)
-            x = torch.where(gaps, torch.sigmoid(model.decode(mu)), known)
+            x = torch.where(gaps, model.decode_mean(mu), known)
         parts.append(x)
     return torch.cat(parts)
 

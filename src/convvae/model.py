@@ -1,7 +1,9 @@
 """The ConvVAE: encode / reparameterize / decode, its loss terms, presets and model files.
 
 Images are tensors of shape (B, C, H, W) with pixel intensities in [0, 1]. The decoder returns
-Bernoulli logits, so the reconstruction term is a binary cross-entropy in nats per image.
+the parameters of the architecture's pixel likelihood (``convvae.likelihood``: Bernoulli logits,
+Gaussian or discretized-logistic location and scale); the reconstruction term is its negative
+log-likelihood in nats per image. The default preset's depth follows the image size.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from convvae.config import ModelConfig
 from convvae.errors import CheckpointError, ConfigError
 from convvae.files import atomic_path
 from convvae.images import check_pixels
+from convvae.likelihood import OUTPUTS_PER_CHANNEL, pixel_mean, pixel_nll
 
 MODEL_FILE_FORMAT = 1
 
@@ -41,7 +43,7 @@ class Architecture:
     """Everything needed to build a ConvVAE; stored inside every model file."""
 
     image_channels: int = 1
-    image_size: int = 28
+    image_size: tuple[int, int] = (28, 28)  # (height, width)
     # Output channels of the stride-2 convolutions, first to last.
     channels: tuple[int, ...] = (32, 64)
     kernel_size: int = 4
@@ -49,6 +51,14 @@ class Architecture:
     encoder_hidden: tuple[int, ...] = (512,)
     decoder_hidden: tuple[int, ...] = (512,)
     latent_dim: int = 16
+    likelihood: str = "bernoulli"  # one of convvae.likelihood.LIKELIHOODS
+    # Gaussian only: a standard deviation per pixel, or one per channel shared by all pixels.
+    variance: str = "pixel"
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the model takes."""
+        return (self.image_channels, *self.image_size)
 
 
 PRESETS: dict[str, Architecture] = {
@@ -66,26 +76,52 @@ PRESETS: dict[str, Architecture] = {
 }
 
 
-def resolve_architecture(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Architecture:
-    """The preset named in ``cfg`` with its overrides applied, checked against the data.
+# The default preset's conv widths by depth: one stride-2 layer per halving of the image side
+# until its longer side is at most 7 pixels (28 → 14 → 7: two layers; 64 → 4: four; 256 → 4: six).
+_DEFAULT_WIDTHS = (32, 64, 128, 256, 256, 256, 256)
+_LARGEST_FEATURE_SIDE = 7
 
-    ``image_shape`` is (C, H, W) of the training images; H must equal W.
-    """
+
+def default_architecture(image_shape: tuple[int, int, int]) -> Architecture:
+    """The default preset for images (C, H, W): depth from the size (module docstring), a
+    latent code of 16 dimensions for images up to 31 pixels a side and 64 above (texture and
+    photo patches carry more than a digit)."""
     channels, height, width = image_shape
-    if height != width:
-        raise ConfigError(f"images are {height}x{width}; the ConvVAE needs square images")
+    depth, side = 0, max(height, width)
+    while side > _LARGEST_FEATURE_SIDE and depth < len(_DEFAULT_WIDTHS):
+        side, depth = (side + 1) // 2, depth + 1
+    return dataclasses.replace(
+        PRESETS["default"],
+        image_channels=channels,
+        image_size=(height, width),
+        channels=_DEFAULT_WIDTHS[: max(depth, 1)],
+        latent_dim=16 if min(height, width) < 32 else 64,
+    )
+
+
+def resolve_architecture(cfg: ModelConfig, image_shape: tuple[int, ...]) -> Architecture:
+    """The preset named in ``cfg`` for images (C, H, W), with the overrides and the likelihood
+    of ``cfg`` applied, checked against the data."""
+    channels, height, width = (int(size) for size in image_shape)
+    base = (
+        default_architecture((channels, height, width))
+        if cfg.preset == "default"
+        else dataclasses.replace(
+            PRESETS[cfg.preset], image_channels=channels, image_size=(height, width)
+        )
+    )
     overrides = {
         key: tuple(value) if isinstance(value, list) else value
         for key in ("channels", "kernel_size", "encoder_hidden", "decoder_hidden", "latent_dim")
         if (value := getattr(cfg, key)) is not None
     }
-    arch = dataclasses.replace(
-        PRESETS[cfg.preset], image_channels=channels, image_size=height, **overrides
-    )
-    if _feature_sizes(arch)[-1] < 1:
+    # Params resolves likelihood: auto per data source; a bare ModelConfig means Bernoulli.
+    likelihood = "bernoulli" if cfg.likelihood == "auto" else cfg.likelihood
+    arch = dataclasses.replace(base, likelihood=likelihood, variance=cfg.variance, **overrides)
+    if min(_feature_sizes(arch)[-1]) < 1:
         raise ConfigError(
             f"model.channels has {len(arch.channels)} stride-2 layers, too many for "
-            f"{arch.image_size}x{arch.image_size} images; use fewer"
+            f"{height}x{width} images; use fewer"
         )
     return arch
 
@@ -94,11 +130,12 @@ def _padding(kernel_size: int) -> int:
     return (kernel_size - 1) // 2
 
 
-def _feature_sizes(arch: Architecture) -> list[int]:
-    """Spatial size before each conv layer and after the last: [28, 14, 7] for the default."""
-    sizes = [arch.image_size]
+def _feature_sizes(arch: Architecture) -> list[tuple[int, int]]:
+    """(H, W) before each conv layer and after the last: 28 → 14 → 7 for the default."""
+    k, pad = arch.kernel_size, _padding(arch.kernel_size)
+    sizes = [tuple(arch.image_size)]
     for _ in arch.channels:
-        sizes.append((sizes[-1] + 2 * _padding(arch.kernel_size) - arch.kernel_size) // 2 + 1)
+        sizes.append(tuple((side + 2 * pad - k) // 2 + 1 for side in sizes[-1]))
     return sizes
 
 
@@ -110,17 +147,20 @@ def _mlp(widths: list[int]) -> nn.Sequential:
 
 
 class ConvVAE(nn.Module):
-    """Convolutional VAE with a diagonal Gaussian posterior and a Bernoulli decoder."""
+    """Convolutional VAE with a diagonal Gaussian posterior and the architecture's likelihood."""
 
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.arch = arch
         # Set after training (convvae.anomaly.fit_reference); saved with the model file.
         self.reference: Reference | None = None
+        # How the prepare stage resized a folder's images (its manifest's "preprocessing"), so
+        # that `convvae score --resize` does the same; None for the fixed-size sources.
+        self.preprocessing: dict | None = None
         k, pad = arch.kernel_size, _padding(arch.kernel_size)
         sizes = _feature_sizes(arch)
         conv_widths = [arch.image_channels, *arch.channels]
-        self.feature_shape = (arch.channels[-1], sizes[-1], sizes[-1])
+        self.feature_shape = (arch.channels[-1], *sizes[-1])
         feature_dim = math.prod(self.feature_shape)
 
         encoder: list[nn.Module] = []
@@ -135,15 +175,25 @@ class ConvVAE(nn.Module):
 
         self.decoder_mlp = _mlp([arch.latent_dim, *arch.decoder_hidden, feature_dim])
         decoder: list[nn.Module] = []
-        reversed_widths = conv_widths[::-1]
+        # The decoder's last layer outputs the likelihood's parameters for each image channel.
+        shared_variance = arch.likelihood == "gaussian" and arch.variance == "shared"
+        outputs = 1 if shared_variance else OUTPUTS_PER_CHANNEL[arch.likelihood]
+        reversed_widths = [*conv_widths[::-1][:-1], outputs * arch.image_channels]
+        # One log standard deviation per channel, for all pixels (gaussian, variance: shared).
+        self.shared_log_std = (
+            nn.Parameter(torch.zeros(arch.image_channels)) if shared_variance else None
+        )
         for i, (c_in, c_out) in enumerate(pairwise(reversed_widths)):
             size_in, size_out = sizes[-1 - i], sizes[-2 - i]
             # output_padding restores sizes that the encoder's floor division lost (7 → 14 → 28).
-            extra = size_out - ((size_in - 1) * 2 - 2 * pad + k)
+            extra = tuple(
+                out - ((side - 1) * 2 - 2 * pad + k)
+                for side, out in zip(size_in, size_out, strict=True)
+            )
             decoder.append(
                 nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=pad, output_padding=extra)
             )
-            if i < len(arch.channels) - 1:  # the last layer outputs logits
+            if i < len(arch.channels) - 1:  # the last layer outputs the likelihood's parameters
                 decoder.append(nn.ReLU(inplace=True))
         self.decoder_conv = nn.Sequential(*decoder)
 
@@ -153,9 +203,22 @@ class ConvVAE(nn.Module):
         return self.to_mu(hidden), self.to_logvar(hidden)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, latent_dim) → Bernoulli logits (B, C, H, W)."""
+        """(B, latent_dim) → the likelihood's parameters (B, P*C, H, W), P from
+        ``convvae.likelihood.OUTPUTS_PER_CHANNEL`` (Bernoulli: the logits)."""
         features = self.decoder_mlp(z).view(-1, *self.feature_shape)
-        return self.decoder_conv(features)
+        out = self.decoder_conv(features)
+        if self.shared_log_std is not None:
+            log_std = self.shared_log_std.to(out.dtype)[None, :, None, None].expand_as(out)
+            out = torch.cat([out, log_std], dim=1)
+        return out
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, latent_dim) → the decoded images' means in [0, 1], (B, C, H, W)."""
+        return pixel_mean(self.arch.likelihood, self.decode(z))
+
+    def pixel_nll(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel -log p(x | z), nats, like ``x``, for decoder output ``out``."""
+        return pixel_nll(self.arch.likelihood, out, x)
 
     @staticmethod
     def reparameterize(
@@ -175,13 +238,14 @@ class ConvVAE(nn.Module):
         generator: torch.Generator | None = None,
         eps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (logits (B, C, H, W), mu (B, D), logvar (B, D)); ``eps`` (B, D) fixes noise."""
+        """Returns (decoder output (B, P*C, H, W), mu (B, D), logvar (B, D)); ``eps`` (B, D)
+        fixes the noise."""
         mu, logvar = self.encode(x)
         return self.decode(self.reparameterize(mu, logvar, generator, eps)), mu, logvar
 
 
 class Reconstructor(nn.Module):
-    """x → Bernoulli means of its reconstruction from the posterior mean: one tensor out, as
+    """x → the mean image of its reconstruction from the posterior mean: one tensor out, as
     MLflow's PyTorch flavour and torch.export want."""
 
     def __init__(self, vae: ConvVAE) -> None:
@@ -190,19 +254,23 @@ class Reconstructor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mu, _ = self.vae.encode(x)
-        return torch.sigmoid(self.vae.decode(mu))
+        return self.vae.decode_mean(mu)
 
 
 def elbo_terms(
-    logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+    out: torch.Tensor,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    likelihood: str = "bernoulli",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image reconstruction NLL and KL(q(z|x) || N(0, I)), both (B,) in nats.
+    """Per-image reconstruction NLL under ``likelihood`` and KL(q(z|x) || N(0, I)), both (B,)
+    in nats, for decoder output ``out``.
 
     neg_elbo = recon_nll + kl; a beta-VAE trains on recon_nll + beta * kl.
     """
     check_pixels(x)
-    recon_nll = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none")
-    recon_nll = recon_nll.flatten(1).sum(1)
+    recon_nll = pixel_nll(likelihood, out.float(), x).flatten(1).sum(1)
     mu, logvar = mu.float(), logvar.float()
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
     return recon_nll, kl
@@ -213,6 +281,33 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+# Image sizes whose default preset the README tables (`convvae presets` prints them).
+PRESET_SIZES = ((1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 128, 128), (3, 256, 256))
+
+
+def preset_table(sizes: tuple[tuple[int, int, int], ...] = PRESET_SIZES) -> list[dict]:
+    """The default preset per image size: conv widths, latent size, parameters and forward
+    FLOPs per image (torch's FlopCounterMode: matmuls and convolutions, 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rows = []
+    for shape in sizes:
+        arch = default_architecture(shape)
+        model = ConvVAE(arch)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.rand(1, *shape))
+        rows.append(
+            {
+                "image": "x".join(map(str, shape)),
+                "conv_channels": list(arch.channels),
+                "latent_dim": arch.latent_dim,
+                "parameters": count_parameters(model),
+                "forward_mflops_per_image": round(counter.get_total_flops() / 1e6, 1),
+            }
+        )
+    return rows
+
+
 def save_model(model: ConvVAE, path: str | Path) -> None:
     """Write weights and architecture atomically (temporary name, then rename)."""
     payload = {
@@ -220,6 +315,8 @@ def save_model(model: ConvVAE, path: str | Path) -> None:
         "architecture": dataclasses.asdict(model.arch),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if model.preprocessing is not None:
+        payload["preprocessing"] = dict(model.preprocessing)
     if model.reference is not None:
         payload["reference"] = {
             "images": torch.from_numpy(np.ascontiguousarray(model.reference.images)),
@@ -231,8 +328,12 @@ def save_model(model: ConvVAE, path: str | Path) -> None:
 
 
 def architecture_from_dict(raw: dict) -> Architecture:
-    """Inverse of ``dataclasses.asdict`` for an Architecture read from a file."""
-    return Architecture(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    """Inverse of ``dataclasses.asdict`` for an Architecture read from a file (files written
+    before images could be rectangular store one side as an int)."""
+    fields = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in raw.items()}
+    if isinstance(fields.get("image_size"), int):
+        fields["image_size"] = (fields["image_size"],) * 2
+    return Architecture(**fields)
 
 
 def architecture_diff(found: Architecture, wanted: Architecture, wanted_label: str) -> str:
@@ -278,6 +379,7 @@ def load_model(
         raise CheckpointError(
             f"{path}: weights do not fit the stored architecture: {first}"
         ) from None
+    model.preprocessing = payload.get("preprocessing")
     if "reference" in payload:
         raw = payload["reference"]
         model.reference = Reference(raw["images"].numpy(), raw["center"], raw["scale"])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from convvae.anomaly import SCORES, ScoreSpec, all_scores, fit_reference
+from convvae.anomaly import MAP_SCORES, SCORES, ScoreSpec, all_scores, fit_reference
 from convvae.config import Params
 from convvae.data import LabelledImages, Splits
 from convvae.decision import conformal_threshold, selection_and_calibration, threshold_record
@@ -43,6 +43,21 @@ class ClassResult:
         write_json(self.threshold, files.threshold)
         write_json(self.roc, files.roc)
         write_json(self.metrics, files.metrics)
+
+
+# Why a folder source has no one-class benchmark (its stages still write their outputs).
+NO_CLASSES = (
+    "data.source is folder: its images have no class labels, so the one-class benchmark has "
+    "nothing to run; the evaluate stage measures defects (metrics/anomaly.json)"
+)
+
+
+def write_skipped_class(files: ClassFiles) -> None:
+    """A benchmark stage's outputs when it has nothing to run (a folder source): an empty model
+    folder, the reason as its metrics, no ROC points."""
+    files.model.parent.mkdir(parents=True, exist_ok=True)
+    write_json({"skipped": NO_CLASSES}, files.metrics)
+    write_json([], files.roc)
 
 
 def class_images(part: LabelledImages, normal_class: int, split: str) -> np.ndarray:
@@ -87,8 +102,9 @@ def _train_and_score(
     samples, noise = params.anomaly.samples, params.anomaly.noise_seed
     fit_reference(result.model, train_normal, selection, samples, noise)
     trained = time.perf_counter()
-    on_test = all_scores(result.model, test_images, samples, noise)
-    on_val = all_scores(result.model, calibration, samples, noise)
+    with_maps = params.anomaly.score in MAP_SCORES  # only when it is the primary score
+    on_test = all_scores(result.model, test_images, samples, noise, with_maps)
+    on_val = all_scores(result.model, calibration, samples, noise, with_maps)
     return _SeedRun(
         result.model,
         len(result.history),
@@ -158,9 +174,10 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         runs.append(run)
         print(f"class {normal_class} ({class_name}), seed {seed}: {run.epochs} epochs")
     target = params.anomaly.target_fpr
+    names = [*SCORES, *(name for name in MAP_SCORES if name == spec.name)]
     thresholds = {
         name: [conformal_threshold(run.calibration_scores[name], target) for run in runs]
-        for name in SCORES
+        for name in names
     }
     per_score = {
         name: detection_metrics(
@@ -170,7 +187,7 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
             params.benchmark.bootstrap_resamples,
             seed=normal_class,
         )
-        for name in SCORES
+        for name in names
     }
     seconds_scoring = sum(run.score_seconds for run in runs)
     seconds_ours = sum(run.train_seconds for run in runs) + seconds_scoring

@@ -402,3 +402,20 @@ def _save_figure(fig, path: Path) -> None:
             fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
+
+
+def write_skipped_report(reason: str, report: Path, figures: list[Path]) -> None:
+    """The report stage's outputs when there is no class benchmark to report: the report says
+    why, and each figure shows the same line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with atomic_path(report) as tmp:
+        tmp.write_text(f"# One-class anomaly benchmark\n\nNot run: {reason}\n")
+    for path in figures:
+        fig, ax = plt.subplots(figsize=(7, 1.2), dpi=100)
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"Not run: {reason}", ha="center", va="center", wrap=True, fontsize=8)
+        _save_figure(fig, path)

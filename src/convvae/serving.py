@@ -15,11 +15,19 @@ from convvae.anomaly import ScoreSpec, score_images
 from convvae.decision import StoredThreshold, parse_threshold
 from convvae.evaluate import reconstruct
 from convvae.images import check_pixels
+from convvae.maps import smoothed_maps
 from convvae.model import ConvVAE, load_model
+
+# Images per request: a bound on the memory and time one request can take (about 10 s on two
+# CPU cores at 28x28); a larger batch is refused with a one-line reason, split it.
+MAX_BATCH = 1024
+# Outputs a client may ask for with params={"return_...": true}; each costs a decode per image.
+OPTIONAL_OUTPUTS = {"return_reconstruction": "reconstruction", "return_anomaly_map": "anomaly_map"}
+PARAMS_EXAMPLE = dict.fromkeys(OPTIONAL_OUTPUTS, False)
 
 
 class ScoringModel:
-    """Scores and reconstructs batches of images with one ConvVAE."""
+    """Scores batches of images with one ConvVAE; reconstructions and maps on request."""
 
     def __init__(self, model: ConvVAE, stored: StoredThreshold | None = None) -> None:
         self.model = model.eval()
@@ -33,8 +41,12 @@ class ScoringModel:
 
         Returns {"anomaly_score": float64 (N,), the stored score; higher is more anomalous;
         with a stored threshold also "normalized_score" (conformal p-value, float64 (N,)) and
-        "is_anomaly" (bool (N,)); "reconstruction": float32 (N, C, H, W), Bernoulli means}.
+        "is_anomaly" (bool (N,))}; with params {"return_reconstruction": true} also
+        "reconstruction" (float32 (N, C, H, W), the decoded means), with
+        {"return_anomaly_map": true} "anomaly_map" (float32 (N, H, W), where each image is
+        anomalous). At most MAX_BATCH images per call.
         """
+        wanted = {k for k, v in (params or {}).items() if k in OPTIONAL_OUTPUTS and v}
         images = self._as_images(model_input)
         scores = score_images(self.model, images.numpy(), self.spec)
         out = {"anomaly_score": scores}
@@ -42,18 +54,25 @@ class ScoringModel:
             decided = self.stored.decide(scores)
             out["normalized_score"] = decided["normalized_score"]
             out["is_anomaly"] = decided["is_anomaly"]
-        out["reconstruction"] = reconstruct(self.model, images).numpy()
+        if "return_reconstruction" in wanted:
+            out["reconstruction"] = reconstruct(self.model, images).numpy()
+        if "return_anomaly_map" in wanted:
+            out["anomaly_map"] = smoothed_maps(self.model, images.numpy())
         return out
 
     def _as_images(self, model_input) -> torch.Tensor:
         arch = self.model.arch
-        expected = (arch.image_channels, arch.image_size, arch.image_size)
+        expected = arch.image_shape
         array = np.asarray(model_input, dtype=np.float32)
         if array.ndim == 3 and arch.image_channels == 1:
             array = array[:, None]
         if array.ndim != 4 or array.shape[1:] != expected:
             raise ValueError(
                 f"images must have shape (N, {', '.join(map(str, expected))}), got {array.shape}"
+            )
+        if len(array) > MAX_BATCH:
+            raise ValueError(
+                f"{len(array)} images in one request; send at most {MAX_BATCH} per request"
             )
         images = torch.from_numpy(array)
         check_pixels(images)

@@ -74,6 +74,8 @@ def log_training(
         tracker.log_params(params.to_dict())
         # MLflow tag keys allow no '/'; the file name identifies the source file well enough.
         files = {path.rsplit("/", 1)[-1]: sha for path, sha in data.manifest["files"].items()}
+        if "folder_sha256" in data.manifest:  # a user's folder: one digest, not a tag per file
+            files = {"folder": data.manifest["folder_sha256"]}
         tracker.set_tags(
             {
                 **provenance_tags(tracker.root),
@@ -90,8 +92,8 @@ def log_training(
                 DatasetPart("test", splits.test.images, splits.test.labels),
             ],
             name=params.data.source,
-            source=str(data.path),
-            sha256=data.sha256,
+            source=str(params.data.path) if params.data.source == "folder" else str(data.path),
+            sha256=data.manifest.get("folder_sha256", data.sha256),
         )
         tracker.log_history([dataclasses.asdict(r) for r in result.history])
         tracker.log_metrics(metrics)
@@ -110,6 +112,7 @@ def log_evaluation(
     model_file: Path,
     example_images: np.ndarray,
     threshold: dict,
+    onnx_file: Path | None = None,
 ) -> str | None:
     """Test metrics, the uses' metrics (flattened) and figures into the training run; log the
     model and register it (with its test metrics and threshold) unless registration is off.
@@ -120,7 +123,15 @@ def log_evaluation(
         print(f"logging to MLflow run {run_id} (opened by train)")
         tracker.log_metrics(flatten(metrics))
         tracker.log_artifacts([plots], "evaluate")
+        if onnx_file is not None:  # the same score and map for runtimes without PyTorch
+            tracker.log_artifacts([onnx_file], "onnx")
         version_tags = {k: v for k, v in metrics.items() if k.startswith("test_")}
+        # Readable in the registry UI without parsing the record: what the version flags, where.
+        version_tags |= {
+            "anomaly.score": threshold["score"],
+            "anomaly.threshold_value": threshold["threshold"],
+            "anomaly.target_fpr": threshold["target_fpr"],
+        }
         version = tracker.log_model(
             model,
             model_file,

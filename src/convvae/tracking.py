@@ -196,7 +196,7 @@ class Tracker:
         """
         from mlflow.models import infer_signature
 
-        from convvae.serving import _load_pyfunc
+        from convvae.serving import PARAMS_EXAMPLE, _load_pyfunc
 
         example = example_images.astype(np.float32)
         scored = _load_pyfunc(str(model_file), threshold).predict(example)
@@ -218,7 +218,7 @@ class Tracker:
             loader_module="convvae.serving",
             data_path=str(model_file),
             input_example=example,
-            signature=infer_signature(example, scored),
+            signature=infer_signature(example, scored, params=PARAMS_EXAMPLE),
             registered_model_name=registered_name,
             model_config=threshold,
             # The package travels with the model, so it loads where convvae is not installed.

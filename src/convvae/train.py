@@ -230,7 +230,7 @@ class Trainer:
             beta = self._kl_weight(epoch, step, steps)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 logits, mu, logvar = self.parallel_model(x, eps=eps[low:high])
-            recon, kl = elbo_terms(logits, x, mu, logvar)
+            recon, kl = elbo_terms(logits, x, mu, logvar, self.model.arch.likelihood)
             per_image = recon + beta * kl
             # The mean over the global batch; DDP averages gradients over processes, hence world.
             loss = per_image.sum() * (world / len(batch))
@@ -265,7 +265,7 @@ class Trainer:
             x = to_unit_interval(images[start : start + batch_size])
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 logits, mu, logvar = self.model(x, generator)
-            recon, kl = elbo_terms(logits, x, mu, logvar)
+            recon, kl = elbo_terms(logits, x, mu, logvar, self.model.arch.likelihood)
             sums += torch.stack([recon.sum(), kl.sum()])
         return tuple((sums / len(images)).tolist())
 

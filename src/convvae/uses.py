@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from convvae.compress import rate_distortion, save_rate_distortion_plot
@@ -30,13 +31,16 @@ def measure_uses(
     rate-distortion table to ``rate_distortion_csv``."""
     train = torch.from_numpy(splits.train.images)
     test = torch.from_numpy(splits.test.images)
-    generation = sample_quality(
-        model,
-        (train, splits.train.labels),
-        (test, splits.test.labels),
-        cfg.classifier_epochs,
-        cfg.seed,
-    )
+    if len(np.unique(splits.train.labels)) > 1:
+        generation = sample_quality(
+            model,
+            (train, splits.train.labels),
+            (test, splits.test.labels),
+            cfg.classifier_epochs,
+            cfg.seed,
+        )
+    else:  # the Fréchet distance is measured in the features of a classifier of the classes
+        generation = {"note": "one class of training images: no classifier, no Fréchet distance"}
     walks = [interpolate(model, test[i], test[i + 1], 10) for i in range(0, 8, 2)]
     save_png(image_grid(torch.cat(walks), nrow=10), plots / "interpolation.png")
 

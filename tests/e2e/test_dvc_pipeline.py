@@ -75,6 +75,15 @@ def test_the_registered_model_scores_images_at_its_validation_threshold(project,
     assert sum(flagged["calibration"]) == n - rank  # the cut is the rank-th smallest score
     share = np.mean(flagged["selection"])
     assert share <= threshold["target_fpr"] + 3 * math.sqrt(0.05 * 0.95 / n)
+    import mlflow
+
+    tags = (
+        mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
+        .get_model_version("convvae-mnist-5k", "1")
+        .tags
+    )
+    assert tags["anomaly.score"] == "fused" and tags["anomaly.target_fpr"] == "0.05"
+    assert float(tags["anomaly.threshold_value"]) == threshold["threshold"]
 
 
 def test_metrics_and_plots_show(project, tmp_path):

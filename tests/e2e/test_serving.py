@@ -12,7 +12,9 @@ import pytest
 
 from convvae.anomaly import ScoreSpec, score_images
 from convvae.decision import StoredThreshold, calibrate, selection_and_calibration
+from convvae.maps import smoothed_maps
 from convvae.model import save_model
+from convvae.serving import MAX_BATCH
 from tests.e2e.servers import free_port, running_server
 
 pytestmark = pytest.mark.e2e
@@ -74,7 +76,17 @@ def test_served_champion_scores_images(champion_store, trained, mnist_slice, tmp
         ).decide(local)
         np.testing.assert_allclose(predictions["normalized_score"], decided["normalized_score"])
         assert predictions["is_anomaly"] == decided["is_anomaly"].tolist()
-        assert np.array(predictions["reconstruction"]).shape == (3, 1, 28, 28)
+        assert set(predictions) == {"anomaly_score", "normalized_score", "is_anomaly"}
+        asked = {"return_reconstruction": True, "return_anomaly_map": True}
+        status, body = post(f"{base}/invocations", {"inputs": digits.tolist(), "params": asked})
+        assert status == 200, body
+        assert np.array(body["predictions"]["reconstruction"]).shape == (3, 1, 28, 28)
+        maps = np.array(body["predictions"]["anomaly_map"])
+        np.testing.assert_allclose(maps, smoothed_maps(trained, mnist_slice.test.images[:3]),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+        too_many = np.zeros((MAX_BATCH + 1, 1, 28, 28), dtype=np.float32)
+        status, body = post(f"{base}/invocations", {"inputs": too_many.tolist()})
+        assert status == 400 and f"at most {MAX_BATCH}" in json.dumps(body), body
         noise = np.random.default_rng(0).random((1, 1, 28, 28)).astype(np.float32)
         _, noisy = post(f"{base}/invocations", {"inputs": noise.tolist()})
         assert noisy["predictions"]["anomaly_score"][0] > scores.max()

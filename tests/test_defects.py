@@ -1,0 +1,162 @@
+"""A folder source from data to decisions, in process: splits with masks, a small RGB model,
+image and pixel metrics against the folder's defects, and `convvae score --resize --maps`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convvae.anomaly import ScoreSpec, fit_reference
+from convvae.config import parse_params
+from convvae.data import build_manifest, load_source, load_splits, make_splits, save_splits
+from convvae.decision import calibrate, selection_and_calibration
+from convvae.defects import defect_metrics, measure_defects
+from convvae.maps import anomaly_maps, smoothed_maps
+from convvae.model import ConvVAE, resolve_architecture, save_model
+from convvae.train import Trainer
+from tests.conftest import quick_train_config
+from tests.mvtec import DEFECTS, build_mvtec_folder
+from tests.test_cli import assert_one_line_error, convvae
+
+SPEC = ScoreSpec("patch_knn", 4, 0)  # a folder's default score
+NAMES = ["good", *sorted(DEFECTS)]  # label order: good, then the defect folders sorted
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return build_mvtec_folder(
+        tmp_path_factory.mktemp("mvtec") / "tiles", rgb=True, size=32, n_train=120
+    )
+
+
+@pytest.fixture(scope="module")
+def splits(folder):
+    return make_splits(load_source("folder", folder, image_size=None, crop=None, channels="auto"),
+                       0.2, 0.2, seed=0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model(splits) -> ConvVAE:
+    params = parse_params({"data": {"source": "folder", "path": "unused"}})
+    torch.manual_seed(0)
+    model = ConvVAE(resolve_architecture(params.model, splits.train.images.shape[1:]))
+    trainer = Trainer(model, quick_train_config(epochs=15, lr=2e-3), progress=False)
+    model = trainer.fit(
+        torch.from_numpy(splits.train.images), torch.from_numpy(splits.val.images)
+    ).model
+    selection, _ = selection_and_calibration(splits.val.images)
+    fit_reference(model, splits.train.images, selection, SPEC.samples, SPEC.noise_seed)
+    return model
+
+
+def test_splits_keep_the_defect_masks_through_the_split_file(splits, tmp_path):
+    assert splits.test.masks is not None and splits.train.masks is None
+    defective = splits.test.labels > 0
+    assert splits.test.masks[defective].reshape(defective.sum(), -1).any(1).all()
+    assert not splits.test.masks[~defective].any()
+    assert (splits.val.labels == 0).all()  # validation comes out of train/good only
+    save_splits(splits, tmp_path / "splits.npz")
+    again = load_splits(tmp_path / "splits.npz")
+    np.testing.assert_array_equal(again.test.masks, splits.test.masks)
+    np.testing.assert_array_equal(again.test.mask_known, splits.test.mask_known)
+
+
+def test_manifest_names_files_relative_to_the_folder_with_one_digest(folder, splits):
+    source = load_source("folder", folder, image_size=None, crop=None, channels="auto")
+    manifest = build_manifest(source, splits)
+    assert "train/good/000.png" in manifest["files"]
+    assert manifest["class_names"] == NAMES
+    assert manifest["preprocessing"]["channels"] == 3 and len(manifest["folder_sha256"]) == 64
+    assert manifest["test_images_with_masks"] == int((splits.test.labels > 0).sum())
+    (folder / "train/good/000.png").write_bytes((folder / "train/good/001.png").read_bytes())
+    changed = build_manifest(
+        load_source("folder", folder, image_size=None, crop=None, channels="auto"), splits
+    )
+    assert changed["folder_sha256"] != manifest["folder_sha256"]
+
+
+def test_defect_metrics_beat_chance_and_maps_point_at_the_defects(model, splits):
+    metrics = defect_metrics(model, splits.train.images, splits.test, NAMES, SPEC)
+    assert metrics["test_defective_images"] == int((splits.test.labels > 0).sum())
+    for key in ("image_roc_auc", *(f"image_roc_auc.{d}" for d in DEFECTS)):
+        assert 0 <= metrics[key] <= 1, key
+    # The most unusual patch finds pasted photo patches and scratches in a texture, where a
+    # whole-image distance (PyOD's KNN on pixels) barely beats chance.
+    assert metrics["image_roc_auc"] == metrics["patch_knn.image_roc_auc"] > 0.75
+    assert metrics["image_roc_auc"] > metrics["pyod_knn.image_roc_auc"]
+    for peer in ("pyod_knn", "pyod_iforest", "gaussian_zscore"):
+        assert 0 <= metrics[f"{peer}.image_roc_auc"] <= 1, peer
+    assert 0 < metrics["pixel_anomalous_fraction"] < 0.2
+    assert metrics["pixel_aupro"] > 0.5 > metrics["pixel_aupro_chance"]
+    assert metrics["pixel_roc_auc"] > metrics["gaussian_zscore.pixel_roc_auc"]
+    assert metrics["pixel_roc_auc"] > metrics["deviance_map.pixel_roc_auc"]
+
+
+def test_anomaly_maps_are_per_pixel_and_do_not_depend_on_the_batch(model, splits):
+    images = splits.test.images[:10]
+    maps = anomaly_maps(model, images)
+    assert maps.shape == (10, 32, 32) and maps.dtype == np.float32 and (maps >= 0).all()
+    np.testing.assert_allclose(anomaly_maps(model, images[3:4])[0], maps[3], rtol=1e-5, atol=1e-6)
+    floats = images.astype(np.float32) / 255
+    np.testing.assert_allclose(anomaly_maps(model, floats), maps, rtol=1e-6)
+
+
+def test_a_class_source_writes_a_note_not_defect_metrics(trained, mnist_slice, tmp_path):
+    result = measure_defects(trained, mnist_slice, list("0123456789"), SPEC, tmp_path / "m.png")
+    assert "note" in result and "image_roc_auc" not in result
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_measure_defects_draws_the_maps_figure(model, splits, tmp_path):
+    figure = tmp_path / "maps.png"
+    result = measure_defects(model, splits, NAMES, SPEC, figure)
+    assert "image_roc_auc" in result
+    with Image.open(figure) as image:
+        assert image.mode == "RGB" and image.size[1] > 3 * 32  # images, maps, masks
+
+
+@pytest.fixture(scope="module")
+def model_file(model, splits, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("folder_model")
+    model.preprocessing = {"image_size": [32, 32], "crop": None, "channels": 3}
+    save_model(model, folder / "model.pt")
+    _, calibration = selection_and_calibration(splits.val.images)
+    record = calibrate(model, calibration, SPEC, 0.05)
+    (folder / "threshold.json").write_text(json.dumps(record))
+    return folder / "model.pt"
+
+
+def test_score_resizes_only_when_asked_and_writes_maps(model_file, model, folder, tmp_path):
+    big = tmp_path / "big"
+    big.mkdir()
+    names = sorted(p.name for p in (folder / "test/patch").iterdir())[:3]
+    for name in names:  # the same tiles at twice the size, as JPEG
+        with Image.open(folder / "test/patch" / name) as image:
+            image.resize((64, 64), Image.BILINEAR).save(big / f"{Path(name).stem}.jpg")
+    refused = convvae("score", "--model", str(model_file), str(big))
+    line = assert_one_line_error(refused)
+    assert "64x64 pixels, the model expects 32x32" in line and "--resize" in line
+    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
+    done = convvae("score", "--model", str(model_file), str(big), "--resize", "--out", str(out),
+                   "--maps", str(maps))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [row["file"] for row in rows] == [f"{Path(n).stem}.jpg" for n in names]
+    for name in names:
+        stem = Path(name).stem
+        heat = np.load(maps / f"{stem}_map.npy")
+        assert heat.shape == (32, 32) and heat.dtype == np.float32
+        with Image.open(maps / f"{stem}_map.png") as overlay:
+            assert overlay.size == (32, 32) and overlay.mode == "RGB"
+    # The written map is the model's smoothed map of the resized image.
+    with Image.open(big / f"{Path(names[0]).stem}.jpg") as image:
+        resized = np.asarray(image.convert("RGB").resize((32, 32), Image.BILINEAR))
+    expected = smoothed_maps(model, resized.transpose(2, 0, 1)[None].copy())[0]
+    np.testing.assert_allclose(np.load(maps / f"{Path(names[0]).stem}_map.npy"), expected,
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
