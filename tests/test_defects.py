@@ -118,7 +118,7 @@ def test_measure_defects_draws_the_maps_figure(model, splits, tmp_path):
     result = measure_defects(model, splits, NAMES, SPEC, figure)
     assert "image_roc_auc" in result
     with Image.open(figure) as image:
-        assert image.mode == "RGB" and image.size[1] > 3 * 32  # images, maps, masks
+        assert image.mode == "RGB" and image.size[1] > 4 * 32  # images, overlays, maps, masks
 
 
 @pytest.fixture(scope="module")

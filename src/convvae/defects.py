@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from convvae.anomaly import ScoreSpec, all_scores, score_images
 from convvae.data import LabelledImages, Splits
 from convvae.files import atomic_path
-from convvae.images import IMAGE_SUFFIXES, heatmap_overlay, image_grid, save_png
+from convvae.images import IMAGE_SUFFIXES, heatmap, heatmap_overlay, image_grid, save_png
 from convvae.maps import smoothed_maps
 from convvae.model import ConvVAE
 from convvae.peers import run_peer
@@ -54,11 +54,13 @@ def measure_defects(
 def save_map_figure(
     images: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, path: Path
 ) -> None:
-    """A PNG with one column per image: the image, its anomaly map over it, and its mask."""
+    """A PNG with one column per image: the image, its anomaly map over it, the map alone,
+    and its mask."""
     high = float(np.quantile(maps, 0.99)) if maps.size else 1.0
     rows = [
         images,
         np.stack([heatmap_overlay(i, m, high) for i, m in zip(images, maps, strict=True)]),
+        np.stack([heatmap(m, high) for m in maps]),
     ]
     if masks is not None:
         rows.append(np.repeat(masks[:, None] * 255, images.shape[1], axis=1).astype(np.uint8))

@@ -92,7 +92,7 @@ class ScoreGraph(nn.Module):
         self.register_buffer("log_q_eps", -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(1))
         reference = model.reference
         if reference is not None:  # maps.anomaly_maps' default: feature_knn where it can
-            self.patch_search = NearestDistance(_feature_bank(model)[1])  # float64 copy
+            self.patch_search = NearestDistance(_feature_bank(model))
         if spec.name in _DISTANCE_SCORES:
             hidden_bank, unit_bank = _reference_banks(model, reference)
             # As the package holds them; the distances cast as the package's do.

@@ -102,7 +102,7 @@ def feature_knn_maps(model: ConvVAE, images: np.ndarray) -> np.ndarray:
     queries = features.permute(0, 2, 3, 1).reshape(-1, channels)
     nearest = torch.cat(
         [
-            nearest_distance(queries[i : i + _QUERY_CHUNK], *_feature_bank(model))
+            nearest_distance(queries[i : i + _QUERY_CHUNK], _feature_bank(model))
             for i in range(0, len(queries), _QUERY_CHUNK)
         ]
     )
@@ -114,19 +114,28 @@ def feature_knn_maps(model: ConvVAE, images: np.ndarray) -> np.ndarray:
 
 
 def nearest_distance(
-    queries: torch.Tensor, bank: torch.Tensor, bank64: torch.Tensor, candidates: int = 8
+    queries: torch.Tensor, bank64: torch.Tensor, block: int = 1024
 ) -> torch.Tensor:
-    """Euclidean distance of each query (M, C) to its nearest bank row, float64 (M,): the
-    candidates by a float32 matrix product (fast), the distance to each recomputed exactly in
-    float64 (so a query's value does not depend on which other queries share its batch, as the
-    matrix-product form's rounding would make it)."""
-    approximate = torch.cdist(queries.float(), bank)
-    nearest = approximate.topk(min(candidates, len(bank)), dim=1, largest=False).indices
-    exact = (queries.double()[:, None, :] - bank64[nearest]).pow(2).sum(-1)
-    return exact.min(dim=1).values.sqrt()
+    """Euclidean distance of each query (M, C) to its nearest bank row, float64 (M,). The
+    nearest row is found by float64 matrix products over blocks of the bank (|b|^2 - 2 q.b; a
+    block's distances stay in cache: three times faster than one cdist; float64, as float32's
+    cancellation picks the wrong row among patches a hair apart), and its distance recomputed
+    directly, so a query's value does not depend on which other queries share its batch."""
+    norms = bank64.pow(2).sum(1)
+    best_value = torch.full((len(queries),), float("inf"), dtype=torch.float64)
+    best_index = torch.zeros(len(queries), dtype=torch.long)
+    q = queries.double()
+    for start in range(0, len(bank64), block):
+        partial = torch.addmm(norms[start : start + block], q, bank64[start : start + block].T,
+                              alpha=-2)  # fmt: skip
+        value, index = partial.min(dim=1)
+        better = value < best_value
+        best_value = torch.where(better, value, best_value)
+        best_index = torch.where(better, index + start, best_index)
+    return (q - bank64[best_index]).pow(2).sum(1).sqrt()
 
 
-def _feature_bank(model: ConvVAE) -> tuple[torch.Tensor, torch.Tensor]:
+def _feature_bank(model: ConvVAE) -> torch.Tensor:
     reference = model.reference
     if reference is None:
         raise ValueError("feature_knn maps need the model's Reference (fit_reference)")
@@ -136,6 +145,5 @@ def _feature_bank(model: ConvVAE) -> tuple[torch.Tensor, torch.Tensor]:
         if len(bank) > FEATURE_BANK_SIZE:
             keep = torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))
             bank = bank[keep[:FEATURE_BANK_SIZE]]
-        bank = bank.float().contiguous()
-        _BANKS[reference] = (bank, bank.double())
+        _BANKS[reference] = bank.double().contiguous()
     return _BANKS[reference]
