@@ -18,6 +18,11 @@ many tries before and after.
   model's training FLOPs per image (one forward + backward counted by ``FlopCounterMode``: convs
   and matmuls only; the optimizer and elementwise work count as overhead). "% roofline" is the
   share of it reached; the goal is >= 70 % (of the median) for the ``default`` preset.
+- scoring img/s: ``convvae.anomaly.score_images`` (what `convvae score` and serving call) on the
+  1,000 mnist-5k test images at the default 32 posterior samples, for ``excess_nll`` (the model
+  alone) and ``fused`` (plus the two nearest-neighbour distances to the 3,500 training images);
+  its roofline is the matmul rate over the FLOPs ``FlopCounterMode`` counts for one image's
+  scoring (the encoder once, the decoder 33 times, the distances).
 - seconds to target: wall time (training, validation, everything) from the start of
   ``Trainer.fit`` until an epoch's validation negative ELBO (nats/image) is <= --target-val-loss,
   for the ``seed`` (272 M parameters) and ``default`` presets, both trained on the same capped
@@ -76,6 +81,29 @@ def train_flops_per_image(preset: str, batch_size: int) -> float:
         recon, kl = elbo_terms(logits, x, mu, logvar)
         (recon + kl).mean().backward()
     return counter.get_total_flops() / batch_size
+
+
+def scoring_rates(train: torch.Tensor, val: torch.Tensor, flops_per_s: float) -> list[dict]:
+    """images/s of score_images per score at the default sample count, with its roofline."""
+    from convvae.anomaly import ScoreSpec, fit_reference, score_images
+
+    torch.manual_seed(0)
+    model = ConvVAE(PRESETS["default"]).eval()
+    fit_reference(model, train.numpy(), val.numpy(), 32, 0)
+    test = make_splits(load_source("mnist-5k"), 0.1, 0.2, seed=0).test.images
+    rows = []
+    for name in ("excess_nll", "fused"):
+        spec = ScoreSpec(name, 32, 0)
+        score_images(model, test[:64], spec)  # warm-up: the reference banks are built once
+        with FlopCounterMode(display=False) as counter:
+            score_images(model, test[:64], spec)
+        flops = counter.get_total_flops() / 64
+        started = time.perf_counter()
+        score_images(model, test, spec)
+        rate = len(test) / (time.perf_counter() - started)
+        rows.append({"score": name, "images_per_s": rate, "flops_per_image": flops,
+                     "pct_roofline": 100 * rate * flops / flops_per_s})  # fmt: skip
+    return rows
 
 
 def load_splits(cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,6 +245,15 @@ def main() -> None:
     verdict = "reached" if pct >= 70 else "NOT reached"
     print(f"\ngoal >= 70% of roofline for the default preset: {verdict} (best median {pct:.1f}%)\n")
 
+    scoring = scoring_rates(train, val, flops_per_s)
+    print("convvae score (score_images, 1,000 test images, 32 posterior samples):")
+    for row in scoring:
+        print(
+            f"  {row['score']:10} {row['images_per_s']:8.0f} img/s, "
+            f"{row['flops_per_image'] / 1e6:7.1f} MFLOP/img, {row['pct_roofline']:5.1f}% roofline"
+        )
+    print()
+
     target_train, target_val = load_splits(args.target_cap)
     print(
         f"seconds to validation -ELBO <= {args.target_val_loss:g} nats/image (batch "
@@ -240,7 +277,7 @@ def main() -> None:
 
     if args.json:
         figures = {"torch": torch.__version__, "threads": threads, "cpu": cpu_model()}
-        figures |= {"matmul_flops_per_s": flops_per_s, "speed": speed}
+        figures |= {"matmul_flops_per_s": flops_per_s, "speed": speed, "scoring": scoring}
         figures |= {"target_val_loss": args.target_val_loss, "target_cap": len(target_train)}
         figures |= {"time_to_target": targets}
         with open(args.json, "w") as f:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from convvae.anomaly import SCORES
+from convvae.config import parse_params
 from convvae.report import (
     METRIC_KEYS,
     PEER_TITLES,
@@ -351,19 +352,19 @@ def test_render_reproduces_the_committed_report():
     roc_figure = next(name for name in figures if "roc" in name)
     methods_figure = next((name for name in figures if "methods" in name), METHODS_FIGURE)
     data, anomaly, benchmark = params["data"], params["anomaly"], params["benchmark"]
+    # `auto` resolves per data source, as the stage resolved it when it read params.yaml.
+    primary = parse_params(params).anomaly.score
     context = dataclasses.replace(
         context_for(data["source"], data["max_train_images"]),
         val_fraction=data["val_fraction"],
         target_fpr=anomaly["target_fpr"],
         iwae_samples=anomaly["samples"],
         bootstrap_resamples=benchmark["bootstrap_resamples"],
-        primary_score=anomaly["score"],
+        primary_score=primary,
         roc_figure_name=roc_figure,
         methods_figure_name=methods_figure,
     )
     all_classes = committed_per_class()
     per_class = {c: all_classes[c] for c in benchmark["classes"]}
-    summary = summarize(
-        per_class, data["source"], benchmark["seeds"], default_score=anomaly["score"]
-    )
+    summary = summarize(per_class, data["source"], benchmark["seeds"], default_score=primary)
     assert render_report(context, per_class, summary) == (REPO / REPORT).read_text("utf-8")
