@@ -181,7 +181,7 @@ def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int = KNN_NEIGHBO
 def distance_scores(model: ConvVAE, images: np.ndarray) -> dict[str, np.ndarray]:
     """``hidden_knn`` and ``cosine_knn`` of uint8 images (N, C, H, W) against the model's
     Reference images; float64 (N,) each."""
-    hidden_bank, unit_bank = _reference_banks(model, _reference(model))
+    hidden_bank, unit_bank = _reference_banks(model, require_reference(model))
     with torch.no_grad():
         hidden = knn_distance(hidden_features(model, images), hidden_bank)
         cosine = knn_distance(unit_pixels(images), unit_bank)
@@ -202,7 +202,8 @@ def _reference_banks(model: ConvVAE, reference: Reference) -> tuple[torch.Tensor
     return _BANKS[reference]
 
 
-def _reference(model: ConvVAE) -> Reference:
+def require_reference(model: ConvVAE) -> Reference:
+    """The model's Reference; a DataError naming the fix when the file has none."""
     if model.reference is None:
         raise DataError(
             "this model file has no reference images, which the distance and fused scores "
@@ -239,8 +240,12 @@ def all_scores(
 def patch_knn_score(model: ConvVAE, images: np.ndarray) -> np.ndarray:
     """``patch_knn``: the largest value of an image's smoothed ``feature_knn`` map (its most
     unusual patch, as PatchCore scores an image), float64 (N,)."""
-    _reference(model)
-    maps = smoothed_maps(model, images, "feature_knn")
+    require_reference(model)
+    return map_maxima(smoothed_maps(model, images, "feature_knn"))
+
+
+def map_maxima(maps: np.ndarray) -> np.ndarray:
+    """Each map's largest value, float64 (N,): ``patch_knn`` from maps already computed."""
     return maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
 
 
@@ -274,5 +279,5 @@ def score_images(model: ConvVAE, images: np.ndarray, spec: ScoreSpec) -> np.ndar
         ]
     if spec.name in MAP_SCORES:
         return patch_knn_score(model, images)
-    _reference(model)
+    require_reference(model)
     return all_scores(model, images, spec.samples, spec.noise_seed)[spec.name]

@@ -200,7 +200,7 @@ def _score(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from convvae.anomaly import score_images
-    from convvae.defects import write_maps
+    from convvae.defects import map_scale, write_maps
     from convvae.files import atomic_path
     from convvae.images import iter_images
     from convvae.modelref import load_scorer_ref
@@ -210,6 +210,7 @@ def _score(args: argparse.Namespace) -> None:
     # The first batch is read before any output: a wrong size or mode is one error line alone.
     batches = itertools.chain([next(batches)], batches)
     flagged = 0
+    high = map_scale(model) if args.maps is not None else 1.0  # one colour scale for all
     # Rows go to a temporary file renamed at the end: a bad file halfway leaves no half a CSV.
     with contextlib.ExitStack() as stack:
         if args.out is None:
@@ -222,7 +223,7 @@ def _score(args: argparse.Namespace) -> None:
         for batch in batches:  # bounded memory: one batch of images at a time
             decided = stored.decide(score_images(model, batch.images, stored.spec))
             if args.maps is not None:
-                write_maps(model, batch.images, batch.names, args.maps)
+                write_maps(model, batch.images, batch.names, args.maps, high)
             writer.writerows(
                 (name, f"{score:.4f}", f"{p_value:.4f}", int(flag))
                 for name, score, p_value, flag in zip(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from convvae.anomaly import ScoreSpec, all_scores, score_images
+from convvae.anomaly import ScoreSpec, all_scores, map_maxima, require_reference
 from convvae.data import LabelledImages, Splits
 from convvae.files import atomic_path
 from convvae.images import IMAGE_SUFFIXES, heatmap, heatmap_overlay, image_grid, save_png
@@ -84,7 +84,12 @@ def defect_metrics(
     other score of the same model beside it, ``deviance_map.pixel_*`` the deviance map beside
     the default map: ablations, not choices (the defaults were fixed before, README)."""
     defective = (test.labels > 0).astype(int)
-    scores = score_images(model, test.images, spec)
+    require_reference(model)  # every score and the default map below compare with it
+    # The default map (feature kNN), computed once: patch_knn is its maximum.
+    maps = smoothed_maps(model, test.images, "feature_knn")
+    every = all_scores(model, test.images, spec.samples, spec.noise_seed)
+    every["patch_knn"] = map_maxima(maps)
+    scores = every[spec.name]
     metrics: dict = {
         "score": spec.name,
         "test_good_images": int((defective == 0).sum()),
@@ -92,7 +97,6 @@ def defect_metrics(
         "image_average_precision_chance": float(defective.mean()),
         **_image_metrics(defective, scores, test.labels, class_names),
     }
-    every = all_scores(model, test.images, spec.samples, spec.noise_seed, with_maps=True)
     for name, values in every.items():
         metrics[f"{name}.image_roc_auc"] = float(roc_auc_score(defective, values))
     for peer in IMAGE_PEERS:
@@ -103,7 +107,7 @@ def defect_metrics(
     peer_scores = peer_maps.max(axis=(1, 2))  # an image is as anomalous as its worst pixel
     metrics[f"{MAP_PEER}.image_roc_auc"] = float(roc_auc_score(defective, peer_scores))
     maps = {
-        "": smoothed_maps(model, test.images),
+        "": maps,
         "deviance_map.": smoothed_maps(model, test.images, "deviance"),
         f"{MAP_PEER}.": peer_maps,
     }
@@ -152,12 +156,15 @@ def map_scale(model: ConvVAE) -> float:
     return float(np.quantile(smoothed_maps(model, model.reference.images[:256]), 0.999))
 
 
-def write_maps(model: ConvVAE, images: np.ndarray, names: list[str], folder: str | Path) -> None:
-    """Per image, ``<name>_map.png`` (the map over the image) and ``<name>_map.npy`` (float32
+def write_maps(
+    model: ConvVAE, images: np.ndarray, names: list[str], folder: str | Path, high: float
+) -> None:
+    """Per image, ``<name>_map.png`` (the map over the image, fully hot at ``high``: pass
+    ``map_scale(model)``, computed once for every batch) and ``<name>_map.npy`` (float32
     (H, W), the raw smoothed map) in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    maps, high = smoothed_maps(model, images), map_scale(model)
+    maps = smoothed_maps(model, images)
     for image, heat, name in zip(images, maps, names, strict=True):
         suffix = Path(name).suffix
         base = name[: -len(suffix)] if suffix.lower() in IMAGE_SUFFIXES else name  # a.npz[3] stays

@@ -19,9 +19,10 @@ from PIL import Image
 
 from convvae.errors import ConfigError, DataError
 from convvae.files import atomic_path
+from convvae.folder import SUFFIXES
 
 # Read through Pillow (convvae.folder): the formats a user's folder may hold.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = SUFFIXES
 
 
 def to_unit_interval(images: torch.Tensor) -> torch.Tensor:

@@ -108,10 +108,12 @@ def promote(
     newest = str(tracker.model_versions(name)[-1].version)
     holder = tracker.version_by_alias(name, CHAMPION)
     champion = None if holder is None else str(holder.version)
+    # Each version's model is read once, for both gates.
+    models = {v: _load(tracker, name, v) for v in (newest, champion) if v is not None}
     checks = tuple(
         check
-        for version in (newest, champion)
-        if version is not None and (check := _check(tracker, name, version, images)) is not None
+        for version, model in models.items()
+        if (check := _check(tracker, name, version, model, images)) is not None
     )
     if champion is None:
         decision = Decision(
@@ -130,8 +132,8 @@ def promote(
         )
     else:
         comparison = paired_bootstrap(
-            per_image_losses(_load(tracker, name, champion), images, metric, spec),
-            per_image_losses(_load(tracker, name, newest), images, metric, spec),
+            per_image_losses(models[champion], images, metric, spec),
+            per_image_losses(models[newest], images, metric, spec),
         )
         reason = (
             f"challenger lowers {metric} by {comparison.improvement:.3f} nats/image, 95% CI "
@@ -180,13 +182,14 @@ def _anomaly_gate_failure(checks: tuple[AnomalyCheck, ...], challenger: str) -> 
     return ""
 
 
-def _check(tracker: Tracker, name: str, version: str, images: torch.Tensor) -> AnomalyCheck | None:
+def _check(
+    tracker: Tracker, name: str, version: str, model: ConvVAE, images: torch.Tensor
+) -> AnomalyCheck | None:
     record = tracker.version(f"models:/{name}/{version}").tags.get(THRESHOLD_TAG)
     if record is None:  # registered before thresholds were stored: likelihood only
         return None
     stored = parse_threshold(record, f"models:/{name}/{version} tag {THRESHOLD_TAG}")
     target = json.loads(record).get("target_fpr", 0.05)
-    model = _load(tracker, name, version)
     return anomaly_check(model, stored, target, np.asarray(images), version)
 
 
