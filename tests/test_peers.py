@@ -5,6 +5,7 @@ twice with seed 0 (same-seed reproducibility) on 150 images of digit 1, with its
 settings (the AutoEncoder's 10 and the VAE's 30 epochs included).
 """
 
+import os
 import random
 import subprocess
 import sys
@@ -136,3 +137,23 @@ def test_deep_peers_refuse_fewer_training_images_than_their_batch_in_one_line():
         with pytest.raises(DataError, match=f"{name} needs at least 32 training images") as info:
             run_peer(name, images, {"test": images})
         assert "benchmark.peers" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_numba_distance_compiles_once_and_later_processes_load_it_from_disk(tmp_path):
+    """Every benchmark stage is its own process: without the on-disk cache each one compiled
+    PyOD's distance again (3-4 s)."""
+    code = (
+        "from convvae import peers; from pyod.utils import stat_models as s; "
+        "peers._compile_numba_distance(); "
+        "st = s._pairwise_distances_no_broadcast_helper.stats; "
+        "print(sum(st.cache_hits.values()), sum(st.cache_misses.values()))"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    assert runs == [["0", "1"], ["1", "0"]]  # first: compiled and stored; second: loaded
+    assert any(tmp_path.rglob("*.nbc"))
