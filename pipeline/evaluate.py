@@ -22,10 +22,22 @@ from convvae.export import export_onnx
 from convvae.files import write_json
 from convvae.model import load_model, resolve_architecture
 from convvae.outofdomain import out_of_domain_auroc
+from convvae.progress import StageSteps
 from convvae.tracked_runs import log_evaluation
 from convvae.tracking import open_tracker
 from convvae.uses import measure_uses
 from pipeline import layout
+
+EVALUATE_STEPS = (
+    "likelihoods",
+    "figures",
+    "generation, compression, imputation",
+    "threshold",
+    "ONNX export",
+    "out-of-domain sets",
+    "defects",
+    "MLflow",
+)
 
 
 def main() -> None:
@@ -39,33 +51,42 @@ def main() -> None:
     # A folder's defect images are not draws from the data the likelihood models.
     normal = splits.test.labels == 0 if params.data.source == "folder" else slice(None)
     test_images = torch.from_numpy(splits.test.images[normal])
-    metrics = likelihood_metrics(model, test_images, cfg.iwae_samples, cfg.seed)
-    save_figures(model, splits.test, class_names, cfg, layout.EVALUATE_PLOTS)
-    uses = measure_uses(model, splits, cfg, layout.EVALUATE_PLOTS, layout.RATE_DISTORTION)
+    steps = StageSteps("evaluate", EVALUATE_STEPS)
+    with steps.step("likelihoods"):
+        metrics = likelihood_metrics(model, test_images, cfg.iwae_samples, cfg.seed)
+    with steps.step("figures"):
+        save_figures(model, splits.test, class_names, cfg, layout.EVALUATE_PLOTS)
+    with steps.step("generation, compression, imputation"):
+        uses = measure_uses(model, splits, cfg, layout.EVALUATE_PLOTS, layout.RATE_DISTORTION)
     spec = ScoreSpec.from_config(params.anomaly)
-    _, calibration = selection_and_calibration(splits.val.images)
-    threshold = calibrate(model, calibration, spec, params.anomaly.target_fpr)
-    write_json(threshold, layout.MODEL_THRESHOLD)
-    export_onnx(model, spec, layout.MODEL_ONNX)
-    # Flipped or inverted digits, noise and blank frames against the normal test images.
-    metrics["out_of_domain_roc_auc"] = out_of_domain_auroc(model, test_images.numpy(), spec)
-    defects = measure_defects(model, splits, class_names, spec, layout.ANOMALY_MAPS_PNG)
+    with steps.step("threshold"):
+        _, calibration = selection_and_calibration(splits.val.images)
+        threshold = calibrate(model, calibration, spec, params.anomaly.target_fpr)
+        write_json(threshold, layout.MODEL_THRESHOLD)
+    with steps.step("ONNX export"):
+        export_onnx(model, spec, layout.MODEL_ONNX)
+    with steps.step("out-of-domain sets"):
+        # Flipped or inverted digits, noise and blank frames against the normal test images.
+        metrics["out_of_domain_roc_auc"] = out_of_domain_auroc(model, test_images.numpy(), spec)
+    with steps.step("defects"):
+        defects = measure_defects(model, splits, class_names, spec, layout.ANOMALY_MAPS_PNG)
     run_id = json.loads(layout.MLFLOW_RUN.read_text())["run_id"]
-    if tracker is not None and run_id is not None:
-        example = splits.test.images[:2].astype("float32") / 255
-        log_evaluation(
-            tracker,
-            run_id,
-            params,
-            {**metrics, **uses, "anomaly": defects},
-            layout.EVALUATE_PLOTS,
-            model,
-            layout.MODEL,
-            example,
-            threshold,
-            layout.MODEL_ONNX,
-        )
-        metrics["mlflow_run_id"] = uses["mlflow_run_id"] = run_id
+    with steps.step("MLflow"):
+        if tracker is not None and run_id is not None:
+            example = splits.test.images[:2].astype("float32") / 255
+            log_evaluation(
+                tracker,
+                run_id,
+                params,
+                {**metrics, **uses, "anomaly": defects},
+                layout.EVALUATE_PLOTS,
+                model,
+                layout.MODEL,
+                example,
+                threshold,
+                layout.MODEL_ONNX,
+            )
+            metrics["mlflow_run_id"] = uses["mlflow_run_id"] = run_id
     write_json(metrics, layout.EVALUATE_METRICS)
     write_json(uses, layout.USES_METRICS)
     write_json(defects, layout.DEFECT_METRICS)

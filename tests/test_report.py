@@ -368,3 +368,25 @@ def test_render_reproduces_the_committed_report():
     per_class = {c: all_classes[c] for c in benchmark["classes"]}
     summary = summarize(per_class, data["source"], benchmark["seeds"], default_score=primary)
     assert render_report(context, per_class, summary) == (REPO / REPORT).read_text("utf-8")
+
+
+def test_several_seeds_add_the_spread_over_seeds_beside_the_bootstrap(per_class_peers):
+    one_seed = render(per_class_peers, context_for("mnist-5k"))
+    assert "Student-t" not in one_seed  # one seed has no spread to show
+    three = copy.deepcopy(per_class_peers)
+    for c, metrics in three.items():
+        metrics["seeds"] = 3
+        for m in class_methods(metrics).values():
+            m.update(
+                roc_auc_seed_sd=0.001 * (c + 1),
+                roc_auc_seed_ci_low=m["roc_auc"] - 0.002,
+                roc_auc_seed_ci_high=m["roc_auc"] + 0.003,
+            )
+    report = render(three, context_for("mnist-5k"))
+    table = report.split("Over the 3 seeds")[1].split("\n\n")[1].splitlines()
+    methods = class_methods(three[0])
+    assert len(table) == 2 + len(methods)  # header, rule, one row per method
+    first = methods[next(iter(methods))]
+    low, high = 100 * first["roc_auc"] - 0.2, 100 * first["roc_auc"] + 0.3
+    assert f"| 0.10 ({low:.1f}–{high:.1f}) |" in table[2]
+    assert table[2].endswith("| 0.55 |")  # mean of 0.1 .. 1.0 points

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from convvae.config import AnomalyConfig, AnomalyScore
 from convvae.errors import DataError
@@ -87,7 +88,7 @@ class ScoreSpec:
 
 @torch.no_grad()
 def model_scores(
-    model: ConvVAE, images: torch.Tensor, k: int = 32, seed: int = 0
+    model: ConvVAE, images: torch.Tensor, k: int = 32, seed: int = 0, progress: bool = False
 ) -> dict[str, np.ndarray]:
     """Likelihood terms and model-based scores of every image, each float64 (N,) in nats.
 
@@ -96,6 +97,7 @@ def model_scores(
     ``kl`` (k-sample estimates of the ELBO's terms), ``neg_elbo`` (= recon_nll + kl), ``iwae_nll``,
     ``excess_nll``. ``k`` importance samples per image with noise drawn once from ``seed`` and
     shared by all images; batches of images are decoded k + 1 codes at a time in one call.
+    ``progress``: a bar over the images on a terminal (none in logs).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -104,10 +106,16 @@ def model_scores(
     log_q_eps = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(1)  # (k,), before the log-det
     batch_size = max(1, _DECODES_PER_CHUNK // (k + 1))
     parts: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(images), batch_size):
-        x = to_unit_interval(images[start : start + batch_size])
-        for name, values in _batch_scores(model, x, eps, log_q_eps).items():
-            parts.setdefault(name, []).append(values)
+    bar = tqdm(
+        total=len(images), desc="scoring", unit="img", disable=None if progress else True,
+        mininterval=1.0, leave=False,
+    )  # fmt: skip
+    with bar:
+        for start in range(0, len(images), batch_size):
+            x = to_unit_interval(images[start : start + batch_size])
+            for name, values in _batch_scores(model, x, eps, log_q_eps).items():
+                parts.setdefault(name, []).append(values)
+            bar.update(len(x))
     return {name: torch.cat(values).numpy() for name, values in parts.items()}
 
 
@@ -222,12 +230,18 @@ def fused_score(components: dict[str, np.ndarray], reference: Reference) -> np.n
 
 
 def all_scores(
-    model: ConvVAE, images: np.ndarray, k: int = 32, seed: int = 0, with_maps: bool = False
+    model: ConvVAE,
+    images: np.ndarray,
+    k: int = 32,
+    seed: int = 0,
+    with_maps: bool = False,
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Every score of ``SCORES`` (and of ``MAP_SCORES`` ``with_maps``) for uint8 images
     (N, C, H, W): float64 (N,) each; without a Reference on the model, the likelihood scores
-    only."""
-    terms = model_scores(model, torch.from_numpy(np.ascontiguousarray(images)), k, seed)
+    only. ``progress``: a bar on a terminal while the likelihoods are estimated."""
+    images = np.ascontiguousarray(images)
+    terms = model_scores(model, torch.from_numpy(images), k, seed, progress)
     scores = {name: terms[name] for name in LIKELIHOOD_SCORES}
     if model.reference is not None:
         scores.update(distance_scores(model, images))
@@ -255,17 +269,19 @@ def fit_reference(
     """The model's Reference: its normal training images (uint8 (N, C, H, W)), and each fused
     component's mean and standard deviation on ``held_out_normal`` images, which must be
     neither training nor calibration images. Also sets ``model.reference``."""
-    model.reference = Reference(np.ascontiguousarray(train_images), {}, {})
+    unscaled = Reference(np.ascontiguousarray(train_images), {}, {})
+    model.reference = unscaled
     held_out = np.ascontiguousarray(held_out_normal)
     raw = {
         "excess_nll": model_scores(model, torch.from_numpy(held_out), k, seed)["excess_nll"],
         **distance_scores(model, held_out),
     }
     model.reference = Reference(
-        model.reference.images,
+        unscaled.images,
         {name: float(raw[name].mean()) for name in FUSED_COMPONENTS},
         {name: float(raw[name].std() + 1e-12) for name in FUSED_COMPONENTS},
     )
+    _BANKS[model.reference] = _BANKS[unscaled]  # same images, same model: not encoded again
     return model.reference
 
 

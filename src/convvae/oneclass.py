@@ -81,6 +81,10 @@ class _SeedRun:
     score_seconds: float
 
 
+def _no_epoch_lines(line: str) -> None:
+    """The benchmark's Trainer log: its only lines are the per-epoch ones."""
+
+
 def _train_and_score(
     params: Params,
     train_normal: np.ndarray,
@@ -94,7 +98,8 @@ def _train_and_score(
     train_cfg = params.benchmark_train(seed)
     torch.manual_seed(train_cfg.seed)
     model = ConvVAE(resolve_architecture(params.model, train_normal.shape[1:]))
-    trainer = Trainer(model, train_cfg, beta=params.model.beta, progress=False)
+    # A bar per epoch on a terminal; the epoch lines are left out (one line per seed instead).
+    trainer = Trainer(model, train_cfg, beta=params.model.beta, log=_no_epoch_lines)
     selection, calibration = selection_and_calibration(val_normal)
     result = trainer.fit(torch.from_numpy(train_normal), torch.from_numpy(selection))
     # The stored record's noise (anomaly.noise_seed), so `convvae score` reproduces these scores;
@@ -103,7 +108,7 @@ def _train_and_score(
     fit_reference(result.model, train_normal, selection, samples, noise)
     trained = time.perf_counter()
     with_maps = params.anomaly.score in MAP_SCORES  # only when it is the primary score
-    on_test = all_scores(result.model, test_images, samples, noise, with_maps)
+    on_test = all_scores(result.model, test_images, samples, noise, with_maps, progress=True)
     on_val = all_scores(result.model, calibration, samples, noise, with_maps)
     return _SeedRun(
         result.model,
@@ -172,7 +177,11 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
     for seed in range(params.benchmark.seeds):
         run = _train_and_score(params, train_normal, val_normal, test.images, seed)
         runs.append(run)
-        print(f"class {normal_class} ({class_name}), seed {seed}: {run.epochs} epochs")
+        print(
+            f"class {normal_class} ({class_name}), seed {seed}: {run.epochs} epochs, trained in "
+            f"{run.train_seconds:.1f} s, scored {len(labels) + len(val_normal) // 2} images in "
+            f"{run.score_seconds:.1f} s"
+        )
     target = params.anomaly.target_fpr
     names = [*SCORES, *(name for name in MAP_SCORES if name == spec.name)]
     thresholds = {

@@ -130,6 +130,7 @@ def render_report(context: ReportContext, per_class: dict[int, dict], summary: d
         *_caveats(context, per_class),
         *_roc_auc_table(context, per_class),
         *_bootstrap_table(context, per_class),
+        *_seed_table(per_class),
         *_published_section(context.data_source),
         *_per_class_table(context, per_class, summary),
     ]
@@ -257,6 +258,34 @@ def _bootstrap_table(context: ReportContext, per_class: dict[int, dict]) -> list
             for m in (methods[method] for methods in by_class)
         )
         lines.append(f"| {METHOD_TITLES.get(method, method)} | {cells} | |")
+    return lines
+
+
+def _seed_table(per_class: dict[int, dict]) -> list[str]:
+    """With several seeds: each ROC-AUC's standard deviation over seeds (ddof=1) and the 95%
+    Student-t interval of its seed mean (%); nothing with one seed."""
+    first = next(iter(per_class.values()))
+    if first["seeds"] < 2:
+        return []
+    lines = [
+        "",
+        f"Over the {first['seeds']} seeds: the standard deviation of each ROC-AUC (ddof=1) and "
+        "the 95% Student-t interval of its mean over seeds, % (this interval counts the "
+        "training randomness, which the bootstrap above holds fixed; the mean column is the "
+        "mean standard deviation):",
+        "",
+        *_class_table_head(per_class),
+    ]
+    by_class = [class_methods(metrics) for metrics in per_class.values()]
+    for method in by_class[0]:
+        rows = [methods[method] for methods in by_class]
+        cells = " | ".join(
+            f"{100 * m['roc_auc_seed_sd']:.2f} ({100 * m['roc_auc_seed_ci_low']:.1f}–"
+            f"{100 * m['roc_auc_seed_ci_high']:.1f})"
+            for m in rows
+        )
+        mean_sd = 100 * np.mean([m["roc_auc_seed_sd"] for m in rows])
+        lines.append(f"| {METHOD_TITLES.get(method, method)} | {cells} | {mean_sd:.2f} |")
     return lines
 
 

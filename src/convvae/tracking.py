@@ -7,9 +7,12 @@ The embedded default store is ``sqlite:///<repository root>/mlflow.db`` with art
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
 import logging
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +32,9 @@ from convvae.provenance import repository_root
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+# What MLflow's registry prints to stderr itself when a model version is created; the stages
+# print their own line ("registered <name> version <n>").
+_REGISTRY_CHATTER = ("Registered model ", "Created version ", "Successfully registered model ")
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, root: Path) -> str:
@@ -55,6 +61,25 @@ class DatasetPart:
     context: str  # training | validation | test
     images: np.ndarray
     labels: np.ndarray
+
+
+@contextmanager
+def _quiet_model_logging() -> Iterator[None]:
+    """Logging and registering a model without MLflow's routine messages: the pyfunc's INFO
+    "Validating input example against model signature" and the registry's own prints. Any other
+    line written to stderr meanwhile is passed on, also when the call fails."""
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    pyfunc_logger.setLevel(logging.WARNING)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        pyfunc_logger.setLevel(level)
+        for line in captured.getvalue().splitlines(keepends=True):
+            if not line.startswith(_REGISTRY_CHATTER):
+                sys.stderr.write(line)
 
 
 class Tracker:
@@ -213,18 +238,19 @@ class Tracker:
             # costs time in every evaluate. The pyfunc (the served flavour) is still validated.
             validate_serving_input=False,
         )
-        info = self._mlflow.pyfunc.log_model(
-            name="convvae",
-            loader_module="convvae.serving",
-            data_path=str(model_file),
-            input_example=example,
-            signature=infer_signature(example, scored, params=PARAMS_EXAMPLE),
-            registered_model_name=registered_name,
-            model_config=threshold,
-            # The package travels with the model, so it loads where convvae is not installed.
-            code_paths=[str(Path(__file__).parent)],
-            pip_requirements=_pip_requirements(),
-        )
+        with _quiet_model_logging():
+            info = self._mlflow.pyfunc.log_model(
+                name="convvae",
+                loader_module="convvae.serving",
+                data_path=str(model_file),
+                input_example=example,
+                signature=infer_signature(example, scored, params=PARAMS_EXAMPLE),
+                registered_model_name=registered_name,
+                model_config=threshold,
+                # The package travels with the model, so it loads where convvae is not installed.
+                code_paths=[str(Path(__file__).parent)],
+                pip_requirements=_pip_requirements(),
+            )
         if registered_name is None:
             return None
         version = str(info.registered_model_version)

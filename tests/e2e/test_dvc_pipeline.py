@@ -19,6 +19,11 @@ def test_repro_runs_every_stage_then_does_nothing(project):
     first = run([str(BIN / "dvc"), "repro"], project)
     for stage in ("prepare", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
+    # Quiet output: no library warnings or MLflow chatter; evaluate names each step's seconds.
+    output = first.stdout + first.stderr
+    for noise in ("Warning", "INFO mlflow", "Created version", "Registered model"):
+        assert noise not in output, output
+    assert "evaluate: ONNX export in " in output
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["epochs_run"] == 2 and train["parameters"] > 1_000_000
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())

@@ -1,0 +1,40 @@
+"""Progress of a stage's steps: a live bar on a terminal, and one line of seconds per step.
+
+The bar (tqdm, on stderr) names the step that is running, so a long step (the ONNX export, the
+imputation rounds) does not look like a hang; it is off when stderr is not a terminal (DVC's
+logs, CI), which get the lines only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from tqdm import tqdm
+
+
+class StageSteps:
+    """The named steps of one stage, run in order: ``with steps.step("figures"): ...``."""
+
+    def __init__(self, stage: str, names: Sequence[str], log: Callable[[str], None] = print):
+        self.stage = stage
+        self.names = list(names)
+        self.log = log
+        self.seconds: dict[str, float] = {}
+        self._bar = tqdm(total=len(self.names), unit="step", disable=None, leave=False)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Time one step (``name`` must be one of the stage's names) and log its seconds."""
+        if name not in self.names:
+            raise ValueError(f"unknown step {name!r} of {self.stage}; one of {self.names}")
+        self._bar.set_description_str(f"{self.stage}: {name}")
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - started
+        self._bar.update()
+        self._bar.clear()
+        self.log(f"{self.stage}: {name} in {self.seconds[name]:.1f} s")
+        if len(self.seconds) == len(self.names):
+            self._bar.close()

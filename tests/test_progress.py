@@ -1,0 +1,29 @@
+"""Stage step progress: one line per step with its seconds; no bar when stderr is not a
+terminal (DVC logs and CI)."""
+
+import time
+
+import pytest
+
+from convvae.progress import StageSteps
+
+
+def test_each_step_logs_its_seconds_and_logs_get_no_bar(capsys):
+    lines = []
+    steps = StageSteps("evaluate", ["figures", "export"], log=lines.append)
+    with steps.step("figures"):
+        time.sleep(0.05)
+    with steps.step("export"):
+        pass
+    assert [line.split(" in ")[0] for line in lines] == ["evaluate: figures", "evaluate: export"]
+    assert steps.seconds["figures"] >= 0.05 > steps.seconds["export"]
+    assert lines[0] == f"evaluate: figures in {steps.seconds['figures']:.1f} s"
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal
+
+
+def test_an_unknown_step_is_refused_before_it_runs():
+    steps = StageSteps("evaluate", ["figures"], log=lambda line: None)
+    ran = []
+    with pytest.raises(ValueError, match="unknown step 'figurs'"), steps.step("figurs"):
+        ran.append(True)
+    assert not ran and steps.seconds == {}
