@@ -27,3 +27,11 @@ def test_an_unknown_step_is_refused_before_it_runs():
     with pytest.raises(ValueError, match="unknown step 'figurs'"), steps.step("figurs"):
         ran.append(True)
     assert not ran and steps.seconds == {}
+
+
+def test_a_failing_step_raises_its_error_and_logs_no_seconds():
+    lines = []
+    steps = StageSteps("evaluate", ["export"], log=lines.append)
+    with pytest.raises(RuntimeError, match="exporter failed"), steps.step("export"):
+        raise RuntimeError("exporter failed")
+    assert lines == [] and steps.seconds == {}

@@ -1,5 +1,6 @@
 """MLflow tracking: store location, provenance, unreachable servers, logged and served models."""
 
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
 from convvae.model import save_model
 from convvae.provenance import provenance_tags, repository_root
-from convvae.tracking import Tracker, flatten, resolve_tracking_uri
+from convvae.tracking import Tracker, _quiet_model_logging, flatten, resolve_tracking_uri
 from tests.conftest import tiny_model
 from tests.e2e.servers import free_port
 
@@ -121,3 +122,15 @@ def test_pytorch_flavour_reconstructs(local_tracker, tmp_path, val_images):
     loaded = mlflow.pytorch.load_model(torch_model.model_uri)
     out = loaded(torch.from_numpy(example))
     assert out.shape == (2, 1, 28, 28) and out.min() >= 0 and out.max() <= 1
+
+
+def test_model_logging_hides_the_registry_prints_and_passes_every_other_line(capsys):
+    chatter = "Registered model 'convvae-x' already exists. Creating a new version of this model"
+    with pytest.raises(RuntimeError, match="registry down"), _quiet_model_logging():
+        print("Created version '3' of model 'convvae-x'.", file=sys.stderr)
+        print(chatter, file=sys.stderr)
+        print("a real problem", file=sys.stderr)
+        assert capsys.readouterr().err == "a real problem\n"  # at once, not at the end
+        sys.stderr.write("no newline yet")
+        raise RuntimeError("registry down")
+    assert capsys.readouterr().err == "no newline yet"

@@ -60,6 +60,7 @@ tests/test_peers.py), so none are filtered: a new warning means something change
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -170,13 +171,17 @@ def _constructors(seed: int) -> dict[str, Callable[[], Any]]:
     }
 
 
+@functools.cache
 def _compile_numba_distance() -> None:
     """Compile PyOD's numba distance (once per process) before any clock starts, through
     numba's on-disk cache: seconds the first time, about 0.2 s in every later process."""
     from pyod.utils import stat_models
 
-    # PyOD declares it @njit without cache=True; enable_caching is what cache=True calls.
-    stat_models._pairwise_distances_no_broadcast_helper.enable_caching()
+    # PyOD declares it @njit without cache=True; enable_caching is what cache=True calls. A
+    # PyOD without this private helper still works, compiling in every process.
+    helper = getattr(stat_models, "_pairwise_distances_no_broadcast_helper", None)
+    if hasattr(helper, "enable_caching"):
+        helper.enable_caching()
     pixels = np.zeros((1, 2), dtype=np.float32)
     stat_models.pairwise_distances_no_broadcast(pixels, pixels)
 

@@ -31,7 +31,11 @@ class StageSteps:
             raise ValueError(f"unknown step {name!r} of {self.stage}; one of {self.names}")
         self._bar.set_description_str(f"{self.stage}: {name}")
         started = time.perf_counter()
-        yield
+        try:
+            yield
+        except BaseException:
+            self._bar.close()  # the stage stops here; its error, not a stale bar, is shown
+            raise
         self.seconds[name] = time.perf_counter() - started
         self._bar.update()
         self._bar.clear()

@@ -21,7 +21,7 @@ def test_repro_runs_every_stage_then_does_nothing(project):
         assert f"Running stage '{stage}'" in first.stdout
     # Quiet output: no library warnings or MLflow chatter; evaluate names each step's seconds.
     output = first.stdout + first.stderr
-    for noise in ("Warning", "INFO mlflow", "Created version", "Registered model"):
+    for noise in ("Warning", "WARNING", "INFO mlflow", "Created version", "Registered model"):
         assert noise not in output, output
     assert "evaluate: ONNX export in " in output
     train = json.loads((project / "metrics/train.json").read_text())
