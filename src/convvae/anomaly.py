@@ -47,7 +47,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from convvae.config import AnomalyConfig, AnomalyScore
 from convvae.errors import DataError
@@ -55,6 +54,7 @@ from convvae.images import as_uint8_images, to_unit_interval
 from convvae.likelihood import pixel_floor, pixel_mean
 from convvae.maps import smoothed_maps
 from convvae.model import ConvVAE, Reference
+from convvae.progress import live_bar
 
 # Every score's name: the values `anomaly.score` accepts.
 ALL_SCORES: tuple[str, ...] = typing.get_args(AnomalyScore)
@@ -106,11 +106,7 @@ def model_scores(
     log_q_eps = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(1)  # (k,), before the log-det
     batch_size = max(1, _DECODES_PER_CHUNK // (k + 1))
     parts: dict[str, list[torch.Tensor]] = {}
-    bar = tqdm(
-        total=len(images), desc="scoring", unit="img", disable=None if progress else True,
-        mininterval=1.0, leave=False,
-    )  # fmt: skip
-    with bar:
+    with live_bar(len(images), "scoring", enabled=progress) as bar:
         for start in range(0, len(images), batch_size):
             x = to_unit_interval(images[start : start + batch_size])
             for name, values in _batch_scores(model, x, eps, log_q_eps).items():

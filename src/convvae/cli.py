@@ -197,13 +197,12 @@ def _score(args: argparse.Namespace) -> None:
     import itertools
     import resource
 
-    from tqdm import tqdm
-
     from convvae.anomaly import score_images
     from convvae.defects import map_scale, write_maps
     from convvae.files import atomic_path
     from convvae.images import iter_images
     from convvae.modelref import load_scorer_ref
+    from convvae.progress import live_bar
 
     model, stored = load_scorer_ref(args.model)
     total, batches = iter_images(args.images, _image_shape(model), _resize(model, args.resize))
@@ -219,7 +218,7 @@ def _score(args: argparse.Namespace) -> None:
             table = stack.enter_context(stack.enter_context(atomic_path(args.out)).open("w"))
         writer = csv.writer(table, lineterminator="\n")
         writer.writerow(["file", "score", "normalized_score", "is_anomaly"])
-        bar = stack.enter_context(tqdm(total=total, unit="img", disable=None, leave=False))
+        bar = stack.enter_context(live_bar(total))
         for batch in batches:  # bounded memory: one batch of images at a time
             decided = stored.decide(score_images(model, batch.images, stored.spec))
             if args.maps is not None:

@@ -79,6 +79,7 @@ class _SeedRun:
     calibration_scores: dict[str, np.ndarray]
     train_seconds: float
     score_seconds: float
+    images_scored: int  # test and calibration images
 
 
 def _no_epoch_lines(line: str) -> None:
@@ -117,6 +118,7 @@ def _train_and_score(
         on_val,
         trained - started,
         time.perf_counter() - trained,
+        len(test_images) + len(calibration),
     )
 
 
@@ -179,7 +181,7 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         runs.append(run)
         print(
             f"class {normal_class} ({class_name}), seed {seed}: {run.epochs} epochs, trained in "
-            f"{run.train_seconds:.1f} s, scored {len(labels) + len(val_normal) // 2} images in "
+            f"{run.train_seconds:.1f} s, scored {run.images_scored} images in "
             f"{run.score_seconds:.1f} s"
         )
     target = params.anomaly.target_fpr
@@ -213,7 +215,7 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         "seeds": len(runs),
         "epochs_run_mean": float(np.mean([run.epochs for run in runs])),
         "train_seconds": sum(run.train_seconds for run in runs),
-        "score_images_per_s": len(runs) * (len(labels) + len(val_normal) // 2) / seconds_scoring,
+        "score_images_per_s": sum(run.images_scored for run in runs) / seconds_scoring,
         "scores": per_score,
         "peers": run_peers(params, train_normal, val_normal, test.images, labels, normal_class),
     }

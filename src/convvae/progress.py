@@ -14,6 +14,19 @@ from contextlib import contextmanager
 from tqdm import tqdm
 
 
+def live_bar(total: int, desc: str | None = None, enabled: bool = True, unit: str = "img") -> tqdm:
+    """A progress bar drawn only on a terminal (``disable=None``) and only when ``enabled``;
+    refreshed at most once a second, and erased when done."""
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=None if enabled else True,
+        mininterval=1.0,
+        leave=False,
+    )
+
+
 class StageSteps:
     """The named steps of one stage, run in order: ``with steps.step("figures"): ...``."""
 
@@ -22,7 +35,7 @@ class StageSteps:
         self.names = list(names)
         self.log = log
         self.seconds: dict[str, float] = {}
-        self._bar = tqdm(total=len(self.names), unit="step", disable=None, leave=False)
+        self._bar = live_bar(len(self.names), unit="step")
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:

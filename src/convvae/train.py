@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from convvae.anomaly import fit_reference
 from convvae.checkpoint import changed_keys, load_checkpoint, save_checkpoint
@@ -28,6 +27,7 @@ from convvae.errors import CheckpointError, TrainingDivergedError
 from convvae.files import atomic_path
 from convvae.images import to_unit_interval
 from convvae.model import ConvVAE, count_parameters, elbo_terms, resolve_architecture
+from convvae.progress import live_bar
 
 
 @dataclass(frozen=True)
@@ -206,15 +206,8 @@ class Trainer:
         shuffled = train_images[order]
         sums = torch.zeros(3, device=self.device)  # loss, recon, kl, summed over images
         started = time.perf_counter()
-        bar = tqdm(
-            total=n,
-            desc=f"epoch {epoch}/{self.cfg.epochs}",
-            unit="img",
-            # None: a live bar on a terminal only; logs get the one line per epoch below.
-            disable=None if self.progress and self.group.is_main else True,
-            mininterval=1.0,
-            leave=False,
-        )
+        # On a terminal only; logs get the one line per epoch below.
+        bar = live_bar(n, f"epoch {epoch}/{self.cfg.epochs}", self.progress and self.group.is_main)
         beta = self.beta
         for step in range(steps):
             batch = shuffled[step * batch_size : (step + 1) * batch_size]
