@@ -92,7 +92,7 @@ def test_benchmark_training_is_train_with_the_overrides_applied() -> None:
     expected = dataclasses.replace(params.train, epochs=4, lr=0.002, seed=9)
     assert params.benchmark_train(seed_offset=2) == expected
     assert parse_params({}).benchmark_train() == dataclasses.replace(
-        TrainConfig(), epochs=20, batch_size=64
+        TrainConfig(), epochs=14, batch_size=64
     )
 
 

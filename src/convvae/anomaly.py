@@ -77,7 +77,7 @@ class ScoreSpec:
     """How to compute an anomaly score: stored with every model beside its threshold."""
 
     name: str = "fused"  # one of SCORES
-    samples: int = 32  # importance samples per image
+    samples: int = AnomalyConfig.samples  # importance samples per image
     noise_seed: int = 0  # seed of the shared posterior noise
 
     @classmethod
@@ -88,7 +88,11 @@ class ScoreSpec:
 
 @torch.no_grad()
 def model_scores(
-    model: ConvVAE, images: torch.Tensor, k: int = 32, seed: int = 0, progress: bool = False
+    model: ConvVAE,
+    images: torch.Tensor,
+    k: int = AnomalyConfig.samples,
+    seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Likelihood terms and model-based scores of every image, each float64 (N,) in nats.
 
@@ -228,7 +232,7 @@ def fused_score(components: dict[str, np.ndarray], reference: Reference) -> np.n
 def all_scores(
     model: ConvVAE,
     images: np.ndarray,
-    k: int = 32,
+    k: int = AnomalyConfig.samples,
     seed: int = 0,
     with_maps: bool = False,
     progress: bool = False,

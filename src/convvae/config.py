@@ -253,8 +253,9 @@ class AnomalyConfig:
     # The score that `convvae score` and serving threshold (higher = more anomalous); auto:
     # DEFAULT_SCORE of data.source, resolved when params are read.
     score: Literal["auto"] | AnomalyScore = "auto"
-    # Importance samples per image for the IWAE bound and the k-sample negative ELBO.
-    samples: int = 32
+    # Importance samples per image for the IWAE bound and the k-sample negative ELBO: 8 scores
+    # as well as 32 at a third of the cost (docs/benchmark/speed-selection, held-out images).
+    samples: int = 8
     # Seed of the posterior noise shared by every image (scores do not depend on the batch).
     noise_seed: int = 0
     # The false-positive rate the threshold targets: the conformal quantile of the scores of
@@ -279,7 +280,7 @@ class BenchmarkConfig:
     # Models per class, with train seeds train.seed + 0 .. seeds - 1; metrics are the mean.
     seeds: int = 1
     # Keys of the `train` section that differ for the class models; the rest is `train`'s.
-    train: dict[str, Any] = field(default_factory=lambda: {"epochs": 20, "batch_size": 64})
+    train: dict[str, Any] = field(default_factory=lambda: {"epochs": 14, "batch_size": 64})
     bootstrap_resamples: int = 1000
     # Detectors run beside ours on the same images (PyOD, default settings); [] runs none.
     peers: list[PeerName] = field(
