@@ -60,6 +60,45 @@ def test_each_likelihood_decodes_its_parameters_and_a_mean_image(likelihood, var
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "kernel", "size_in", "size_out", "channels_last"),
+    [
+        (32, 1, 4, (14, 14), (28, 28), True),  # the default's last layer
+        (8, 6, 3, (7, 5), (14, 9), False),  # RGB Gaussian, odd sizes (output_padding 1 and 0)
+        (4, 3, 5, (10, 13), (19, 25), True),
+    ],
+)
+def test_the_last_layer_computes_what_pytorchs_transposed_conv_does(
+    c_in, c_out, kernel, size_in, size_out, channels_last
+):
+    """Its matmul + col2im forward and aten backward give the outputs and gradients of
+    nn.ConvTranspose2d with the same weights (and the export path uses that operator)."""
+    from convvae.model import _FewChannelsConvTranspose2d
+
+    torch.manual_seed(0)
+    pad = (kernel - 1) // 2
+    sizes = zip(size_in, size_out, strict=True)
+    extra = tuple(out - ((side - 1) * 2 - 2 * pad + kernel) for side, out in sizes)
+    ours = _FewChannelsConvTranspose2d(c_in, c_out, kernel, 2, pad, output_padding=extra)
+    theirs = torch.nn.ConvTranspose2d(c_in, c_out, kernel, 2, pad, output_padding=extra)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(5, c_in, *size_in)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for layer in (ours, theirs):
+        inputs = x.clone().requires_grad_()
+        out = layer(inputs)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out, inputs.grad, layer.weight.grad, layer.bias.grad))
+        assert out.shape == (5, c_out, *size_out)
+    for mine, reference in zip(*results, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
+    exported = torch.export.export(ours.eval(), (x,)).graph_module.code
+    assert "conv_transpose2d" in exported or "convolution" in exported
+    assert "col2im" not in exported
+
+
 def test_default_preset_depth_follows_the_image_size():
     sides = {}
     for height, width in [(28, 28), (32, 32), (64, 64), (256, 256), (48, 96)]:

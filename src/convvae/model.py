@@ -146,6 +146,64 @@ def _mlp(widths: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class _MatmulFoldTransposedConv(torch.autograd.Function):
+    """conv_transpose2d (no dilation, one group) as one matmul and a col2im (``F.fold``),
+    backward by PyTorch's own convolution_backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, output_padding):
+        batch, c_in, height, width = x.shape
+        _, c_out, kh, kw = weight.shape
+        out_size = tuple(
+            (side - 1) * s - 2 * p + k + extra
+            for side, s, p, k, extra in zip(
+                (height, width), stride, padding, (kh, kw), output_padding, strict=True
+            )
+        )
+        # (B, H*W, C_in) @ (C_in, C_out*kh*kw): each input pixel's contribution to its patch.
+        pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, c_in)
+        patches = pixels @ weight.reshape(c_in, c_out * kh * kw)
+        out = nn.functional.fold(patches.transpose(1, 2), out_size, (kh, kw), 1, padding, stride)
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, output_padding)
+        return out + bias.view(1, -1, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        stride, padding, output_padding = ctx.conv
+        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_out,
+            x,
+            weight,
+            [weight.shape[1]],
+            list(stride),
+            list(padding),
+            [1, 1],
+            True,
+            list(output_padding),
+            1,
+            list(ctx.needs_input_grad[:3]),
+        )
+        return grad_x, grad_weight, grad_bias, None, None, None
+
+
+class _FewChannelsConvTranspose2d(nn.ConvTranspose2d):
+    """The decoder's last layer (a few output channels: the likelihood's parameters). On CPU,
+    oneDNN's transposed convolution to one channel runs at ~8 GFLOP/s (torch.profiler, 2-core
+    AMD EPYC: 7% of a training step for 1% of its FLOPs); a matmul and a col2im give the same
+    sums 2.7x faster (training steps 3-6% faster, decoding 10-20%). ONNX export, other devices
+    and a layer without bias keep PyTorch's operator."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        native = x.device.type != "cpu" or self.bias is None or output_size is not None
+        if native or torch.compiler.is_exporting():
+            return super().forward(x, output_size)
+        return _MatmulFoldTransposedConv.apply(
+            x, self.weight, self.bias, self.stride, self.padding, self.output_padding
+        )
+
+
 class ConvVAE(nn.Module):
     """Convolutional VAE with a diagonal Gaussian posterior and the architecture's likelihood."""
 
@@ -190,9 +248,9 @@ class ConvVAE(nn.Module):
                 out - ((side - 1) * 2 - 2 * pad + k)
                 for side, out in zip(size_in, size_out, strict=True)
             )
-            decoder.append(
-                nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=pad, output_padding=extra)
-            )
+            last = i == len(reversed_widths) - 2
+            layer = _FewChannelsConvTranspose2d if last else nn.ConvTranspose2d
+            decoder.append(layer(c_in, c_out, k, stride=2, padding=pad, output_padding=extra))
             if i < len(arch.channels) - 1:  # the last layer outputs the likelihood's parameters
                 decoder.append(nn.ReLU(inplace=True))
         self.decoder_conv = nn.Sequential(*decoder)
