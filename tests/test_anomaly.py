@@ -316,6 +316,9 @@ def test_the_rank_bootstrap_of_roc_auc_equals_the_plain_resampling_loop():
         values.append(np.mean([roc_auc_score(labels[rows], c) for c in columns[rows].T]))
     expected = np.percentile(values, [2.5, 97.5])
     np.testing.assert_allclose(bootstrap_roc_auc(labels, columns, 300, seed=2), expected)
+    columns[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_roc_auc(labels, columns, 300, seed=2)
 
 
 # --- the distance scores and the fused default ----------------------------------------------------

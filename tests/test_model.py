@@ -94,9 +94,34 @@ def test_the_last_layer_computes_what_pytorchs_transposed_conv_does(
         assert out.shape == (5, c_out, *size_out)
     for mine, reference in zip(*results, strict=True):
         torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
-    exported = torch.export.export(ours.eval(), (x,)).graph_module.code
+    exported = torch.export.export(ours.eval(), (x,), strict=True).graph_module.code
     assert "conv_transpose2d" in exported or "convolution" in exported
     assert "col2im" not in exported
+
+
+@pytest.mark.parametrize(
+    ("settings", "shape", "autocast"),
+    [
+        ({"groups": 2}, (3, 4, 5, 6), False),
+        ({"dilation": 2}, (3, 4, 5, 6), False),
+        ({}, (4, 5, 6), False),  # one unbatched image
+        ({}, (3, 4, 5, 6), True),  # bf16 autocast on CPU
+    ],
+)
+def test_settings_the_last_layer_does_not_compute_itself_give_pytorchs_result(
+    settings, shape, autocast
+):
+    from convvae.model import _FewChannelsConvTranspose2d
+
+    torch.manual_seed(0)
+    ours = _FewChannelsConvTranspose2d(4, 2, 3, 2, 1, **settings)
+    theirs = torch.nn.ConvTranspose2d(4, 2, 3, 2, 1, **settings)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(shape)
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        mine, reference = ours(x), theirs(x)
+    assert mine.dtype == reference.dtype
+    torch.testing.assert_close(mine, reference)
 
 
 def test_default_preset_depth_follows_the_image_size():

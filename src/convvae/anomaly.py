@@ -68,7 +68,8 @@ SCORES: tuple[str, ...] = tuple(name for name in ALL_SCORES if name not in MAP_S
 LIKELIHOOD_SCORES = ("recon_mse", "recon_bce", "neg_elbo", "iwae_nll", "excess_nll")
 FUSED_COMPONENTS = ("excess_nll", "hidden_knn", "cosine_knn")
 KNN_NEIGHBOURS = 5
-# Images x importance samples decoded at once: bounds memory (about 100 MB at the default model).
+# Images x importance samples decoded at once: bounds memory (about 200 MB at the default model,
+# half of it the last decoder layer's patches before col2im).
 _DECODES_PER_CHUNK = 8192
 
 

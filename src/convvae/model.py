@@ -192,11 +192,21 @@ class _FewChannelsConvTranspose2d(nn.ConvTranspose2d):
     """The decoder's last layer (a few output channels: the likelihood's parameters). On CPU,
     oneDNN's transposed convolution to one channel runs at ~8 GFLOP/s (torch.profiler, 2-core
     AMD EPYC: 7% of a training step for 1% of its FLOPs); a matmul and a col2im give the same
-    sums 2.7x faster (training steps 3-6% faster, decoding 10-20%). ONNX export, other devices
-    and a layer without bias keep PyTorch's operator."""
+    sums 2.7x faster (training steps 3-6% faster, decoding 10-20%). ``torch.export`` (so the
+    ONNX and MLflow pt2 files), other devices, autocast and any other layer setting keep
+    PyTorch's operator."""
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        native = x.device.type != "cpu" or self.bias is None or output_size is not None
+        native = (
+            x.device.type != "cpu"
+            or x.dim() != 4
+            or x.dtype != self.weight.dtype
+            or self.bias is None
+            or self.groups != 1
+            or self.dilation != (1, 1)
+            or output_size is not None
+            or torch.is_autocast_enabled("cpu")
+        )
         if native or torch.compiler.is_exporting():
             return super().forward(x, output_size)
         return _MatmulFoldTransposedConv.apply(
@@ -265,10 +275,11 @@ class ConvVAE(nn.Module):
         ``convvae.likelihood.OUTPUTS_PER_CHANNEL`` (Bernoulli: the logits)."""
         # Channels-last: on CPU, oneDNN's transposed convolutions run about 1.5x faster on it
         # at the scoring batches (thousands of posterior samples; measured on the grey 28x28
-        # default, where training speed did not change). Several output channels cost a copy.
+        # default, where training speed did not change). The last layer's matmul + col2im (CPU)
+        # returns the usual layout; the native one, with several channels, costs a copy below.
         features = self.decoder_mlp(z).view(-1, *self.feature_shape)
         channels_last = features.contiguous(memory_format=torch.channels_last)
-        out = self.decoder_conv(channels_last).contiguous()  # a no-op for one output channel
+        out = self.decoder_conv(channels_last).contiguous()
         if self.shared_log_std is not None:
             log_std = self.shared_log_std.to(out.dtype)[None, :, None, None].expand_as(out)
             out = torch.cat([out, log_std], dim=1)

@@ -100,6 +100,8 @@ def bootstrap_roc_auc(
         )
     if n_resamples < 1 or not 0 < level < 1:
         raise ValueError(f"need n_resamples >= 1 and 0 < level < 1, got {n_resamples}, {level}")
+    if np.isnan(columns).any():  # np.unique would rank every NaN as one highest value
+        raise ValueError("scores contain NaN: a ROC-AUC needs every test image scored")
     rng = np.random.default_rng(seed)
     n_neg, n_pos = len(negatives), len(positives)
     # Each image's tie group per column: the rank of its distinct score value.

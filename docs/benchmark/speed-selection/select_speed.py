@@ -5,6 +5,8 @@ configuration, then each score at several importance-sample counts.
 Normal images: the calibration half of class c's validation images (neither trained on nor
 used for early stopping or standardisation). Anomalies: up to 3,000 validation images of the
 other classes (seeded draw). Both are training-split images; the test split is never loaded.
+Each (class, setting, sample count) appends one JSON line to --out, so an interrupted run can
+go on with --classes; delete the file to start afresh.
 
     PYTHONPATH=src python docs/benchmark/speed-selection/select_speed.py \
         --splits data/prepared/splits.npz --out results.jsonl
