@@ -258,10 +258,11 @@ class ConvVAE(nn.Module):
                 out - ((side - 1) * 2 - 2 * pad + k)
                 for side, out in zip(size_in, size_out, strict=True)
             )
-            last = i == len(reversed_widths) - 2
+            # The last layer outputs the likelihood's parameters: a few channels, no ReLU.
+            last = i == len(arch.channels) - 1
             layer = _FewChannelsConvTranspose2d if last else nn.ConvTranspose2d
             decoder.append(layer(c_in, c_out, k, stride=2, padding=pad, output_padding=extra))
-            if i < len(arch.channels) - 1:  # the last layer outputs the likelihood's parameters
+            if not last:
                 decoder.append(nn.ReLU(inplace=True))
         self.decoder_conv = nn.Sequential(*decoder)
 
