@@ -71,8 +71,12 @@ def main() -> None:
     with steps.step("defects"):
         defects = measure_defects(model, splits, class_names, spec, layout.ANOMALY_MAPS_PNG)
     run_id = json.loads(layout.MLFLOW_RUN.read_text())["run_id"]
-    with steps.step("MLflow"):
-        if tracker is not None and run_id is not None:
+    if tracker is None:
+        steps.skip("MLflow", "tracking.enabled is false")
+    elif run_id is None:
+        steps.skip("MLflow", "the train stage ran without tracking")
+    else:
+        with steps.step("MLflow"):
             example = splits.test.images[:2].astype("float32") / 255
             log_evaluation(
                 tracker,

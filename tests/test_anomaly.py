@@ -30,7 +30,7 @@ from convvae.decision import (
     selection_and_calibration,
 )
 from convvae.detection import detection_metrics, f1_at_threshold, fpr_at_tpr, roc_points
-from convvae.errors import DataError
+from convvae.errors import CheckpointError, DataError
 from convvae.stats import bootstrap_roc_auc
 from convvae.train import Trainer
 from tests.conftest import quick_train_config, tiny_model
@@ -407,6 +407,6 @@ def test_the_reference_travels_in_the_model_file_and_scores_agree(
 
 
 def test_distance_scores_without_a_reference_are_one_line(trained, mnist_slice):
-    with pytest.raises(DataError, match="no reference images") as info:
+    with pytest.raises(CheckpointError, match="no reference images, which the fused") as info:
         score_images(trained, mnist_slice.test.images[:2], ScoreSpec("fused"))
     assert "\n" not in str(info.value)

@@ -7,6 +7,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -18,6 +19,7 @@ from convvae.config import (
     TrainConfig,
     load_params,
     parse_params,
+    size_pair,
 )
 from convvae.errors import ConfigError, ConvVAEError
 
@@ -583,3 +585,12 @@ def test_image_size_accepts_an_int_or_height_width() -> None:
     oblong = parse_params({"data": {"source": "folder", "path": "x", "image_size": [48, 64]}})
     assert oblong.data.size_pair("image_size") == (48, 64)
     assert oblong.data.size_pair("crop") is None
+
+
+def test_a_model_files_size_record_reads_like_the_config() -> None:
+    """`convvae score --resize` reads the preprocessing record through the same parser."""
+    assert size_pair([32], "data.crop") == (32, 32)
+    assert size_pair((np.int64(48), 64), "data.image_size") == (48, 64)
+    for bad in ([0, 4], [1, 2, 3], "64", True, [2.5, 3]):
+        with pytest.raises(ConfigError, match="use a positive int or"):
+            size_pair(bad, "data.image_size")

@@ -35,3 +35,15 @@ def test_a_failing_step_raises_its_error_and_logs_no_seconds():
     with pytest.raises(RuntimeError, match="exporter failed"), steps.step("export"):
         raise RuntimeError("exporter failed")
     assert lines == [] and steps.seconds == {}
+
+
+def test_a_skipped_step_logs_why_and_records_no_seconds():
+    lines = []
+    steps = StageSteps("evaluate", ["figures", "MLflow"], log=lines.append)
+    with steps.step("figures"):
+        pass
+    steps.skip("MLflow", "tracking.enabled is false")
+    assert lines[1] == "evaluate: MLflow skipped: tracking.enabled is false"
+    assert "MLflow" not in steps.seconds and steps.skipped == {"MLflow"}
+    with pytest.raises(ValueError, match="unknown step 'MLflo'"):
+        steps.skip("MLflo", "typo")

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from convvae.config import AnomalyConfig, AnomalyScore
-from convvae.errors import DataError
+from convvae.errors import CheckpointError
 from convvae.images import as_uint8_images, to_unit_interval
 from convvae.likelihood import pixel_floor, pixel_mean
 from convvae.maps import smoothed_maps
@@ -190,7 +190,7 @@ def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int = KNN_NEIGHBO
 def distance_scores(model: ConvVAE, images: np.ndarray) -> dict[str, np.ndarray]:
     """``hidden_knn`` and ``cosine_knn`` of uint8 images (N, C, H, W) against the model's
     Reference images; float64 (N,) each."""
-    hidden_bank, unit_bank = _reference_banks(model, require_reference(model))
+    hidden_bank, unit_bank = _reference_banks(model, require_reference(model, "hidden_knn"))
     with torch.no_grad():
         hidden = knn_distance(hidden_features(model, images), hidden_bank)
         cosine = knn_distance(unit_pixels(images), unit_bank)
@@ -211,12 +211,13 @@ def _reference_banks(model: ConvVAE, reference: Reference) -> tuple[torch.Tensor
     return _BANKS[reference]
 
 
-def require_reference(model: ConvVAE) -> Reference:
-    """The model's Reference; a DataError naming the fix when the file has none."""
+def require_reference(model: ConvVAE, score: str) -> Reference:
+    """The model's Reference; a one-line CheckpointError naming the fix when the file has none."""
     if model.reference is None:
-        raise DataError(
-            "this model file has no reference images, which the distance and fused scores "
-            "need; re-run the stage that wrote it (dvc repro -f train / benchmark)"
+        raise CheckpointError(
+            f"this model file has no reference images, which the {score} score needs; re-run "
+            "the stage that wrote it (dvc repro -f train / benchmark), or use a likelihood "
+            f"score ({', '.join(LIKELIHOOD_SCORES)})"
         )
     return model.reference
 
@@ -255,7 +256,7 @@ def all_scores(
 def patch_knn_score(model: ConvVAE, images: np.ndarray) -> np.ndarray:
     """``patch_knn``: the largest value of an image's smoothed ``feature_knn`` map (its most
     unusual patch, as PatchCore scores an image), float64 (N,)."""
-    require_reference(model)
+    require_reference(model, "patch_knn")
     return map_maxima(smoothed_maps(model, images, "feature_knn"))
 
 
@@ -296,5 +297,5 @@ def score_images(model: ConvVAE, images: np.ndarray, spec: ScoreSpec) -> np.ndar
         ]
     if spec.name in MAP_SCORES:
         return patch_knn_score(model, images)
-    require_reference(model)
+    require_reference(model, spec.name)
     return all_scores(model, images, spec.samples, spec.noise_seed)[spec.name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,10 +93,20 @@ class DataConfig:
 
     def size_pair(self, key: str) -> tuple[int, int] | None:
         """data.image_size or data.crop as (height, width), or None."""
-        size = getattr(self, key)
-        if size is None:
-            return None
-        return (size, size) if isinstance(size, int) else (size[0], size[-1])
+        return size_pair(getattr(self, key), f"data.{key}")
+
+
+def size_pair(value: Any, key: str) -> tuple[int, int] | None:
+    """An image size as written in params.yaml or a model file's preprocessing record (None,
+    an int for a square, [side] or [height, width]) as (height, width); else a ConfigError."""
+    if value is None:
+        return None
+    pair = tuple(value) if isinstance(value, list | tuple) else (value, value)
+    pair = pair * 2 if len(pair) == 1 else pair
+    valid = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)
+    if len(pair) != 2 or not valid or min(pair) < 1:
+        raise ConfigError(f"{key} is {value!r}; use a positive int or [height, width]")
+    return int(pair[0]), int(pair[1])
 
 
 @dataclass(frozen=True)

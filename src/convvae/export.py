@@ -33,12 +33,13 @@ from convvae.anomaly import (
     ScoreSpec,
     _batch_scores,
     _reference_banks,
+    require_reference,
 )
-from convvae.errors import CheckpointError, ConfigError
+from convvae.errors import ConfigError
 from convvae.files import atomic_path
 from convvae.likelihood import pixel_floor
 from convvae.maps import _feature_bank, map_sigma
-from convvae.model import ConvVAE, Reference
+from convvae.model import ConvVAE
 
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("score", "anomaly_map")
@@ -145,17 +146,7 @@ def _check_spec(model: ConvVAE, spec: ScoreSpec) -> None:
     if spec.samples < 1:
         raise ConfigError(f"the score's samples must be >= 1, got {spec.samples}")
     if spec.name not in LIKELIHOOD_SCORES:
-        _require_reference(model, spec.name)
-
-
-def _require_reference(model: ConvVAE, score: str) -> Reference:
-    if model.reference is None:
-        raise CheckpointError(
-            f"this model file has no reference images, which the {score} score needs; re-run "
-            "the stage that wrote it (dvc repro -f train / benchmark), or export a likelihood "
-            f"score ({', '.join(LIKELIHOOD_SCORES)})"
-        )
-    return model.reference
+        require_reference(model, spec.name)
 
 
 def quantise(pixels: torch.Tensor) -> torch.Tensor:

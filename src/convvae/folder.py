@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from PIL.Image import DecompressionBombError
 
+from convvae.config import size_pair
 from convvae.errors import ConfigError, DataError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -76,10 +77,10 @@ def preprocess_image(image: Image.Image, image_size: Size, crop: Size, channels:
             "set data.channels: auto or convert the file"
         )
     image = _eight_bit(image).convert("L" if channels == 1 else "RGB")
-    size = _pair(image_size, "data.image_size")
+    size = size_pair(image_size, "data.image_size")
     if size is not None:
         image = image.resize((size[1], size[0]), Image.BILINEAR)
-    pixels = _centre_crop(np.asarray(image), _pair(crop, "data.crop"))
+    pixels = _centre_crop(np.asarray(image), size_pair(crop, "data.crop"))
     return np.ascontiguousarray(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))
 
 
@@ -119,7 +120,10 @@ class _Reader:
     def __init__(self, image_size: Size, crop: Size, channels: int | Literal["auto"]) -> None:
         if channels not in ("auto", 1, 3):
             raise ConfigError(f"data.channels is {channels!r}; use 1, 3 or auto")
-        self.size, self.crop = _pair(image_size, "data.image_size"), _pair(crop, "data.crop")
+        self.size, self.crop = (
+            size_pair(image_size, "data.image_size"),
+            size_pair(crop, "data.crop"),
+        )
         self.channels = channels
         self.files: dict[str, str] = {}
         self.sizes: dict[Path, tuple[int, int]] = {}  # (width, height) as read, for the masks
@@ -304,17 +308,6 @@ def _mask_pixels(mask: Image.Image) -> np.ndarray:
         mask = mask.convert("RGB")
     pixels = np.asarray(mask) > 0
     return np.where(pixels.any(axis=2) if pixels.ndim == 3 else pixels, 255, 0).astype(np.uint8)
-
-
-def _pair(value: Size | list[int], key: str) -> tuple[int, int] | None:
-    """None, an int (square) or (height, width)."""
-    if value is None:
-        return None
-    pair = tuple(value) if isinstance(value, list | tuple) else (value, value)
-    valid = all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in pair)
-    if len(pair) != 2 or not valid or min(pair) < 1:
-        raise ConfigError(f"{key} is {value!r}; use a positive int or [height, width]")
-    return int(pair[0]), int(pair[1])
 
 
 def _centre_crop(pixels: np.ndarray, crop: tuple[int, int] | None) -> np.ndarray:

@@ -262,14 +262,19 @@ def heatmap(heat: np.ndarray, high: float) -> np.ndarray:
     pale yellow: uint8 (3, H, W)."""
     from matplotlib import colormaps
 
-    level = np.clip(heat / max(high, 1e-12), 0, 1)
-    return np.rint(colormaps["inferno"](level)[..., :3] * 255).astype(np.uint8).transpose(2, 0, 1)
+    colours = colormaps["inferno"](_heat_level(heat, high))[..., :3]
+    return np.rint(colours * 255).astype(np.uint8).transpose(2, 0, 1)
+
+
+def _heat_level(heat: np.ndarray, high: float) -> np.ndarray:
+    """An anomaly map's values as a share of ``high``, clipped to [0, 1]."""
+    return np.clip(heat / max(high, 1e-12), 0, 1)
 
 
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, high: float) -> np.ndarray:
     """uint8 image (C, H, W) with an anomaly map (H, W) laid over it in matplotlib's
     ``inferno`` colours (0 → transparent, ``high`` and above → opaque): uint8 (3, H, W)."""
-    level = np.clip(heat / max(high, 1e-12), 0, 1)
+    level = _heat_level(heat, high)
     colours = heatmap(heat, high).transpose(1, 2, 0).astype(np.float32) / 255
     grey_or_rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
     base = grey_or_rgb.transpose(1, 2, 0).astype(np.float32) / 255

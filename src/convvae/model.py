@@ -139,6 +139,13 @@ def _feature_sizes(arch: Architecture) -> list[tuple[int, int]]:
     return sizes
 
 
+def _transposed_conv_side(
+    side: int, stride: int, padding: int, kernel: int, output_padding: int = 0
+) -> int:
+    """The output side of a transposed convolution (no dilation) for an input side."""
+    return (side - 1) * stride - 2 * padding + kernel + output_padding
+
+
 def _mlp(widths: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for fan_in, fan_out in pairwise(widths):
@@ -155,8 +162,8 @@ class _MatmulFoldTransposedConv(torch.autograd.Function):
         batch, c_in, height, width = x.shape
         _, c_out, kh, kw = weight.shape
         out_size = tuple(
-            (side - 1) * s - 2 * p + k + extra
-            for side, s, p, k, extra in zip(
+            _transposed_conv_side(*sides)
+            for sides in zip(
                 (height, width), stride, padding, (kh, kw), output_padding, strict=True
             )
         )
@@ -255,7 +262,7 @@ class ConvVAE(nn.Module):
             size_in, size_out = sizes[-1 - i], sizes[-2 - i]
             # output_padding restores sizes that the encoder's floor division lost (7 → 14 → 28).
             extra = tuple(
-                out - ((side - 1) * 2 - 2 * pad + k)
+                out - _transposed_conv_side(side, 2, pad, k)
                 for side, out in zip(size_in, size_out, strict=True)
             )
             # The last layer outputs the likelihood's parameters: a few channels, no ReLU.

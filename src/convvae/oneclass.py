@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from convvae.anomaly import MAP_SCORES, SCORES, ScoreSpec, all_scores, fit_reference
-from convvae.config import Params
+from convvae.config import Params, TrainConfig
 from convvae.data import LabelledImages, Splits
 from convvae.decision import conformal_threshold, selection_and_calibration, threshold_record
 from convvae.detection import detection_metrics, roc_points
@@ -24,7 +24,7 @@ from convvae.errors import DataError
 from convvae.files import ClassFiles, write_json
 from convvae.model import ConvVAE, resolve_architecture, save_model
 from convvae.peers import run_peer
-from convvae.train import Trainer
+from convvae.train import Trainer, TrainResult
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,18 @@ def _no_epoch_lines(line: str) -> None:
     """The benchmark's Trainer log: its only lines are the per-epoch ones."""
 
 
+def train_class_model(
+    params: Params, train_cfg: TrainConfig, train_normal: np.ndarray, selection: np.ndarray
+) -> TrainResult:
+    """A ConvVAE of ``params.model`` trained with ``train_cfg`` on one class's normal images,
+    early stopping on the ``selection`` images. A bar per epoch on a terminal; the epoch lines
+    are left out (the benchmark prints one line per seed instead)."""
+    torch.manual_seed(train_cfg.seed)
+    model = ConvVAE(resolve_architecture(params.model, train_normal.shape[1:]))
+    trainer = Trainer(model, train_cfg, beta=params.model.beta, log=_no_epoch_lines)
+    return trainer.fit(torch.from_numpy(train_normal), torch.from_numpy(selection))
+
+
 def _train_and_score(
     params: Params,
     train_normal: np.ndarray,
@@ -96,13 +108,8 @@ def _train_and_score(
     """One model on the normal class (early stopping on the selection half of its validation
     images), then every score of the test images and of the calibration half."""
     started = time.perf_counter()
-    train_cfg = params.benchmark_train(seed)
-    torch.manual_seed(train_cfg.seed)
-    model = ConvVAE(resolve_architecture(params.model, train_normal.shape[1:]))
-    # A bar per epoch on a terminal; the epoch lines are left out (one line per seed instead).
-    trainer = Trainer(model, train_cfg, beta=params.model.beta, log=_no_epoch_lines)
     selection, calibration = selection_and_calibration(val_normal)
-    result = trainer.fit(torch.from_numpy(train_normal), torch.from_numpy(selection))
+    result = train_class_model(params, params.benchmark_train(seed), train_normal, selection)
     # The stored record's noise (anomaly.noise_seed), so `convvae score` reproduces these scores;
     # the benchmark seed varies the training only.
     samples, noise = params.anomaly.samples, params.anomaly.noise_seed

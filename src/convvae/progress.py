@@ -35,6 +35,7 @@ class StageSteps:
         self.names = list(names)
         self.log = log
         self.seconds: dict[str, float] = {}
+        self.skipped: set[str] = set()
         self._bar = live_bar(len(self.names), unit="step")
 
     @contextmanager
@@ -50,8 +51,18 @@ class StageSteps:
             self._bar.close()  # the stage stops here; its error, not a stale bar, is shown
             raise
         self.seconds[name] = time.perf_counter() - started
+        self._done(f"{self.stage}: {name} in {self.seconds[name]:.1f} s")
+
+    def skip(self, name: str, why: str) -> None:
+        """Log that step ``name`` did not run, and why (no seconds are recorded for it)."""
+        if name not in self.names:
+            raise ValueError(f"unknown step {name!r} of {self.stage}; one of {self.names}")
+        self.skipped.add(name)
+        self._done(f"{self.stage}: {name} skipped: {why}")
+
+    def _done(self, line: str) -> None:
         self._bar.update()
         self._bar.clear()
-        self.log(f"{self.stage}: {name} in {self.seconds[name]:.1f} s")
-        if len(self.seconds) == len(self.names):
+        self.log(line)
+        if len(self.seconds) + len(self.skipped) == len(self.names):
             self._bar.close()

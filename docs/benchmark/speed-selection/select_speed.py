@@ -18,16 +18,13 @@ import json
 import time
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 from convvae.anomaly import all_scores, fit_reference
 from convvae.config import load_params
 from convvae.data import load_splits
 from convvae.decision import selection_and_calibration
-from convvae.model import ConvVAE, resolve_architecture
-from convvae.oneclass import class_images
-from convvae.train import Trainer
+from convvae.oneclass import class_images, train_class_model
 
 TRAIN_CONFIGS = [(64, 20), (128, 20), (64, 14)]  # (batch_size, epochs)
 SAMPLES = [32, 16, 8]
@@ -58,11 +55,8 @@ def main() -> None:
             cfg = dataclasses.replace(
                 params.benchmark_train(0), batch_size=batch_size, epochs=epochs
             )
-            torch.manual_seed(cfg.seed)
-            model = ConvVAE(resolve_architecture(params.model, train_normal.shape[1:]))
             started = time.perf_counter()
-            trainer = Trainer(model, cfg, beta=params.model.beta, log=lambda line: None)
-            result = trainer.fit(torch.from_numpy(train_normal), torch.from_numpy(selection))
+            result = train_class_model(params, cfg, train_normal, selection)
             train_seconds = time.perf_counter() - started
             for k in SAMPLES:
                 started = time.perf_counter()
