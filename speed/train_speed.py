@@ -17,7 +17,10 @@ many tries before and after.
 - roofline img/s: this machine's fp32 matmul rate (square 2048 matmuls, FLOP/s) divided by the
   model's training FLOPs per image (one forward + backward counted by ``FlopCounterMode``: convs
   and matmuls only; the optimizer and elementwise work count as overhead). "% roofline" is the
-  share of it reached; the goal is >= 70 % (of the median) for the ``default`` preset.
+  share of it reached; the goal is >= 70 % (of the median) for the ``default`` preset. The
+  matmul rate is the best of all tries (before, after, and 0.3 s after every epoch pair); each
+  epoch is also set against the rate measured right after it ("beside"), which a slow phase of
+  the machine lowers too: the verdict uses the best rate, the stricter of the two.
 - scoring img/s: ``convvae.anomaly.score_images`` (what `convvae score` and serving call) on the
   1,000 mnist-5k test images at the default posterior sample count, for ``excess_nll`` (the model
   alone) and ``fused`` (plus the two nearest-neighbour distances to the 3,500 training images);
@@ -148,16 +151,23 @@ def reference_epochs(preset: str, train: torch.Tensor, bs: int) -> Iterator[floa
         yield len(train) / (time.perf_counter() - started)
 
 
-def epoch_rates(preset: str, train, val, bs: int, epochs: int) -> tuple[list, list]:
+def epoch_rates(preset: str, train, val, bs: int, epochs: int) -> tuple[list, list, list]:
     """images/s of our Trainer's and the reference's epochs, taking turns epoch by epoch (so
-    both see the same background load); the first (warm-up) epoch of each is left out."""
+    both see the same background load), and the matmul FLOP/s measured right after each pair
+    (the roofline of that moment); the first (warm-up) epoch of each is left out."""
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=epochs, batch_size=bs, early_stopping_patience=None, device="cpu")
-    reference, ref_rates = reference_epochs(preset, train, bs), []
+    reference, ref_rates, matmul_rates = reference_epochs(preset, train, bs), [], []
+
+    def on_epoch(_: EpochRecord) -> None:
+        ref_rates.append(next(reference))
+        matmul_rates.append(matmul_flops(0.3))
+
     result = Trainer(ConvVAE(PRESETS[preset]), cfg, progress=False).fit(
-        train, val, on_epoch=lambda _: ref_rates.append(next(reference))
+        train, val, on_epoch=on_epoch
     )
-    return [record.images_per_s for record in result.history[1:]], ref_rates[1:]
+    ours = [record.images_per_s for record in result.history[1:]]
+    return ours, ref_rates[1:], matmul_rates[1:]
 
 
 class _Stop(Exception):
@@ -216,7 +226,8 @@ def main() -> None:
         bs: epoch_rates("default", train, val, bs, args.epochs) for bs in (args.batch_size, 256)
     }
     # Measured again after the runs: a busy moment at the start would lower the roofline.
-    flops_per_s = max(flops_per_s, matmul_flops(matmul_s))
+    beside_rates = [rate for _, _, rates in runs.values() for rate in rates]
+    flops_per_s = max(flops_per_s, matmul_flops(matmul_s), *beside_rates)
     print(f"fp32 matmul 2048^2: {flops_per_s / 1e9:.0f} GFLOP/s (best single product)")
     print(
         f"data: mnist-5k, {len(train)} training images, default preset; {args.epochs - 1} epochs "
@@ -227,10 +238,14 @@ def main() -> None:
         f" {'img/s best':>10} {'% roofline median / best':>25}"
     )
     speed = []
-    for bs, (ours, ref) in runs.items():
+    for bs, (ours, ref, matmul_beside) in runs.items():
         flops = train_flops_per_image("default", bs)
         roofline = flops_per_s / flops
         row = {"batch_size": bs, "flops_per_image": flops, "roofline_images_per_s": roofline}
+        # Each epoch against the matmul rate of its own moment: the machine's slow phases
+        # (other tenants) lower both, so this share moves less from run to run.
+        beside = [100 * rate * flops / mm for rate, mm in zip(ours, matmul_beside, strict=True)]
+        row["pct_roofline_beside_median"] = statistics.median(beside)
         lead = f"{bs:5d} {flops / 1e6:9.1f} {roofline:14.0f}"
         for loop, rates in (("trainer", ours), ("reference", ref)):
             median, best = statistics.median(rates), max(rates)
@@ -247,7 +262,14 @@ def main() -> None:
         speed.append(row)
     pct = max(row["trainer"]["pct_roofline"] for row in speed)
     verdict = "reached" if pct >= 70 else "NOT reached"
-    print(f"\ngoal >= 70% of roofline for the default preset: {verdict} (best median {pct:.1f}%)\n")
+    print(f"\ngoal >= 70% of roofline for the default preset: {verdict} (best median {pct:.1f}%)")
+    beside = ", ".join(
+        f"batch {row['batch_size']} {row['pct_roofline_beside_median']:.1f}%" for row in speed
+    )
+    print(
+        f"against the matmul rate measured after each epoch instead of the best one: {beside} "
+        "(median)\n"
+    )
 
     scoring = scoring_rates(train, val, flops_per_s)
     samples = scoring[0]["samples"]
