@@ -407,6 +407,7 @@ def test_the_reference_travels_in_the_model_file_and_scores_agree(
 
 
 def test_distance_scores_without_a_reference_are_one_line(trained, mnist_slice):
-    with pytest.raises(CheckpointError, match="no reference images, which the fused") as info:
+    needs = "no reference images, which the fused score needs"
+    with pytest.raises(CheckpointError, match=needs) as info:
         score_images(trained, mnist_slice.test.images[:2], ScoreSpec("fused"))
     assert "\n" not in str(info.value)

@@ -592,5 +592,5 @@ def test_a_model_files_size_record_reads_like_the_config() -> None:
     assert size_pair([32], "data.crop") == (32, 32)
     assert size_pair((np.int64(48), 64), "data.image_size") == (48, 64)
     for bad in ([0, 4], [1, 2, 3], "64", True, [2.5, 3]):
-        with pytest.raises(ConfigError, match="use a positive int or"):
+        with pytest.raises(ConfigError, match=r"use a positive int, \[side\] or"):
             size_pair(bad, "data.image_size")

@@ -47,3 +47,15 @@ def test_a_skipped_step_logs_why_and_records_no_seconds():
     assert "MLflow" not in steps.seconds and steps.skipped == {"MLflow"}
     with pytest.raises(ValueError, match="unknown step 'MLflo'"):
         steps.skip("MLflo", "typo")
+
+
+def test_a_step_runs_or_is_skipped_once():
+    steps = StageSteps("evaluate", ["figures", "MLflow"], log=lambda line: None)
+    with steps.step("figures"):
+        pass
+    with pytest.raises(ValueError, match="'figures' of evaluate has already run"):
+        steps.skip("figures", "twice")
+    steps.skip("MLflow", "tracking.enabled is false")
+    with pytest.raises(ValueError, match="already run or been skipped"), steps.step("MLflow"):
+        pass
+    assert steps.skipped == {"MLflow"} and set(steps.seconds) == {"figures"}

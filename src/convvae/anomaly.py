@@ -190,7 +190,8 @@ def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int = KNN_NEIGHBO
 def distance_scores(model: ConvVAE, images: np.ndarray) -> dict[str, np.ndarray]:
     """``hidden_knn`` and ``cosine_knn`` of uint8 images (N, C, H, W) against the model's
     Reference images; float64 (N,) each."""
-    hidden_bank, unit_bank = _reference_banks(model, require_reference(model, "hidden_knn"))
+    reference = require_reference(model, "the distance scores")
+    hidden_bank, unit_bank = _reference_banks(model, reference)
     with torch.no_grad():
         hidden = knn_distance(hidden_features(model, images), hidden_bank)
         cosine = knn_distance(unit_pixels(images), unit_bank)
@@ -211,13 +212,15 @@ def _reference_banks(model: ConvVAE, reference: Reference) -> tuple[torch.Tensor
     return _BANKS[reference]
 
 
-def require_reference(model: ConvVAE, score: str) -> Reference:
-    """The model's Reference; a one-line CheckpointError naming the fix when the file has none."""
+def require_reference(model: ConvVAE, needed_by: str, likelihood_will_do: bool = True) -> Reference:
+    """The model's Reference; a one-line CheckpointError naming the fix when the file has none
+    (``needed_by``: what needs it; ``likelihood_will_do``: a likelihood score is an alternative)."""
     if model.reference is None:
+        alternative = f", or use a likelihood score ({', '.join(LIKELIHOOD_SCORES)})"
         raise CheckpointError(
-            f"this model file has no reference images, which the {score} score needs; re-run "
-            "the stage that wrote it (dvc repro -f train / benchmark), or use a likelihood "
-            f"score ({', '.join(LIKELIHOOD_SCORES)})"
+            f"this model file has no reference images, which {needed_by} needs; re-run the "
+            "stage that wrote it (dvc repro -f train / benchmark)"
+            + (alternative if likelihood_will_do else "")
         )
     return model.reference
 
@@ -256,7 +259,7 @@ def all_scores(
 def patch_knn_score(model: ConvVAE, images: np.ndarray) -> np.ndarray:
     """``patch_knn``: the largest value of an image's smoothed ``feature_knn`` map (its most
     unusual patch, as PatchCore scores an image), float64 (N,)."""
-    require_reference(model, "patch_knn")
+    require_reference(model, "the patch_knn score")
     return map_maxima(smoothed_maps(model, images, "feature_knn"))
 
 
@@ -297,5 +300,5 @@ def score_images(model: ConvVAE, images: np.ndarray, spec: ScoreSpec) -> np.ndar
         ]
     if spec.name in MAP_SCORES:
         return patch_knn_score(model, images)
-    require_reference(model, spec.name)
+    require_reference(model, f"the {spec.name} score")
     return all_scores(model, images, spec.samples, spec.noise_seed)[spec.name]

@@ -105,7 +105,7 @@ def size_pair(value: Any, key: str) -> tuple[int, int] | None:
     pair = pair * 2 if len(pair) == 1 else pair
     valid = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)
     if len(pair) != 2 or not valid or min(pair) < 1:
-        raise ConfigError(f"{key} is {value!r}; use a positive int or [height, width]")
+        raise ConfigError(f"{key} is {value!r}; use a positive int, [side] or [height, width]")
     return int(pair[0]), int(pair[1])
 
 

@@ -84,7 +84,8 @@ def defect_metrics(
     other score of the same model beside it, ``deviance_map.pixel_*`` the deviance map beside
     the default map: ablations, not choices (the defaults were fixed before, README)."""
     defective = (test.labels > 0).astype(int)
-    require_reference(model, spec.name)  # every score and the default map compare with it
+    # Every score and the default map below compare with it, whatever the model's score.
+    require_reference(model, "the defect maps (feature_knn)", likelihood_will_do=False)
     # The default map (feature kNN), computed once: patch_knn is its maximum.
     maps = smoothed_maps(model, test.images, "feature_knn")
     every = all_scores(model, test.images, spec.samples, spec.noise_seed)

@@ -146,7 +146,7 @@ def _check_spec(model: ConvVAE, spec: ScoreSpec) -> None:
     if spec.samples < 1:
         raise ConfigError(f"the score's samples must be >= 1, got {spec.samples}")
     if spec.name not in LIKELIHOOD_SCORES:
-        require_reference(model, spec.name)
+        require_reference(model, f"the {spec.name} score")
 
 
 def quantise(pixels: torch.Tensor) -> torch.Tensor:

@@ -260,9 +260,14 @@ def _check_array(array: np.ndarray, shape: tuple[int, int, int], where: str) -> 
 def heatmap(heat: np.ndarray, high: float) -> np.ndarray:
     """An anomaly map (H, W) in matplotlib's ``inferno`` colours, 0 black to ``high`` and above
     pale yellow: uint8 (3, H, W)."""
+    return _inferno(_heat_level(heat, high))
+
+
+def _inferno(level: np.ndarray) -> np.ndarray:
+    """Levels in [0, 1] (H, W) as matplotlib's ``inferno`` colours: uint8 (3, H, W)."""
     from matplotlib import colormaps
 
-    colours = colormaps["inferno"](_heat_level(heat, high))[..., :3]
+    colours = colormaps["inferno"](level)[..., :3]
     return np.rint(colours * 255).astype(np.uint8).transpose(2, 0, 1)
 
 
@@ -275,7 +280,7 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, high: float) -> np.ndar
     """uint8 image (C, H, W) with an anomaly map (H, W) laid over it in matplotlib's
     ``inferno`` colours (0 → transparent, ``high`` and above → opaque): uint8 (3, H, W)."""
     level = _heat_level(heat, high)
-    colours = heatmap(heat, high).transpose(1, 2, 0).astype(np.float32) / 255
+    colours = _inferno(level).transpose(1, 2, 0).astype(np.float32) / 255
     grey_or_rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
     base = grey_or_rgb.transpose(1, 2, 0).astype(np.float32) / 255
     alpha = 0.6 * level[..., None]

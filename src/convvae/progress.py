@@ -41,8 +41,7 @@ class StageSteps:
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         """Time one step (``name`` must be one of the stage's names) and log its seconds."""
-        if name not in self.names:
-            raise ValueError(f"unknown step {name!r} of {self.stage}; one of {self.names}")
+        self._check_new(name)
         self._bar.set_description_str(f"{self.stage}: {name}")
         started = time.perf_counter()
         try:
@@ -55,10 +54,15 @@ class StageSteps:
 
     def skip(self, name: str, why: str) -> None:
         """Log that step ``name`` did not run, and why (no seconds are recorded for it)."""
-        if name not in self.names:
-            raise ValueError(f"unknown step {name!r} of {self.stage}; one of {self.names}")
+        self._check_new(name)
         self.skipped.add(name)
         self._done(f"{self.stage}: {name} skipped: {why}")
+
+    def _check_new(self, name: str) -> None:
+        if name not in self.names:
+            raise ValueError(f"unknown step {name!r} of {self.stage}; one of {self.names}")
+        if name in self.seconds or name in self.skipped:
+            raise ValueError(f"step {name!r} of {self.stage} has already run or been skipped")
 
     def _done(self, line: str) -> None:
         self._bar.update()
