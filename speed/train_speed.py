@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import ToTensor
 
+from convvae.allocator import keep_freed_memory
 from convvae.config import TrainConfig
 from convvae.data import load_source, make_splits
 from convvae.model import PRESETS, ConvVAE, count_parameters, elbo_terms
@@ -219,6 +220,7 @@ def main() -> None:
         args.epochs, args.target_cap = 2, 200
         args.seed_budget_s, args.default_budget_s = 10.0, 10.0
 
+    keep_freed_memory()  # as `convvae score` and the stages do (convvae.allocator)
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, CPU: {cpu_model()}")
     matmul_s = 1.0 if args.quick else 4.0

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from convvae.allocator import keep_freed_memory
 from convvae.errors import debug_requested, exit_on_error
 
 
@@ -437,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `convvae` console script."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # scoring's large temporary tensors (convvae.allocator)
     exit_on_error(lambda: args.action(args), args.debug or debug_requested())
 
 

@@ -9,6 +9,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from convvae.allocator import keep_freed_memory
+
 
 class ConvVAEError(Exception):
     """Base class: the message says what is wrong, where, and how to fix it."""
@@ -57,5 +59,7 @@ def exit_on_error(action: Callable[[], None], debug: bool = False) -> None:
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a pipeline stage: one-line errors, tracebacks with CONVVAE_DEBUG=1."""
+    """Run a pipeline stage: one-line errors, tracebacks with CONVVAE_DEBUG=1; the allocator
+    keeps freed memory (``convvae.allocator``)."""
+    keep_freed_memory()
     exit_on_error(main, debug=debug_requested())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from convvae.allocator import keep_freed_memory
 from convvae.anomaly import ScoreSpec, score_images
 from convvae.decision import StoredThreshold, parse_threshold
 from convvae.evaluate import reconstruct
@@ -82,6 +83,7 @@ class ScoringModel:
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ScoringModel:
     import json
 
+    keep_freed_memory()  # the server scores in this process (convvae.allocator)
     stored = None
     if model_config:
         stored = parse_threshold(json.dumps(dict(model_config)), "the model's threshold record")
