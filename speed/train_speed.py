@@ -1,11 +1,11 @@
 """Training speed of the ConvVAE on this machine, against the original loop and the roofline.
 
-Run: ``.venv/bin/python speed/train_speed.py [--quick] [--json out.json]``. All figures come
-from one run on the real mnist-5k training split (3500 images). Other processes on the machine
-make single epochs noisy (a busy second core can slow a 2-thread epoch tenfold), so the trainer
-and the reference loop take turns epoch by epoch, each rate is the median ("best": the fastest)
-of --epochs - 1 epochs (the first, warm-up epoch left out), and the matmul rate is the best of
-many tries before and after.
+Run: ``.venv/bin/python speed/train_speed.py [--quick] [--device cuda] [--json out.json]``. All
+figures come from one run on the real mnist-5k training split (3500 images). Other processes on
+the machine make single epochs noisy (a busy second core can slow a 2-thread epoch tenfold), so
+the trainer and the reference loop take turns epoch by epoch, each rate is the median ("best":
+the fastest) of --epochs - 1 epochs (the first, warm-up epoch left out), and the matmul rate is
+the best of many tries before and after.
 
 - trainer img/s: ``convvae.train.Trainer`` on the ``default`` preset (uint8 batches sliced from
   memory, fused Adam); training loop only, validation excluded.
@@ -26,6 +26,10 @@ many tries before and after.
   alone) and ``fused`` (plus the two nearest-neighbour distances to the 3,500 training images);
   its roofline is the matmul rate over the FLOPs ``FlopCounterMode`` counts for one image's
   scoring (the encoder once, the decoder samples + 1 times, the distances).
+- ``--device cuda``: both loops train on the GPU, ours under bf16 autocast (as ``Trainer`` does
+  on every GPU), the original-style loop in fp32 as the original did; the roofline is then the
+  GPU's bf16 matmul rate (square 8192 products). Scoring stays on the CPU, where `convvae score`
+  and serving run it, against the CPU's fp32 rate.
 - seconds to target: wall time (training, validation, everything) from the start of
   ``Trainer.fit`` until an epoch's validation negative ELBO (nats/image) is <= --target-val-loss,
   for the ``seed`` (272 M parameters) and ``default`` presets, both trained on the same capped
@@ -64,16 +68,40 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
-def matmul_flops(seconds: float, n: int = 2048, at_least: int = 8) -> float:
-    """Best fp32 FLOP/s of single n x n matmuls, timed over and over for ``seconds`` (and at
-    least ``at_least`` times: a best of very few is biased low)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+
+
+def matmul_kind(device: torch.device) -> tuple[int, torch.dtype]:
+    """The roofline's product: fp32 2048^2 on CPU; on a GPU bf16 8192^2, since the trainer runs
+    under bf16 autocast there and a smaller product does not fill the chip."""
+    return (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+
+
+def matmul_label(device: torch.device) -> str:
+    n, dtype = matmul_kind(device)
+    return f"{'bf16' if dtype == torch.bfloat16 else 'fp32'} matmul {n}^2"
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for the GPU's queued work, so a host clock times it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops(seconds: float, device: torch.device, at_least: int = 8) -> float:
+    """Best FLOP/s of single square matmuls (``matmul_kind``), timed over and over for
+    ``seconds`` (and at least ``at_least`` times: a best of very few is biased low)."""
+    n, dtype = matmul_kind(device)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b  # warm-up
+    synchronize(device)
     best, tries, stop = 0.0, 0, time.perf_counter() + seconds
     while time.perf_counter() < stop or tries < at_least:
         tries += 1
         started = time.perf_counter()
         a @ b
+        synchronize(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - started))
     return best
 
@@ -136,35 +164,43 @@ class PilDataset(Dataset):
         return self.to_tensor(Image.fromarray(self.images[index, 0]))
 
 
-def reference_epochs(preset: str, train: torch.Tensor, bs: int) -> Iterator[float]:
+def reference_epochs(
+    preset: str, train: torch.Tensor, bs: int, device: torch.device
+) -> Iterator[float]:
     """Yields images/s of successive epochs of the original-style training loop."""
     torch.manual_seed(0)
-    model = ConvVAE(PRESETS[preset]).train()
+    model = ConvVAE(PRESETS[preset]).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(PilDataset(train), batch_size=bs, shuffle=True, num_workers=0)
     while True:
         started = time.perf_counter()
         for x in loader:
+            x = x.to(device)
             logits, mu, logvar = model(x)
             recon, kl = elbo_terms(logits, x, mu, logvar)
             loss = (recon + kl).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        synchronize(device)
         yield len(train) / (time.perf_counter() - started)
 
 
-def epoch_rates(preset: str, train, val, bs: int, epochs: int) -> tuple[list, list, list]:
+def epoch_rates(
+    preset: str, train, val, bs: int, epochs: int, device: torch.device
+) -> tuple[list, list, list]:
     """images/s of our Trainer's and the reference's epochs, taking turns epoch by epoch (so
     both see the same background load), and the matmul FLOP/s measured right after each pair
     (the roofline of that moment); the first (warm-up) epoch of each is left out."""
     torch.manual_seed(0)
-    cfg = TrainConfig(epochs=epochs, batch_size=bs, early_stopping_patience=None, device="cpu")
-    reference, ref_rates, matmul_rates = reference_epochs(preset, train, bs), [], []
+    cfg = TrainConfig(
+        epochs=epochs, batch_size=bs, early_stopping_patience=None, device=device.type
+    )
+    reference, ref_rates, matmul_rates = reference_epochs(preset, train, bs, device), [], []
 
     def on_epoch(_: EpochRecord) -> None:
         ref_rates.append(next(reference))
-        matmul_rates.append(matmul_flops(0.3))
+        matmul_rates.append(matmul_flops(0.3, device))
 
     result = Trainer(ConvVAE(PRESETS[preset]), cfg, progress=False).fit(
         train, val, on_epoch=on_epoch
@@ -177,10 +213,12 @@ class _Stop(Exception):
     pass
 
 
-def time_to_target(preset: str, train, val, bs: int, target: float, budget_s: float) -> dict:
+def time_to_target(
+    preset: str, train, val, bs: int, target: float, budget_s: float, device: torch.device
+) -> dict:
     """Wall seconds of Trainer.fit until val_loss <= target, or until the budget ran out."""
     torch.manual_seed(0)
-    cfg = TrainConfig(epochs=10**6, batch_size=bs, early_stopping_patience=None, device="cpu")
+    cfg = TrainConfig(epochs=10**6, batch_size=bs, early_stopping_patience=None, device=device.type)
     trainer = Trainer(ConvVAE(PRESETS[preset]), cfg, progress=False)
     history: list[EpochRecord] = []
     started = time.perf_counter()
@@ -207,7 +245,12 @@ def time_to_target(preset: str, train, val, bs: int, target: float, budget_s: fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke check in under a minute")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--speed-batches", help="comma-separated batch sizes of the speed runs (default: "
+        "--batch-size and 256)"
+    )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=10, help="per speed run, incl. warm-up")
     parser.add_argument("--target-val-loss", type=float, default=200.0, help="nats/image")
     parser.add_argument("--target-cap", type=int, default=1000, help="training images")
@@ -216,6 +259,12 @@ def main() -> None:
     parser.add_argument("--skip-seed", action="store_true", help="no seed-preset run")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible here; leave --device out")
+    batches = [args.batch_size, 256]
+    if args.speed_batches:
+        batches = [int(size) for size in args.speed_batches.split(",")]
     if args.quick:
         args.epochs, args.target_cap = 2, 200
         args.seed_budget_s, args.default_budget_s = 10.0, 10.0
@@ -223,16 +272,16 @@ def main() -> None:
     keep_freed_memory()  # as `convvae score` and the stages do (convvae.allocator)
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, CPU: {cpu_model()}")
+    if device.type == "cuda":
+        print(f"training on {device_name(device)}, ours under bf16 autocast")
     matmul_s = 1.0 if args.quick else 4.0
-    flops_per_s = matmul_flops(matmul_s)
+    flops_per_s = matmul_flops(matmul_s, device)
     train, val = load_splits()
-    runs = {
-        bs: epoch_rates("default", train, val, bs, args.epochs) for bs in (args.batch_size, 256)
-    }
+    runs = {bs: epoch_rates("default", train, val, bs, args.epochs, device) for bs in batches}
     # Measured again after the runs: a busy moment at the start would lower the roofline.
     beside_rates = [rate for _, _, rates in runs.values() for rate in rates]
-    flops_per_s = max(flops_per_s, matmul_flops(matmul_s), *beside_rates)
-    print(f"fp32 matmul 2048^2: {flops_per_s / 1e9:.0f} GFLOP/s (best single product)")
+    flops_per_s = max(flops_per_s, matmul_flops(matmul_s, device), *beside_rates)
+    print(f"{matmul_label(device)}: {flops_per_s / 1e9:.0f} GFLOP/s (best single product)")
     print(
         f"data: mnist-5k, {len(train)} training images, default preset; {args.epochs - 1} epochs "
         "per loop after a warm-up epoch, loops alternating epoch by epoch\n"
@@ -276,9 +325,14 @@ def main() -> None:
         "(median)\n"
     )
 
-    scoring = scoring_rates(train, val, flops_per_s)
+    cpu = torch.device("cpu")
+    cpu_flops_per_s = flops_per_s if device == cpu else matmul_flops(matmul_s, cpu)
+    scoring = scoring_rates(train, val, cpu_flops_per_s)
     samples = scoring[0]["samples"]
-    print(f"convvae score (score_images, 1,000 test images, {samples} posterior samples):")
+    print(
+        f"convvae score (score_images on the CPU, 1,000 test images, {samples} posterior samples; "
+        f"roofline fp32 {cpu_flops_per_s / 1e9:.0f} GFLOP/s):"
+    )
     for row in scoring:
         print(
             f"  {row['score']:10} {row['images_per_s']:8.0f} img/s, "
@@ -296,7 +350,13 @@ def main() -> None:
     targets = []
     for preset in ["default"] if args.skip_seed else ["seed", "default"]:
         row = time_to_target(
-            preset, target_train, target_val, args.batch_size, args.target_val_loss, budgets[preset]
+            preset,
+            target_train,
+            target_val,
+            args.batch_size,
+            args.target_val_loss,
+            budgets[preset],
+            device,
         )
         targets.append(row)
         seconds = row["seconds"]
@@ -309,7 +369,9 @@ def main() -> None:
 
     if args.json:
         figures = {"torch": torch.__version__, "threads": threads, "cpu": cpu_model()}
+        figures |= {"device": device_name(device), "matmul": matmul_label(device)}
         figures |= {"matmul_flops_per_s": flops_per_s, "speed": speed, "scoring": scoring}
+        figures |= {"scoring_matmul_flops_per_s": cpu_flops_per_s}
         figures |= {"target_val_loss": args.target_val_loss, "target_cap": len(target_train)}
         figures |= {"time_to_target": targets}
         with open(args.json, "w") as f:
