@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from convvae.devices import select_device
+from convvae.devices import prefers_channels_last, select_device
 from convvae.errors import CheckpointError, ConfigError, TrainingDivergedError
 from convvae.train import Trainer
 from tests.conftest import quick_train_config, tiny_model
@@ -38,6 +38,38 @@ def test_other_seed_gives_other_losses(train_images, val_images):
     first = fit(train_images, val_images, epochs=1)
     other = fit(train_images, val_images, epochs=1, seed=1)
     assert first.history[0].train_loss != other.history[0].train_loss
+
+
+def test_float_images_out_of_range_are_refused_before_training(train_images, val_images):
+    # The seed's Normalize(0.5, 0.5) put pixels in [-1, 1]; the trainer checks once per fit.
+    normalised = train_images.float().div(255).sub(0.5).div(0.5)
+    epochs = []
+    with pytest.raises(ValueError, match=r"pixel values must lie in \[0, 1\], got \[-1.000"):
+        fit(normalised, val_images, on_epoch=epochs.append)
+    assert epochs == []
+    in_range = fit(train_images.float().div(255), val_images, epochs=1)
+    as_uint8 = fit(train_images, val_images, epochs=1)
+    assert in_range.history[0].train_loss == pytest.approx(as_uint8.history[0].train_loss)
+
+
+def test_the_trained_model_comes_back_in_the_cpus_layout(train_images, val_images):
+    # On CUDA the trainer keeps large models channels-last (prefers_channels_last); scoring and
+    # ONNX export on the CPU expect NCHW weights, whatever layout training used.
+    model = tiny_model().to(memory_format=torch.channels_last)
+    assert not model.encoder[2].weight.is_contiguous()
+    trainer = Trainer(model, quick_train_config(epochs=1), progress=False)
+    result = trainer.fit(train_images, val_images)
+    assert all(p.is_contiguous() for p in result.model.parameters())
+    nchw = fit(train_images, val_images, epochs=1)
+    assert result.history[0].val_loss == pytest.approx(nchw.history[0].val_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("device", "side", "expected"),
+    [("cuda", 256, True), ("cuda", 64, True), ("cuda", 28, False), ("cpu", 256, False)],
+)
+def test_channels_last_only_for_large_images_on_cuda(device, side, expected):
+    assert prefers_channels_last(torch.device(device), (side, side)) is expected
 
 
 class Interrupt(Exception):

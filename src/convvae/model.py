@@ -344,13 +344,18 @@ def elbo_terms(
     mu: torch.Tensor,
     logvar: torch.Tensor,
     likelihood: str = "bernoulli",
+    *,
+    checked: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image reconstruction NLL under ``likelihood`` and KL(q(z|x) || N(0, I)), both (B,)
     in nats, for decoder output ``out``.
 
-    neg_elbo = recon_nll + kl; a beta-VAE trains on recon_nll + beta * kl.
+    neg_elbo = recon_nll + kl; a beta-VAE trains on recon_nll + beta * kl. ``checked``: the
+    caller has already checked that ``x`` lies in [0, 1] (the check reads the values back, which
+    makes a GPU wait at every call; ``Trainer`` checks its images once per fit instead).
     """
-    check_pixels(x)
+    if not checked:
+        check_pixels(x)
     recon_nll = pixel_nll(likelihood, out.float(), x).flatten(1).sum(1)
     mu, logvar = mu.float(), logvar.float()
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)

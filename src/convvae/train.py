@@ -22,10 +22,10 @@ from convvae.checkpoint import changed_keys, load_checkpoint, save_checkpoint
 from convvae.config import Params, TrainConfig
 from convvae.data import Splits
 from convvae.decision import selection_and_calibration
-from convvae.devices import ProcessGroup, select_device
+from convvae.devices import ProcessGroup, prefers_channels_last, select_device
 from convvae.errors import CheckpointError, TrainingDivergedError
 from convvae.files import atomic_path
-from convvae.images import to_unit_interval
+from convvae.images import check_pixels, to_unit_interval
 from convvae.model import ConvVAE, count_parameters, elbo_terms, resolve_architecture
 from convvae.progress import live_bar
 
@@ -88,6 +88,8 @@ class Trainer:
         if self.device.type == "cuda" and self.group.world_size > 1:
             self.device = torch.device("cuda", self.group.local_rank)
         self.model = model.to(self.device)
+        if prefers_channels_last(self.device, model.arch.image_size):
+            self.model.to(memory_format=torch.channels_last)
         # Gradients are averaged across processes; the forward pass goes through the wrapper.
         self.parallel_model = (
             torch.nn.parallel.DistributedDataParallel(model)
@@ -130,6 +132,8 @@ class Trainer:
         resumed_from = self._resume()
         train_images = train_images.to(self.device)
         val_images = val_images.to(self.device)
+        if train_images.dtype != torch.uint8:  # uint8 is in range by construction
+            check_pixels(train_images)  # once here, not at every step (elbo_terms)
         patience = self.cfg.early_stopping_patience
         stopped_early = patience is not None and self.epochs_without_improvement >= patience
         for epoch in range(len(self.history) + 1, self.cfg.epochs + 1):
@@ -147,7 +151,8 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(record)
             stopped_early = patience is not None and self.epochs_without_improvement >= patience
-        best = copy.deepcopy(self.model).to("cpu")
+        # The CPU's layout, whatever training used: scoring and export expect NCHW weights.
+        best = copy.deepcopy(self.model).to("cpu", memory_format=torch.contiguous_format)
         best.load_state_dict(self.best_state)
         return TrainResult(
             best, self.history, self.best_epoch, self.best_val_loss, stopped_early, resumed_from
@@ -223,7 +228,7 @@ class Trainer:
             beta = self._kl_weight(epoch, step, steps)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 logits, mu, logvar = self.parallel_model(x, eps=eps[low:high])
-            recon, kl = elbo_terms(logits, x, mu, logvar, self.model.arch.likelihood)
+            recon, kl = elbo_terms(logits, x, mu, logvar, self.model.arch.likelihood, checked=True)
             per_image = recon + beta * kl
             # The mean over the global batch; DDP averages gradients over processes, hence world.
             loss = per_image.sum() * (world / len(batch))
