@@ -3,9 +3,12 @@
 Run (on a machine with CUDA): ``python speed/gpu_profile.py``. For each batch size, the
 ``Trainer`` of the default preset (bf16 autocast, fused Adam) is warmed up for two epochs, then
 one pass over the 3,500 mnist-5k training images is timed without the profiler and once more
-under ``torch.profiler``. Printed per step: the wall time, the kernels' time (CUDA events only, as
-the profiler's own table totals them), the share of the wall the GPU was busy, and the kernel
-launches. A GPU busy a small share of the time waits on the host (Python and the launches).
+under ``torch.profiler``. Printed per step: the wall time, the GPU's busy time (its CUDA events:
+kernels, copies and memsets, as the profiler's own table totals them), that time's share of the
+wall, and the ``cudaLaunchKernel`` / ``cuLaunchKernel`` calls (launches through other entry
+points, such as cuBLASLt's ``cudaLaunchKernelExC``, are not counted). A GPU busy a small share
+of the time waits on the host (Python and the launches). It calls ``Trainer._train_pass``
+directly, skipping ``fit``'s input check (the images are uint8, in range by construction).
 """
 
 from __future__ import annotations

@@ -43,18 +43,21 @@ def test_other_seed_gives_other_losses(train_images, val_images):
 def test_float_images_out_of_range_are_refused_before_training(train_images, val_images):
     # The seed's Normalize(0.5, 0.5) put pixels in [-1, 1]; the trainer checks once per fit.
     normalised = train_images.float().div(255).sub(0.5).div(0.5)
-    epochs = []
+    model = tiny_model()
+    untrained = {name: value.clone() for name, value in model.state_dict().items()}
+    trainer = Trainer(model, quick_train_config(), progress=False)
     with pytest.raises(ValueError, match=r"pixel values must lie in \[0, 1\], got \[-1.000"):
-        fit(normalised, val_images, on_epoch=epochs.append)
-    assert epochs == []
+        trainer.fit(normalised, val_images)
+    assert not trainer.optimizer.state  # not one step taken
+    assert all(torch.equal(untrained[name], value) for name, value in model.state_dict().items())
     in_range = fit(train_images.float().div(255), val_images, epochs=1)
     as_uint8 = fit(train_images, val_images, epochs=1)
     assert in_range.history[0].train_loss == pytest.approx(as_uint8.history[0].train_loss)
 
 
 def test_the_trained_model_comes_back_in_the_cpus_layout(train_images, val_images):
-    # On CUDA the trainer keeps large models channels-last (prefers_channels_last); scoring and
-    # ONNX export on the CPU expect NCHW weights, whatever layout training used.
+    # On CUDA the trainer keeps large models channels-last (prefers_channels_last); the model
+    # it returns is NCHW, the layout CPU scoring and export were tuned and measured with.
     model = tiny_model().to(memory_format=torch.channels_last)
     assert not model.encoder[2].weight.is_contiguous()
     trainer = Trainer(model, quick_train_config(epochs=1), progress=False)
@@ -74,6 +77,30 @@ def test_channels_last_only_for_large_images_on_cuda(device, side, expected):
 
 class Interrupt(Exception):
     pass
+
+
+def stop_after_one(record):
+    if record.epoch == 1:
+        raise Interrupt
+
+
+@pytest.mark.parametrize("first_channels_last", [True, False])
+def test_a_resume_in_the_other_weight_layout_continues_the_same_run(
+    train_images, val_images, tmp_path, monkeypatch, first_channels_last
+):
+    # A run checkpointed on CUDA with channels-last weights and resumed on the CPU (or the
+    # reverse): Adam's moments must follow the weights' layout, or fused Adam mixes elements.
+    uninterrupted = fit(train_images, val_images, epochs=3)
+    checkpoint = tmp_path / "ckpt.pt"
+    monkeypatch.setattr("convvae.train.prefers_channels_last", lambda *_: first_channels_last)
+    with pytest.raises(Interrupt):
+        fit(train_images, val_images, checkpoint, stop_after_one, epochs=3)
+    monkeypatch.setattr("convvae.train.prefers_channels_last", lambda *_: not first_channels_last)
+    resumed = fit(train_images, val_images, checkpoint, epochs=3)
+    assert resumed.resumed_from_epoch == 1
+    for a, b in zip(uninterrupted.history, resumed.history, strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5)
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-5)
 
 
 def test_interrupted_run_resumes_to_the_same_result(train_images, val_images, tmp_path):

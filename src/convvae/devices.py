@@ -64,8 +64,9 @@ def select_device(name: str) -> torch.device:
 
 
 def prefers_channels_last(device: torch.device, image_size: tuple[int, int]) -> bool:
-    """Whether training keeps the model's weights channels-last (NHWC), cuDNN's own layout: on
-    CUDA for images of 64 pixels a side or more. On an H200 a 3x256x256 model trained 1.5-1.7x
-    faster so; at 28x28 the host sets the pace and the layout copies cost 0-16%
-    (docs/speed/h200). Sizes between were not measured; 64 is the first folder preset's side."""
+    """Whether training keeps the model's weights channels-last (NHWC), the layout cuDNN's
+    tensor-core convolutions are built around: on CUDA for images of 64 pixels a side or more.
+    On an H200 a 3x256x256 model trained 1.5-1.7x faster so; at 28x28 the host sets the pace
+    and the layout copies cost 0-16% (docs/speed/h200). Sizes between were not measured; 64 is
+    the first folder preset's side."""
     return device.type == "cuda" and min(image_size) >= 64

@@ -345,16 +345,17 @@ def elbo_terms(
     logvar: torch.Tensor,
     likelihood: str = "bernoulli",
     *,
-    checked: bool = False,
+    pixels_checked: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image reconstruction NLL under ``likelihood`` and KL(q(z|x) || N(0, I)), both (B,)
     in nats, for decoder output ``out``.
 
-    neg_elbo = recon_nll + kl; a beta-VAE trains on recon_nll + beta * kl. ``checked``: the
-    caller has already checked that ``x`` lies in [0, 1] (the check reads the values back, which
-    makes a GPU wait at every call; ``Trainer`` checks its images once per fit instead).
+    neg_elbo = recon_nll + kl; a beta-VAE trains on recon_nll + beta * kl. ``pixels_checked``:
+    the caller has already checked that ``x`` lies in [0, 1] (the check reads the values back,
+    which makes a GPU wait at every call; ``Trainer`` checks its training images once per fit
+    instead of at every step).
     """
-    if not checked:
+    if not pixels_checked:
         check_pixels(x)
     recon_nll = pixel_nll(likelihood, out.float(), x).flatten(1).sum(1)
     mu, logvar = mu.float(), logvar.float()

@@ -151,7 +151,7 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(record)
             stopped_early = patience is not None and self.epochs_without_improvement >= patience
-        # The CPU's layout, whatever training used: scoring and export expect NCHW weights.
+        # NCHW, whatever training used: CPU scoring and export were tuned and measured so.
         best = copy.deepcopy(self.model).to("cpu", memory_format=torch.contiguous_format)
         best.load_state_dict(self.best_state)
         return TrainResult(
@@ -228,7 +228,9 @@ class Trainer:
             beta = self._kl_weight(epoch, step, steps)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 logits, mu, logvar = self.parallel_model(x, eps=eps[low:high])
-            recon, kl = elbo_terms(logits, x, mu, logvar, self.model.arch.likelihood, checked=True)
+            recon, kl = elbo_terms(
+                logits, x, mu, logvar, self.model.arch.likelihood, pixels_checked=True
+            )
             per_image = recon + beta * kl
             # The mean over the global batch; DDP averages gradients over processes, hence world.
             loss = per_image.sum() * (world / len(batch))
@@ -330,6 +332,13 @@ class Trainer:
                 "params.yaml; delete it to start afresh"
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
+        # Adam's moments come back in the layout they were saved in; a run resumed on another
+        # device can hold its weights in the other layout (prefers_channels_last), and fused
+        # Adam would then pair up the wrong elements. Each moment takes its weight's layout.
+        for param, moments in self.optimizer.state.items():
+            for key, value in moments.items():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    moments[key] = torch.empty_like(param).copy_(value)
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.best_state = state["best_model"]
