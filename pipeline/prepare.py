@@ -1,7 +1,7 @@
 """DVC stage `prepare`: load the data source, split it, write the splits and a manifest."""
 
 from convvae.config import load_params
-from convvae.data import build_manifest, load_source, make_splits, save_splits
+from convvae.data import build_manifest, load_configured, save_splits
 from convvae.errors import run_stage
 from convvae.files import write_json
 from pipeline import layout
@@ -9,14 +9,7 @@ from pipeline import layout
 
 def main() -> None:
     cfg = load_params(layout.PARAMS).data
-    folder_options = {}
-    if cfg.source == "folder":
-        sizes = {key: cfg.size_pair(key) for key in ("image_size", "crop")}
-        folder_options = {**sizes, "channels": cfg.channels}
-    source = load_source(cfg.source, cfg.path, **folder_options)
-    splits = make_splits(
-        source, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_train_images
-    )
+    source, splits = load_configured(cfg)
     save_splits(splits, layout.PREPARED_SPLITS)
     write_json(build_manifest(source, splits), layout.MANIFEST)
     shape = "x".join(map(str, splits.train.images.shape[1:]))

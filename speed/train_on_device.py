@@ -2,11 +2,11 @@
 with the CPU's committed figures (metrics/train.json, metrics/evaluate.json).
 
 Run: ``.venv/bin/python speed/train_on_device.py --device cuda [--epochs N]``. It loads and
-splits the data as the ``prepare`` stage does, trains with params.yaml's settings through
-``train_model`` (the ``train`` stage's function; ``Trainer`` runs under bf16 autocast on a GPU),
-and prints the best validation loss, the seconds, and the test split's negative ELBO, scored on
-the CPU by ``evaluate``'s own ``likelihood_metrics``. No MLflow; no files beside a checkpoint in
-a temporary folder.
+splits the data as the ``prepare`` stage does (``load_configured``), trains with params.yaml's
+settings through ``train_model`` (the ``train`` stage's function; ``Trainer`` runs under bf16
+autocast on a GPU), and prints the best validation loss, the seconds, and the test split's
+negative ELBO, scored on the CPU by ``evaluate``'s own ``likelihood_metrics``. No MLflow; no
+files beside a checkpoint in a temporary folder.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from convvae.allocator import keep_freed_memory
 from convvae.config import load_params
-from convvae.data import load_source, make_splits
+from convvae.data import load_configured
 from convvae.evaluate import likelihood_metrics
 from convvae.train import train_model, training_metrics
 
@@ -40,11 +40,7 @@ def main() -> None:
     if args.epochs is not None:
         train_cfg = dataclasses.replace(train_cfg, epochs=args.epochs)
     params = dataclasses.replace(params, train=train_cfg)
-    data = params.data
-    source = load_source(data.source, data.path)
-    splits = make_splits(
-        source, data.val_fraction, data.test_fraction, data.seed, data.max_train_images
-    )
+    _, splits = load_configured(params.data)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         result = train_model(params, splits, "train_on_device", Path(folder) / "checkpoint.pt")

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convvae.config import DataConfig
+from convvae.data import load_configured
 from convvae.errors import ConfigError, DataError
 from convvae.folder import RESIZE, load_folder, preprocess_image, read_image_file
 from tests.mvtec import build_mvtec_folder, good_patches
@@ -109,6 +111,17 @@ def test_resize_and_centre_crop_give_the_requested_shape(grey_root: Path) -> Non
         data.test[-N_DEFECT], preprocess_image(image, (24, 40), (20, 30), 1)
     )
     assert load_folder(grey_root, 48, None, 1).train.shape == (N_TRAIN, 1, 48, 48)
+
+
+def test_params_data_section_reaches_the_folder_loader(grey_root: Path) -> None:
+    # load_configured is what prepare (and speed/train_on_device.py) load: every folder option
+    # of params.yaml's data section must arrive, not only the path.
+    cfg = DataConfig(source="folder", path=str(grey_root), image_size=[24, 40], crop=20, channels=3)
+    source, splits = load_configured(cfg)
+    assert source.preprocessing["image_size"] == [24, 40]
+    assert source.preprocessing["crop"] == [20, 20] and source.preprocessing["channels"] == 3
+    assert splits.train.images.shape[1:] == (3, 20, 20)
+    assert len(splits.train) + len(splits.val) == N_TRAIN and len(splits.test) == len(LABELS)
 
 
 def test_masks_follow_their_images_through_resize_and_crop(grey_root: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from convvae.config import DataConfig
 from convvae.errors import DataError
 from convvae.idx import read_idx_and_hash
 
@@ -258,6 +259,20 @@ def make_splits(
     if max_train_images is not None:
         train, val, test = (_cap(part, max_train_images, seed) for part in (train, val, test))
     return Splits(train, val, test)
+
+
+def load_configured(cfg: DataConfig) -> tuple[SourceData, Splits]:
+    """The source that params.yaml's ``data`` section names, and its splits: what the
+    ``prepare`` stage writes, and what a script that trains without it must use."""
+    folder_options = {}
+    if cfg.source == "folder":
+        sizes = {key: cfg.size_pair(key) for key in ("image_size", "crop")}
+        folder_options = {**sizes, "channels": cfg.channels}
+    source = load_source(cfg.source, cfg.path, **folder_options)
+    splits = make_splits(
+        source, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_train_images
+    )
+    return source, splits
 
 
 def _stratified_take(
