@@ -279,8 +279,9 @@ def main() -> None:
     matmul_s = 1.0 if args.quick else 4.0
     flops_per_s = matmul_flops(matmul_s, device)
     cpu = torch.device("cpu")
-    # Scoring's roofline, before and after the runs as for training's (CPU: one and the same).
-    cpu_flops_per_s = matmul_flops(matmul_s, cpu) if device != cpu else 0.0
+    # Scoring's roofline (the CPU's), before and after the runs as for training's; in CPU mode
+    # it is training's own rate, measured below.
+    cpu_rate_before = matmul_flops(matmul_s, cpu) if device != cpu else None
     train, val = load_splits()
     runs = {bs: epoch_rates("default", train, val, bs, args.epochs, device) for bs in batches}
     # Measured again after the runs: a busy moment at the start would lower the roofline.
@@ -331,7 +332,9 @@ def main() -> None:
     )
 
     cpu_flops_per_s = (
-        flops_per_s if device == cpu else max(cpu_flops_per_s, matmul_flops(matmul_s, cpu))
+        flops_per_s
+        if cpu_rate_before is None
+        else max(cpu_rate_before, matmul_flops(matmul_s, cpu))
     )
     scoring = scoring_rates(train, val, cpu_flops_per_s)
     samples = scoring[0]["samples"]

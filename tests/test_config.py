@@ -566,8 +566,9 @@ def test_auto_likelihood_resolves_per_source(data: dict, likelihood: str) -> Non
     [
         ({"source": "folder"}, "data.path must name the image folder"),
         ({"image_size": 64}, "data.image_size applies to data.source: folder only"),
-        ({"source": "folder", "path": "x", "image_size": 4}, "data.image_size must be null, an"),
-        ({"source": "folder", "path": "x", "crop": [1, 2, 3]}, "data.crop must be null, an"),
+        ({"source": "folder", "path": "x", "image_size": 4}, "image_size is 4; use null, an"),
+        ({"source": "folder", "path": "x", "crop": [8, 7]}, "[8, 7]; use null, an integer >= 8"),
+        ({"source": "folder", "path": "x", "crop": [1, 2, 3]}, "data.crop is [1, 2, 3]; use null"),
         (
             {"source": "folder", "path": "x", "channels": 2},
             "data.channels must be one of auto, 1, 3",
@@ -592,5 +593,5 @@ def test_a_model_files_size_record_reads_like_the_config() -> None:
     assert size_pair([32], "data.crop") == (32, 32)
     assert size_pair((np.int64(48), 64), "data.image_size") == (48, 64)
     for bad in ([0, 4], [1, 2, 3], "64", True, [2.5, 3]):
-        with pytest.raises(ConfigError, match=r"use a positive int, \[side\] or"):
+        with pytest.raises(ConfigError, match=r"use null, an integer >= 1, \[side\] or"):
             size_pair(bad, "data.image_size")

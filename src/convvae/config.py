@@ -68,15 +68,9 @@ class DataConfig:
             "must be a positive integer or null",
         )
         for key in ("image_size", "crop"):
-            size = getattr(self, key)
-            sides = [size] if isinstance(size, int) else size or []
+            size_pair(getattr(self, key), f"data.{key}", smallest=8)
             _check(
-                (size is None or len(sides) in (1, 2)) and all(s >= 8 for s in sides),
-                f"data.{key}",
-                "must be null, an integer >= 8 or [height, width]",
-            )
-            _check(
-                size is None or self.source == "folder",
+                getattr(self, key) is None or self.source == "folder",
                 f"data.{key}",
                 "applies to data.source: folder only (the other sources are 28x28); set it null",
             )
@@ -96,16 +90,19 @@ class DataConfig:
         return size_pair(getattr(self, key), f"data.{key}")
 
 
-def size_pair(value: Any, key: str) -> tuple[int, int] | None:
+def size_pair(value: Any, key: str, smallest: int = 1) -> tuple[int, int] | None:
     """An image size as written in params.yaml or a model file's preprocessing record (None,
-    an int for a square, [side] or [height, width]) as (height, width); else a ConfigError."""
+    an int for a square, [side] or [height, width]) as (height, width); else a ConfigError.
+    Each side must be at least ``smallest`` pixels."""
     if value is None:
         return None
     pair = tuple(value) if isinstance(value, list | tuple) else (value, value)
     pair = pair * 2 if len(pair) == 1 else pair
     valid = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)
-    if len(pair) != 2 or not valid or min(pair) < 1:
-        raise ConfigError(f"{key} is {value!r}; use a positive int, [side] or [height, width]")
+    if len(pair) != 2 or not valid or min(pair) < smallest:
+        raise ConfigError(
+            f"{key} is {value!r}; use null, an integer >= {smallest}, [side] or [height, width]"
+        )
     return int(pair[0]), int(pair[1])
 
 
