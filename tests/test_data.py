@@ -362,6 +362,24 @@ def test_too_few_images_per_class_is_a_data_error() -> None:
         make_splits(id_source(balanced_labels(400)), 0.1, 0.2, seed=0, max_train_images=5)
 
 
+@pytest.mark.parametrize(
+    ("val_fraction", "test_fraction", "message"),
+    [
+        (0.01, 0.2, "data.val_fraction 0.01 of 40 images gives 0 and leaves 32 of 32"),
+        (0.98, 0.01, "data.test_fraction 0.01 of 40 images gives 0 and leaves 40 of 40"),
+        (0.8, 0.2, "data.val_fraction 0.8 of 40 images gives 32 and leaves 0 of 32"),
+    ],
+)
+def test_fractions_that_round_a_split_to_nothing_are_a_data_error(
+    val_fraction: float, test_fraction: float, message: str
+) -> None:
+    # They pass params validation (each in (0, 1), sum below 1) but a small source rounds
+    # them to an empty split, which would fail later with a misleading reason.
+    source = id_source(np.zeros(40, dtype=np.uint8))  # one class: the stratification holds
+    with pytest.raises(DataError, match=message.replace(".", r"\.")):
+        make_splits(source, val_fraction, test_fraction, seed=0)
+
+
 # --- manifest and split files -----------------------------------------------------------------
 
 

@@ -138,6 +138,21 @@ def test_default_preset_depth_follows_the_image_size():
     )  # 28x28 grey behaves as before
 
 
+@pytest.mark.parametrize(
+    ("shape", "depth", "features"),
+    [((3, 16, 128), 4, (1, 8)), ((1, 8, 64), 3, (1, 8)), ((3, 32, 256), 5, (1, 8))],
+)
+def test_default_preset_fits_strips(shape, depth, features):
+    # Images that data.image_size accepts (each side >= 8) but far from square: the depth
+    # stops while the shorter side still has a pixel, and a training step runs.
+    model = ConvVAE(resolve_architecture(ModelConfig(), shape))
+    assert len(model.arch.channels) == depth and model.feature_shape[1:] == features
+    x = torch.rand(2, *shape)
+    out, mu, logvar = model(x)
+    assert out.shape == (2, *shape)
+    out.sum().backward()
+
+
 def test_presets_have_the_documented_sizes():
     with torch.device("meta"):  # the seed preset's 272 M parameters need no real memory
         seed, default = ConvVAE(PRESETS["seed"]), ConvVAE(PRESETS["default"])

@@ -137,6 +137,57 @@ def test_checkpoint_of_other_inputs_is_not_resumed(train_images, val_images, tmp
     assert "made for other inputs (train)" in logged[0] and "training afresh" in logged[0]
 
 
+def fit_logged(train_images, val_images, checkpoint, **overrides):
+    logged = []
+    trainer = Trainer(
+        tiny_model(),
+        quick_train_config(**overrides),
+        checkpoint_path=checkpoint,
+        progress=False,
+        log=logged.append,
+    )
+    return trainer.fit(train_images, val_images), logged
+
+
+def test_a_checkpoint_past_a_lowered_epoch_budget_is_not_resumed(
+    train_images, val_images, tmp_path
+):
+    # Interrupted after epoch 2 of 3, then re-run with epochs: 1; resuming would hand back
+    # the epoch-2 model and a 2-epoch history.
+    checkpoint = tmp_path / "ckpt.pt"
+
+    def stop_after_two(record):
+        if record.epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(train_images, val_images, checkpoint, stop_after_two, epochs=3)
+    result, logged = fit_logged(train_images, val_images, checkpoint, epochs=1)
+    assert result.resumed_from_epoch is None
+    assert "holds 2 epochs, more than train.epochs (1); training afresh" in logged[0]
+    one_epoch = fit(train_images, val_images, epochs=1)
+    assert [r.epoch for r in result.history] == [1]
+    assert result.history[0].val_loss == pytest.approx(one_epoch.history[0].val_loss, abs=1e-6)
+
+
+def test_a_checkpoint_from_another_kind_of_device_resumes_with_fresh_noise(
+    train_images, val_images, tmp_path
+):
+    # A CUDA generator's state (16 bytes) cannot be set on a CPU generator, nor the reverse;
+    # the model, optimizer and history still resume.
+    checkpoint = tmp_path / "ckpt.pt"
+    with pytest.raises(Interrupt):
+        fit(train_images, val_images, checkpoint, stop_after_one, epochs=2)
+    state = torch.load(checkpoint, weights_only=True)
+    state["rng"]["noise"] = torch.zeros(16, dtype=torch.uint8)  # the layout CUDA saves
+    torch.save(state, checkpoint)
+    result, logged = fit_logged(train_images, val_images, checkpoint, epochs=2)
+    assert result.resumed_from_epoch == 1
+    assert "saved on another kind of device; resuming with fresh posterior noise" in logged[0]
+    assert [r.epoch for r in result.history] == [1, 2]
+    assert math.isfinite(result.history[1].val_loss)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(train_images, val_images, tmp_path):
     checkpoint = tmp_path / "ckpt.pt"
     checkpoint.write_bytes(b"not a checkpoint")

@@ -248,12 +248,14 @@ def make_splits(
     remaining = np.arange(len(pool))
     if source.test is None:
         n_test = round(test_fraction * len(pool))
+        _check_split_size("data.test_fraction", test_fraction, n_test, len(pool), len(pool))
         test_idx, remaining = _stratified_take(remaining, pool.labels, n_test, seed)
         test = _subset(pool, test_idx)
     else:
         test = source.test
     # val is a fraction of the whole pool even when test was taken from it first.
     n_val = round(val_fraction * len(pool))
+    _check_split_size("data.val_fraction", val_fraction, n_val, len(pool), len(remaining))
     val_idx, train_idx = _stratified_take(remaining, pool.labels, n_val, seed)
     train, val = _subset(pool, train_idx), _subset(pool, val_idx)
     if max_train_images is not None:
@@ -273,6 +275,17 @@ def load_configured(cfg: DataConfig) -> tuple[SourceData, Splits]:
         source, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_train_images
     )
     return source, splits
+
+
+def _check_split_size(key: str, fraction: float, size: int, pool: int, available: int) -> None:
+    """A split of ``size`` images drawn from ``available`` must leave at least one on each side
+    (a fraction of a small source can round to none)."""
+    if not 1 <= size < available:
+        raise DataError(
+            f"{key} {fraction} of {pool} images gives {size} and leaves {available - size} "
+            f"of {available}; each side needs at least one image: change {key} or use a "
+            "larger source"
+        )
 
 
 def _stratified_take(

@@ -77,7 +77,8 @@ PRESETS: dict[str, Architecture] = {
 
 
 # The default preset's conv widths by depth: one stride-2 layer per halving of the image side
-# until its longer side is at most 7 pixels (28 → 14 → 7: two layers; 64 → 4: four; 256 → 4: six).
+# until its longer side is at most 7 pixels (28 → 14 → 7: two layers; 64 → 4: four; 256 → 4: six),
+# or until another layer would leave the shorter side no pixel (16x128 → 1x8: four layers).
 _DEFAULT_WIDTHS = (32, 64, 128, 256, 256, 256, 256)
 _LARGEST_FEATURE_SIDE = 7
 
@@ -87,9 +88,10 @@ def default_architecture(image_shape: tuple[int, int, int]) -> Architecture:
     latent code of 16 dimensions for images up to 31 pixels a side and 64 above (texture and
     photo patches carry more than a digit)."""
     channels, height, width = image_shape
-    depth, side = 0, max(height, width)
-    while side > _LARGEST_FEATURE_SIDE and depth < len(_DEFAULT_WIDTHS):
-        side, depth = (side + 1) // 2, depth + 1
+    depth, side, short_side = 0, max(height, width), min(height, width)
+    # A kernel-4, stride-2 layer halves a side, rounding down (_feature_sizes).
+    while side > _LARGEST_FEATURE_SIDE and short_side >= 2 and depth < len(_DEFAULT_WIDTHS):
+        side, short_side, depth = (side + 1) // 2, short_side // 2, depth + 1
     return dataclasses.replace(
         PRESETS["default"],
         image_channels=channels,

@@ -324,6 +324,14 @@ class Trainer:
                 "training afresh"
             )
             return None
+        # More epochs extend the run (epochs is not in the fingerprint); fewer than the
+        # checkpoint already holds would end elsewhere than an uninterrupted run.
+        if len(state["history"]) > self.cfg.epochs:
+            self.log(
+                f"{self.checkpoint_path}: holds {len(state['history'])} epochs, more than "
+                f"train.epochs ({self.cfg.epochs}); training afresh"
+            )
+            return None
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError:
@@ -348,7 +356,14 @@ class Trainer:
         self.epochs_without_improvement = state["epochs_without_improvement"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self.shuffle_generator.set_state(state["rng"]["shuffle"].cpu())
-        self.noise_generator.set_state(state["rng"]["noise"].cpu())
+        try:
+            self.noise_generator.set_state(state["rng"]["noise"].cpu())
+        except RuntimeError:  # a CPU and a CUDA generator's states do not convert
+            self.noise_generator.manual_seed(self.cfg.seed + 1 + len(self.history))
+            self.log(
+                f"{self.checkpoint_path}: saved on another kind of device; resuming with fresh "
+                "posterior noise, so the run will not match an uninterrupted one exactly"
+            )
         return len(self.history)
 
 
