@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from convvae.anomaly import ScoreSpec
 from convvae.decision import calibrate, selection_and_calibration
@@ -109,3 +110,20 @@ def test_a_registered_version_scores_with_its_tagged_threshold(
         convvae("score", "--model", "models:/convvae-scorer@best", images, cwd=tmp_path)
     )
     assert "no such alias" in line and "@champion" in line
+
+
+def test_maps_that_would_overwrite_each_other_are_refused_before_scoring(
+    one_class_model, mnist_slice, tmp_path
+):
+    folder, maps = tmp_path / "pngs", tmp_path / "maps"
+    save_png(mnist_slice.test.images[0], folder / "a.png")
+    image = mnist_slice.test.images[1][0]
+    folder.mkdir(exist_ok=True)
+    Image.fromarray(image, mode="L").save(folder / "a.bmp")
+    line = assert_one_line_error(
+        convvae("score", "--model", str(one_class_model), str(folder), "--maps", str(maps))
+    )
+    assert "a.bmp and a.png would both write a_map.png and a_map.npy; rename one" in line
+    assert not maps.exists()  # refused before any work
+    scored = convvae("score", "--model", str(one_class_model), str(folder))
+    assert scored.returncode == 0, scored.stderr  # without --maps the names do not matter

@@ -232,6 +232,32 @@ def test_formats_and_modes(tmp_path: Path, name: str, mode: str, channels: int) 
     assert difference < 8 if name.endswith("jpeg") else difference == 0
 
 
+@pytest.mark.parametrize(
+    ("scale", "message"),
+    [
+        (256, None),  # 16-bit values in 32 bits: the high byte, as for I;16
+        (1, "32-bit integer pixels all within 0..255: 8-bit values or a very dark 16-bit"),
+        (65536, "outside 16-bit 0..65535; save the image as 8 or 16 bits"),
+    ],
+)
+def test_32_bit_integer_images_are_read_only_when_unambiguous(
+    tmp_path: Path, scale: int, message: str | None
+) -> None:
+    root = small(tmp_path)
+    original = root / "train" / "good" / "000.png"
+    pixels = np.asarray(Image.open(original))
+    image = Image.fromarray(pixels.astype(np.int32) * scale + (scale > 1) * (scale // 2 - 1))
+    assert image.mode == "I"
+    original.unlink()
+    image.save(root / "train" / "good" / "000.tif")
+    if message is None:
+        data = load_folder(root, None, None, "auto")
+        np.testing.assert_array_equal(data.train[0, 0], pixels)
+    else:
+        with raises(root / "train" / "good" / "000.tif", message):
+            load_folder(root, None, None, "auto")
+
+
 def test_masks_may_be_any_supported_format(tmp_path: Path) -> None:
     root = small(tmp_path)
     mask = root / "ground_truth" / "patch" / "000_mask.png"
@@ -285,8 +311,9 @@ def test_corrupt_image_is_named(tmp_path: Path, damage: str) -> None:
     path.write_bytes(broken.get(damage, b"just some notes, saved as .png\n"))
     with raises(path, "not a readable image"):
         load_folder(root, None, None, "auto")
-    with raises(path, "not a readable image"):
+    with raises(path, "not a readable image") as err:
         read_image_file(path)
+    assert "object at 0x" not in str(err.value)  # Pillow's message names its buffer
 
 
 def test_unsupported_file_is_named(tmp_path: Path) -> None:

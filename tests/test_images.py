@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from convvae.errors import DataError
-from convvae.images import load_images, save_png
+from convvae.images import Resize, image_names, load_images, save_png
 
 SHAPE = (1, 28, 28)
 
@@ -67,3 +67,23 @@ def test_bad_folders(tmp_path):
         load_images(tmp_path, SHAPE)
     with pytest.raises(DataError, match="no such file"):
         load_images(tmp_path / "absent", SHAPE)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P"])
+@pytest.mark.parametrize("resize", [None, Resize((28, 28))])
+def test_colour_for_a_grey_model_is_refused_without_pointing_at_resize(tmp_path, mode, resize):
+    # --resize converts sizes and grey to RGB, never colour to grey: the message must not
+    # send the user to it, nor to data.channels (a params.yaml key that scoring ignores).
+    rgb = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    Image.fromarray(rgb, mode="RGB").convert(mode).save(tmp_path / "colour.png")
+    with pytest.raises(DataError, match=f"mode {mode} \\(colour\\), the model takes grey") as err:
+        load_images(tmp_path, SHAPE, resize)
+    assert "--resize" not in str(err.value) and "data.channels" not in str(err.value)
+
+
+def test_image_names_are_the_folders_files_without_reading_them(tmp_path):
+    for name in ("b.png", "a.bmp", "a.png"):
+        (tmp_path / name).write_bytes(b"")  # not read: only the names
+    assert image_names(tmp_path) == ["a.bmp", "a.png", "b.png"]
+    np.save(tmp_path / "x.npy", digits())
+    assert image_names(tmp_path / "x.npy") == []

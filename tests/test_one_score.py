@@ -55,3 +55,12 @@ def test_cli_pyfunc_and_benchmark_agree_across_orders_and_batches(
     flags = np.empty(len(images), dtype=bool)
     flags[order] = np.concatenate([part["is_anomaly"] for part in parts])
     assert flags.tolist() == [row["is_anomaly"] == "1" for row in rows][::-1]
+
+
+def test_a_request_without_images_is_a_clear_error(stored_model):
+    # MLflow's server turns a ValueError into a 400 with this message; a bare torch error
+    # (aminmax of an empty tensor) would not say what was wrong.
+    _, folder, record = stored_model
+    served = _load_pyfunc(str(folder / "model.pt"), record)
+    with pytest.raises(ValueError, match="no images in the request; send at least one"):
+        served.predict(np.zeros((0, 1, 28, 28), np.float32))

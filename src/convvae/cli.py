@@ -199,13 +199,15 @@ def _score(args: argparse.Namespace) -> None:
     import resource
 
     from convvae.anomaly import score_images
-    from convvae.defects import map_scale, write_maps
+    from convvae.defects import check_map_names, map_scale, write_maps
     from convvae.files import atomic_path
-    from convvae.images import iter_images
+    from convvae.images import image_names, iter_images
     from convvae.modelref import load_scorer_ref
     from convvae.progress import live_bar
 
     model, stored = load_scorer_ref(args.model)
+    if args.maps is not None:
+        check_map_names(image_names(args.images))
     total, batches = iter_images(args.images, _image_shape(model), _resize(model, args.resize))
     # The first batch is read before any output: a wrong size or mode is one error line alone.
     batches = itertools.chain([next(batches)], batches)

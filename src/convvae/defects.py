@@ -21,6 +21,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from convvae.anomaly import ScoreSpec, all_scores, map_maxima, require_reference
 from convvae.data import LabelledImages, Splits
+from convvae.errors import DataError
 from convvae.files import atomic_path
 from convvae.images import IMAGE_SUFFIXES, heatmap, heatmap_overlay, image_grid, save_png
 from convvae.maps import smoothed_maps
@@ -157,6 +158,27 @@ def map_scale(model: ConvVAE) -> float:
     return float(np.quantile(smoothed_maps(model, model.reference.images[:256]), 0.999))
 
 
+def map_stem(name: str) -> str:
+    """The map files' stem for an image name: a.png → a (a.npz[3] → a.npz_3)."""
+    suffix = Path(name).suffix
+    base = name[: -len(suffix)] if suffix.lower() in IMAGE_SUFFIXES else name  # a.npz[3] stays
+    return re.sub(r"[^\w.-]+", "_", base).strip("_") or "image"
+
+
+def check_map_names(names: list[str]) -> None:
+    """Refuse, before any work, image names whose maps would overwrite each other (a.png and
+    a.bmp both write a_map.png)."""
+    first: dict[str, str] = {}
+    for name in names:
+        stem = map_stem(name)
+        if stem in first:
+            raise DataError(
+                f"{first[stem]} and {name} would both write {stem}_map.png and {stem}_map.npy; "
+                "rename one, or score without --maps"
+            )
+        first[stem] = name
+
+
 def write_maps(
     model: ConvVAE, images: np.ndarray, names: list[str], folder: str | Path, high: float
 ) -> None:
@@ -167,9 +189,7 @@ def write_maps(
     folder.mkdir(parents=True, exist_ok=True)
     maps = smoothed_maps(model, images)
     for image, heat, name in zip(images, maps, names, strict=True):
-        suffix = Path(name).suffix
-        base = name[: -len(suffix)] if suffix.lower() in IMAGE_SUFFIXES else name  # a.npz[3] stays
-        stem = re.sub(r"[^\w.-]+", "_", base).strip("_") or "image"
+        stem = map_stem(name)
         save_png(heatmap_overlay(image, heat, high), folder / f"{stem}_map.png")
         with atomic_path(folder / f"{stem}_map.npy") as tmp, tmp.open("wb") as file:
             np.save(file, heat.astype(np.float32))

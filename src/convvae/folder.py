@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 
 from convvae.config import size_pair
@@ -73,8 +73,8 @@ def preprocess_image(image: Image.Image, image_size: Size, crop: Size, channels:
         raise ConfigError(f"data.channels is {channels!r}; use 1, 3 or auto")
     if _channel_count(image) > channels:
         raise DataError(
-            f"the image is {image.mode} (3 channels) but data.channels is 1; "
-            "set data.channels: auto or convert the file"
+            f"the image is {image.mode} (colour) but data.channels is 1; "
+            "set data.channels: auto or convert the file to grey"
         )
     image = _eight_bit(image).convert("L" if channels == 1 else "RGB")
     size = size_pair(image_size, "data.image_size")
@@ -277,6 +277,10 @@ def _decode(data: bytes, path: Path) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
+    except UnidentifiedImageError:
+        raise DataError(
+            f"{path}: not a readable image (not a recognised image format); replace or remove it"
+        ) from None
     except _DECODE_ERRORS as err:
         reason = " ".join(str(err).split()) or type(err).__name__
         raise DataError(f"{path}: not a readable image ({reason}); replace or remove it") from None
@@ -288,10 +292,24 @@ def _channel_count(image: Image.Image) -> int:
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
-    """16-bit ("I;16", "I") keeps the high byte; float ("F") must be in [0, 1]; LA drops alpha."""
+    """16-bit ("I;16", "I") keeps the high byte; float ("F") must be in [0, 1]; LA drops alpha.
+
+    32-bit integers ("I", e.g. a TIFF) must hold 16-bit values: outside 0..65535 they are
+    refused, and so are images whose values all fit in 0..255, which may be 8-bit values
+    (made black by the shift) or a very dark 16-bit image: a guess either way."""
     if image.mode.startswith("I"):
-        pixels = np.clip(np.asarray(image).astype(np.int64), 0, 65535) >> 8
-        return Image.fromarray(pixels.astype(np.uint8))
+        pixels = np.asarray(image).astype(np.int64)
+        if image.mode == "I" and (pixels.min() < 0 or pixels.max() > 65535):
+            raise DataError(
+                f"32-bit integer pixels in [{pixels.min()}, {pixels.max()}], outside 16-bit "
+                "0..65535; save the image as 8 or 16 bits"
+            )
+        if image.mode == "I" and pixels.max() <= 255:
+            raise DataError(
+                "32-bit integer pixels all within 0..255: 8-bit values or a very dark 16-bit "
+                "image? save it as 8 bits (mode L) or 16 bits (I;16)"
+            )
+        return Image.fromarray((pixels >> 8).astype(np.uint8))
     if image.mode == "F":
         pixels = np.asarray(image)
         if not (np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= 1):

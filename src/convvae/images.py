@@ -161,6 +161,13 @@ def iter_images(
     return len(files), batches()
 
 
+def image_names(path: str | Path) -> list[str]:
+    """The names ``iter_images`` gives a folder's images, without reading them; [] for an array
+    or a single file."""
+    path = Path(path)
+    return [p.name for p in _image_files(path)] if path.is_dir() else []
+
+
 def _image_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
@@ -183,11 +190,16 @@ def _load_png_folder(
 
 
 def _read_png(path: Path, shape: tuple[int, int, int], resize: Resize | None) -> np.ndarray:
-    from convvae.folder import preprocess_image, read_image_file
+    from convvae.folder import GREY_MODES, preprocess_image, read_image_file
 
     channels, height, width = shape
     image = read_image_file(path)
     wanted_mode = "L" if channels == 1 else "RGB"
+    if channels == 1 and image.mode not in GREY_MODES:  # colour is not made grey silently
+        raise DataError(
+            f"{path}: image mode {image.mode} (colour), the model takes grey images (1 "
+            "channel); convert it yourself, e.g. PIL's image.convert('L')"
+        )
     if resize is None and image.mode != wanted_mode:
         raise DataError(
             f"{path}: image mode {image.mode}, the model expects {wanted_mode} ({channels} "

@@ -71,6 +71,8 @@ class ScoringModel:
             raise ValueError(
                 f"images must have shape (N, {', '.join(map(str, expected))}), got {array.shape}"
             )
+        if len(array) == 0:
+            raise ValueError("no images in the request; send at least one")
         if len(array) > MAX_BATCH:
             raise ValueError(
                 f"{len(array)} images in one request; send at most {MAX_BATCH} per request"
