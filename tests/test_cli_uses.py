@@ -64,11 +64,15 @@ def test_interpolate_between_images_of_an_array_or_pngs(files, tmp_path):
     assert (tmp_path / "walk.png").stat().st_size > 0
 
 
-def test_encode_decode_round_trip(files, tmp_path, trained):
+def test_encode_decode_round_trip(files, tmp_path, trained, capsys):
     model = str(files / "model.pt")
     codes = tmp_path / "codes.npz"
     main(["encode", "--model", model, str(files / "digits"), "--out", str(codes)])
-    loaded, names = load_codes(codes, trained.arch)
+    said = capsys.readouterr().out
+    file_bytes = codes.stat().st_size / 5
+    assert f"{2 * trained.arch.latent_dim:g} bytes of code per image (float16)" in said
+    assert f"the file, with names and side information, {file_bytes:.1f} bytes per image" in said
+    loaded, names = load_codes(codes, trained)
     assert loaded.precision == "float16" and names == [f"d{i}.png" for i in range(5)]
     main(["decode", "--model", model, str(codes), "--out", str(tmp_path / "out")])
     decoded = load_images(tmp_path / "out", SHAPE)

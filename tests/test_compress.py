@@ -1,6 +1,8 @@
 """Latent codes at three precisions, code files, and the rate-distortion table."""
 
+import copy
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from convvae.compress import (
 )
 from convvae.errors import DataError
 from convvae.evaluate import reconstruct
+from convvae.model import ConvVAE
 from tests.conftest import TINY
 
 
@@ -56,23 +59,44 @@ def test_int8_quantisation_error_is_at_most_half_a_step():
         quantize(latent, "int4")
 
 
-def test_code_file_round_trip_and_architecture_check(trained, test_images, tmp_path):
+def test_code_file_round_trip_and_model_check(trained, test_images, tmp_path):
     codes = encode(trained, test_images[:3], "int8")
     path = tmp_path / "codes.npz"
-    save_codes(codes, ["a.png", "b.png", "c.png"], trained.arch, path)
+    save_codes(codes, ["a.png", "b.png", "ü.png"], trained, path)
     assert [p.name for p in tmp_path.iterdir()] == ["codes.npz"]  # no temporary left behind
-    loaded, names = load_codes(path, trained.arch)
-    assert names == ["a.png", "b.png", "c.png"] and loaded.precision == "int8"
+    loaded, names = load_codes(path, trained)
+    assert names == ["a.png", "b.png", "ü.png"] and loaded.precision == "int8"
     torch.testing.assert_close(decode(trained, loaded), decode(trained, codes))
-    other = dataclasses.replace(TINY, latent_dim=8)
     with pytest.raises(DataError, match="latent_dim=4 \\(model has 8\\)"):
-        load_codes(path, other)
+        load_codes(path, ConvVAE(dataclasses.replace(TINY, latent_dim=8)))
+    # The same architecture with other weights (a retrained model, another class's) would
+    # decode the codes into wrong images.
+    retrained = copy.deepcopy(trained)
+    with torch.no_grad():
+        retrained.decoder_mlp[0].bias.add_(0.01)
+    with pytest.raises(DataError, match="written by a model with other weights"):
+        load_codes(path, retrained)
     np.save(tmp_path / "plain.npy", np.zeros(3))
     with pytest.raises(DataError, match="not a code file"):
-        load_codes(tmp_path / "plain.npy", trained.arch)
+        load_codes(tmp_path / "plain.npy", trained)
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(DataError, match="no architecture, codes, names, precision array"):
-        load_codes(tmp_path / "other.npz", trained.arch)
+        load_codes(tmp_path / "other.npz", trained)
+
+
+def test_a_code_file_written_before_the_weights_digest_still_reads(trained, test_images, tmp_path):
+    codes = encode(trained, test_images[:2], "float16")
+    path = tmp_path / "old.npz"
+    np.savez(
+        path,
+        codes=codes.values,
+        precision=np.array("float16"),
+        names=np.array(["a.png", "b.png"]),  # unicode, as older files stored them
+        architecture=np.array(json.dumps(dataclasses.asdict(trained.arch), sort_keys=True)),
+    )
+    loaded, names = load_codes(path, trained)
+    assert names == ["a.png", "b.png"]
+    np.testing.assert_array_equal(loaded.values, codes.values)
 
 
 def test_rate_distortion_table(trained, test_images, tmp_path):

@@ -43,6 +43,11 @@ def test_mask_png(tmp_path):
     Image.fromarray(pixels, mode="L").save(tmp_path / "top.png")
     mask = make_mask(str(tmp_path / "top.png"), 3, SHAPE)
     assert mask.shape == (3, 1, 28, 28) and mask[:, :, :5].all() and not mask[:, :, 5:].any()
+    # Black and white (mode "1"), and a grey mask for an RGB model: every channel follows it.
+    Image.fromarray(pixels, mode="L").convert("1").save(tmp_path / "top_1bit.png")
+    assert torch.equal(make_mask(str(tmp_path / "top_1bit.png"), 3, SHAPE), mask)
+    rgb = make_mask(str(tmp_path / "top.png"), 2, (3, 28, 28))
+    assert rgb.shape == (2, 3, 28, 28) and rgb[:, :, :5].all() and not rgb[:, :, 5:].any()
 
 
 @pytest.mark.parametrize(
@@ -55,12 +60,14 @@ def test_mask_png(tmp_path):
         ("{tmp}/big.png", "32x32 pixels, the model expects 28x28"),
         ("{tmp}/black.png", "marks no pixel missing"),
         ("{tmp}/absent.png", "no such file"),
+        ("{tmp}/colour.png", "a mask is one grey channel, this image is mode RGB"),
     ],
 )
 def test_bad_masks_are_one_line_errors(tmp_path, spec, message):
     Image.fromarray(np.full((28, 28), 128, np.uint8), mode="L").save(tmp_path / "grey.png")
     Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").save(tmp_path / "big.png")
     Image.fromarray(np.zeros((28, 28), np.uint8), mode="L").save(tmp_path / "black.png")
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8), mode="RGB").save(tmp_path / "colour.png")
     with pytest.raises(DataError, match=message) as err:
         make_mask(spec.format(tmp=tmp_path), 1, SHAPE)
     assert "\n" not in str(err.value)

@@ -145,10 +145,12 @@ def _encode(args: argparse.Namespace) -> None:
     model = load_model_ref(args.model)
     batch = load_images(args.images, _image_shape(model), _resize(model, args.resize))
     codes = encode(model, torch.from_numpy(batch.images), args.precision)
-    save_codes(codes, batch.names, model.arch, args.out)
+    save_codes(codes, batch.names, model, args.out)
+    file_bytes = os.path.getsize(args.out) / len(batch.names)
     print(
         f"{len(batch.names)} images → {args.out}: {codes.bytes_per_image():g} bytes of code per "
-        f"image ({args.precision})"
+        f"image ({args.precision}); the file, with names and side information, "
+        f"{file_bytes:.1f} bytes per image"
     )
 
 
@@ -161,7 +163,7 @@ def _decode(args: argparse.Namespace) -> None:
     model = load_model_ref(args.model)
     if not os.path.isfile(args.codes):
         raise DataError(f"{args.codes}: no such file; pass an .npz written by `convvae encode`")
-    codes, names = load_codes(args.codes, model.arch)
+    codes, names = load_codes(args.codes, model)
     write_png_folder(to_uint8(decode(model, codes)), names, args.out)
     print(f"{len(names)} images ({codes.precision} codes) → {args.out}/")
 

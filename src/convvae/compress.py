@@ -1,17 +1,22 @@
 """Compression: images → latent codes (posterior means) at a chosen precision, and back.
 
-A code file (.npz) holds ``codes`` (N, D) at its precision, ``precision``, for int8 the
-per-dimension affine ``scale`` and ``offset`` (float32 (D,); z ≈ offset + scale * (code + 128)),
-the image ``names`` and the model's ``architecture`` as JSON, checked on decode.
+A code file (.npz, compressed) holds ``codes`` (N, D) at its precision, ``precision``, for int8
+the per-dimension affine ``scale`` and ``offset`` (float32 (D,); z ≈ offset + scale * (code +
+128)), the image ``names`` (UTF-8 JSON bytes), the model's ``architecture`` as JSON and
+``model_sha256``, a digest of the encoding model's weights: decode refuses another model (a
+retrained model, or another class's, has the same architecture and would decode the codes into
+wrong images without a word).
 
 Rate is counted as the bytes of the code array per image (N x D x itemsize / N); the int8
-scale/offset (8 x D bytes per file) and the npz container are not counted. Distortion is measured
-on the decoded Bernoulli means against the [0, 1] pixels: PSNR in dB and BCE in nats per image.
+scale/offset (8 x D bytes per file), the names and the npz container are not counted (`convvae
+encode` prints the file's own bytes per image beside it). Distortion is measured on the decoded
+Bernoulli means against the [0, 1] pixels: PSNR in dB and BCE in nats per image.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -27,7 +32,7 @@ from convvae.errors import DataError
 from convvae.evaluate import reconstruct
 from convvae.files import atomic_path
 from convvae.images import to_unit_interval
-from convvae.model import Architecture, ConvVAE, architecture_diff, architecture_from_dict
+from convvae.model import ConvVAE, architecture_diff, architecture_from_dict
 
 PRECISIONS = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
 
@@ -88,22 +93,34 @@ def decode(model: ConvVAE, codes: Codes) -> torch.Tensor:
     return model.decode_mean(codes.latent())
 
 
-def save_codes(codes: Codes, names: list[str], arch: Architecture, path: str | Path) -> None:
+def weights_sha256(model: ConvVAE) -> str:
+    """A digest of the model's weights (every tensor of its state_dict, in order)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_codes(codes: Codes, names: list[str], model: ConvVAE, path: str | Path) -> None:
     """Write a code file atomically (see the module docstring for its arrays)."""
     arrays = {
         "codes": codes.values,
         "precision": np.array(codes.precision),
-        "names": np.array(names),
-        "architecture": np.array(json.dumps(dataclasses.asdict(arch), sort_keys=True)),
+        "names": np.frombuffer(json.dumps(names).encode(), dtype=np.uint8),
+        "architecture": np.array(json.dumps(dataclasses.asdict(model.arch), sort_keys=True)),
+        "model_sha256": np.array(weights_sha256(model)),
     }
     if codes.scale is not None:
         arrays |= {"scale": codes.scale, "offset": codes.offset}
     with atomic_path(path) as tmp, open(tmp, "wb") as file:
-        np.savez(file, **arrays)
+        np.savez_compressed(file, **arrays)
 
 
-def load_codes(path: str | Path, arch: Architecture) -> tuple[Codes, list[str]]:
-    """Read a code file; an unreadable one, or one from another architecture, is a DataError."""
+def load_codes(path: str | Path, model: ConvVAE) -> tuple[Codes, list[str]]:
+    """Read a code file; an unreadable one, or one written by another model (architecture or
+    weights), is a DataError."""
+    arch = model.arch
     path = Path(path)
     fix = "pass an .npz written by `convvae encode`, or re-encode the images"
     try:
@@ -119,7 +136,7 @@ def load_codes(path: str | Path, arch: Architecture) -> tuple[Codes, list[str]]:
         stored = {key: archive[key] for key in archive.files}
     precision = str(stored["precision"])
     codes = Codes(stored["codes"], precision, stored.get("scale"), stored.get("offset"))
-    names = [str(name) for name in stored["names"]]
+    names = _names(stored["names"])
     try:
         written_by = architecture_from_dict(json.loads(str(stored["architecture"])))
     except (ValueError, TypeError) as err:
@@ -129,6 +146,12 @@ def load_codes(path: str | Path, arch: Architecture) -> tuple[Codes, list[str]]:
             f"{path}: written by another model architecture: "
             f"{architecture_diff(written_by, arch, 'model has')}; decode with the model that "
             "encoded it"
+        )
+    # Files written before the digest was stored are checked by architecture alone.
+    if "model_sha256" in stored and str(stored["model_sha256"]) != weights_sha256(model):
+        raise DataError(
+            f"{path}: written by a model with other weights (same architecture: a retrained "
+            "model, or another class's); decode with the model that encoded it"
         )
     int8_side_info = codes.scale is not None and codes.offset is not None
     if (
@@ -140,6 +163,13 @@ def load_codes(path: str | Path, arch: Architecture) -> tuple[Codes, list[str]]:
             f"{path}: codes of dtype {codes.values.dtype} do not match precision {precision}"
         )
     return codes, names
+
+
+def _names(stored: np.ndarray) -> list[str]:
+    """The image names: UTF-8 JSON bytes, or (files written before) a unicode array."""
+    if stored.dtype == np.uint8:
+        return [str(name) for name in json.loads(stored.tobytes().decode())]
+    return [str(name) for name in stored]
 
 
 def psnr_db(mse: float) -> float | None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from convvae.errors import DataError
-from convvae.images import image_grid, load_images, save_png, to_unit_interval
+from convvae.images import image_grid, save_png, to_unit_interval
 from convvae.model import ConvVAE
 
 MASK_KINDS = "center | left-half | random:P (0 < P < 1) | a mask PNG (white = missing)"
@@ -32,7 +32,8 @@ def make_mask(spec: str, n: int, shape: tuple[int, int, int], seed: int = 0) -> 
 
     center: the middle square of half the side; left-half: columns left of W/2; random:P: each
     pixel missing with probability P, drawn per image with ``seed``; a PNG path: one 8-bit
-    greyscale image of the model's size holding only 0 (known) and 255 (missing).
+    greyscale (or black-and-white) image of the model's height and width holding only 0 (known)
+    and 255 (missing), applied to every channel.
     """
     channels, height, width = shape
     mask = torch.zeros(shape, dtype=torch.bool)
@@ -49,18 +50,39 @@ def make_mask(spec: str, n: int, shape: tuple[int, int, int], seed: int = 0) -> 
         generator = torch.Generator().manual_seed(seed)
         return torch.rand((n, *shape), generator=generator) < float(match.group(1))
     elif spec.lower().endswith(".png"):
-        pixels = load_images(spec, shape).images[0]
-        if not np.isin(pixels, (0, 255)).all():
-            raise DataError(
-                f"{spec}: mask pixels must be 0 (known) or 255 (missing), found "
-                f"{len(np.unique(pixels))} grey levels; save it as black and white"
-            )
-        mask = torch.from_numpy(pixels == 255)
+        mask = _read_mask_png(Path(spec), height, width).expand(shape).clone()
     else:
         raise DataError(f"mask {spec!r}: unknown kind; use {MASK_KINDS}")
     if not mask.any():
         raise DataError(f"mask {spec!r} marks no pixel missing; nothing to impute")
     return mask.expand(n, *shape).clone()
+
+
+def _read_mask_png(path: Path, height: int, width: int) -> torch.Tensor:
+    """A mask PNG as bool (H, W), True where missing; grey or black and white, whatever the
+    model's channels (the mask applies to each)."""
+    from convvae.folder import read_image_file
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; pass a PNG of 0 (known) and 255 (missing)")
+    image = read_image_file(path)
+    if image.mode not in ("1", "L"):
+        raise DataError(
+            f"{path}: a mask is one grey channel, this image is mode {image.mode}; save it as "
+            "black (known) and white (missing)"
+        )
+    if image.size != (width, height):
+        raise DataError(
+            f"{path}: {image.size[0]}x{image.size[1]} pixels, the model expects "
+            f"{width}x{height}; masks are not resized"
+        )
+    pixels = np.asarray(image.convert("L"))
+    if not np.isin(pixels, (0, 255)).all():
+        raise DataError(
+            f"{path}: mask pixels must be 0 (known) or 255 (missing), found "
+            f"{len(np.unique(pixels))} grey levels; save it as black and white"
+        )
+    return torch.from_numpy(pixels == 255)
 
 
 @torch.no_grad()
