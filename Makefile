@@ -11,7 +11,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 # pip prints hundreds of "Location ... is ignored" warnings on these machines: show progress only.
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
-PIP_FILTER := grep -vE 'is ignored|^\s*$$|Requirement already satisfied' || true
+# In braces, so that `|| true` covers grep (which fails when it filters every line), not pip.
+PIP_FILTER := { grep -vE 'is ignored|^\s*$$|Requirement already satisfied' || true; }
 
 .PHONY: install run test system-deps lint lock speed timings ui clean fashion-mnist benchmark-fashion-mnist
 

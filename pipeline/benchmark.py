@@ -7,10 +7,9 @@ and its threshold. Imports no MLflow: the report stage logs every class in one p
 """
 
 import argparse
-import json
 
 from convvae.config import load_params
-from convvae.data import load_splits
+from convvae.data import load_splits, read_manifest
 from convvae.errors import run_stage
 from convvae.oneclass import NO_CLASSES, run_class, write_skipped_class
 from pipeline import layout
@@ -23,7 +22,7 @@ def main(normal_class: int) -> None:
         print(f"benchmark class {normal_class}: skipped, {NO_CLASSES}")
         return
     splits = load_splits(layout.PREPARED_SPLITS)
-    class_name = json.loads(layout.MANIFEST.read_text())["class_names"][normal_class]
+    class_name = read_manifest(layout.MANIFEST)["class_names"][normal_class]
     result = run_class(params, splits, normal_class, class_name)
     result.save(layout.class_files(normal_class))
     summary = ", ".join(

@@ -7,19 +7,17 @@ and serving, and logs everything into
 the MLflow run that `train` opened, registering the model with its threshold.
 """
 
-import json
-
 import torch
 
 from convvae.anomaly import ScoreSpec
 from convvae.config import load_params
-from convvae.data import load_splits
+from convvae.data import load_splits, read_manifest
 from convvae.decision import calibrate, selection_and_calibration
 from convvae.defects import measure_defects
 from convvae.errors import run_stage
 from convvae.evaluate import likelihood_metrics, save_figures
 from convvae.export import export_onnx
-from convvae.files import write_json
+from convvae.files import read_json, write_json
 from convvae.model import load_model, resolve_architecture
 from convvae.outofdomain import out_of_domain_auroc
 from convvae.progress import StageSteps
@@ -47,7 +45,7 @@ def main() -> None:
     splits = load_splits(layout.PREPARED_SPLITS)
     expected = resolve_architecture(params.model, splits.test.images.shape[1:])
     model = load_model(layout.MODEL, expected=expected)
-    class_names = json.loads(layout.MANIFEST.read_text())["class_names"]
+    class_names = read_manifest(layout.MANIFEST)["class_names"]
     # A folder's defect images are not draws from the data the likelihood models.
     normal = splits.test.labels == 0 if params.data.source == "folder" else slice(None)
     test_images = torch.from_numpy(splits.test.images[normal])
@@ -70,7 +68,7 @@ def main() -> None:
         metrics["out_of_domain_roc_auc"] = out_of_domain_auroc(model, test_images.numpy(), spec)
     with steps.step("defects"):
         defects = measure_defects(model, splits, class_names, spec, layout.ANOMALY_MAPS_PNG)
-    run_id = json.loads(layout.MLFLOW_RUN.read_text())["run_id"]
+    run_id = read_json(layout.MLFLOW_RUN, "re-run the train stage (dvc repro train)")["run_id"]
     if tracker is None:
         steps.skip("MLflow", "tracking.enabled is false")
     elif run_id is None:

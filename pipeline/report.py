@@ -6,13 +6,11 @@ aggregate metrics (means over classes). Every MLflow call of the benchmark happe
 process (`convvae.tracked_runs`).
 """
 
-import json
-
 from convvae.anomaly import SCORES
 from convvae.config import load_params
 from convvae.data import load_prepared
-from convvae.errors import DataError, run_stage
-from convvae.files import atomic_path, write_json
+from convvae.errors import run_stage
+from convvae.files import atomic_path, read_json, write_json
 from convvae.oneclass import NO_CLASSES
 from convvae.report import (
     ReportContext,
@@ -26,6 +24,8 @@ from convvae.tracked_runs import benchmark_tracking, log_benchmark
 from convvae.tracking import open_tracker
 from pipeline import layout
 
+RERUN_BENCHMARK = "run the benchmark stages (dvc repro benchmark)"
+
 
 def main() -> None:
     params = load_params(layout.PARAMS)
@@ -35,10 +35,13 @@ def main() -> None:
         write_json({"skipped": NO_CLASSES}, layout.BENCHMARK_SUMMARY)
         print(f"benchmark report: skipped, {NO_CLASSES}")
         return
-    per_class = {c: _read_json(layout.class_files(c).metrics) for c in params.benchmark.classes}
+    per_class = {
+        c: read_json(layout.class_files(c).metrics, RERUN_BENCHMARK)
+        for c in params.benchmark.classes
+    }
     primary = params.anomaly.score
     summary = summarize(per_class, params.data.source, params.benchmark.seeds, primary)
-    roc_curves = {c: _read_json(layout.class_files(c).roc) for c in per_class}
+    roc_curves = {c: read_json(layout.class_files(c).roc, RERUN_BENCHMARK) for c in per_class}
     aucs = {c: m["scores"][primary]["roc_auc"] for c, m in per_class.items()}
     save_roc_figure(roc_curves, aucs, primary, layout.ANOMALY_ROC_PNG)
     save_methods_figure(summary, primary, layout.ANOMALY_METHODS_PNG)
@@ -69,12 +72,6 @@ def main() -> None:
         if key.endswith(".roc_auc_mean"):
             print(f"  {key.removesuffix('.roc_auc_mean'):<18} {value:.3f}")
     print(f"report in {layout.ANOMALY_REPORT}")
-
-
-def _read_json(path):
-    if not path.is_file():
-        raise DataError(f"{path}: not found; run the benchmark stages (dvc repro benchmark)")
-    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":

@@ -286,6 +286,27 @@ def test_run_stage_keyboard_interrupt_exits_130(capsys, monkeypatch) -> None:
     assert capsys.readouterr().err.startswith("interrupted")
 
 
+def test_a_closed_stdout_pipe_ends_quietly_with_sigpipes_code(tmp_path: Path) -> None:
+    # `convvae score ... | head -1`: the reader leaves after one line; no traceback follows.
+    program = (
+        "from convvae.errors import exit_on_error\n"
+        "def endless():\n"
+        "    while True:\n"
+        "        print('file,score,normalized_score,is_anomaly', flush=True)\n"
+        "exit_on_error(endless)\n"
+    )
+    script = tmp_path / "endless.py"
+    script.write_text(program)
+    result = subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" "{script}" | head -1; echo "rc=${{PIPESTATUS[0]}}"'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.splitlines() == ["file,score,normalized_score,is_anomaly", "rc=141"]
+    assert result.stderr == ""
+
+
 def test_presets_prints_each_sizes_default_architecture():
     from convvae.model import ConvVAE, count_parameters, default_architecture
 

@@ -145,7 +145,7 @@ def test_defaults() -> None:
     assert params.train.grad_clip_norm is None
     assert params.train.early_stopping_patience == 5
     assert params.train.device == "auto"
-    assert params.evaluate == EvaluateConfig(iwae_samples=64, batch_size=256, grid_images=64)
+    assert params.evaluate == EvaluateConfig(iwae_samples=64, grid_images=64)
 
 
 def test_empty_mapping_gives_defaults() -> None:
@@ -368,7 +368,6 @@ def test_literal_none_schedule_from_yaml_is_the_string(tmp_path: Path) -> None:
         ({"model": {"encoder_hidden": [-1]}}, "model.encoder_hidden must be a list of positive"),
         ({"model": {"decoder_hidden": [8, 0]}}, "model.decoder_hidden must be a list of positive"),
         ({"evaluate": {"iwae_samples": 0}}, "evaluate.iwae_samples must be >= 1"),
-        ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size must be >= 1"),
         ({"evaluate": {"grid_images": 0}}, "evaluate.grid_images must be between 1 and 1024"),
         ({"evaluate": {"grid_images": 1025}}, "evaluate.grid_images must be between 1 and 1024"),
     ],
@@ -389,7 +388,7 @@ def test_boundary_values_accepted() -> None:
                 "early_stopping_patience": 1,
                 "grad_clip_norm": 1e-6,
             },
-            "evaluate": {"iwae_samples": 1, "batch_size": 1, "grid_images": 1024},
+            "evaluate": {"iwae_samples": 1, "grid_images": 1024},
         }
     )
     assert params.data.val_fraction + params.data.test_fraction < 1
@@ -546,6 +545,15 @@ def test_duplicate_keys_are_refused_not_silently_overwritten(tmp_path: Path) -> 
     path = tmp_path / "dup.yaml"
     path.write_text("train:\n  lr: 0.1\ntrain:\n  epochs: 3\n")
     with pytest.raises(ConfigError, match="line 3") as err:
+        load_params(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["? [data, model]\n: 1\n", "? {a: 1}\n: 2\n", "[a, b]: 1\n"])
+def test_a_list_or_mapping_as_a_key_is_one_line(tmp_path: Path, key: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 0.01\n" + key)
+    with pytest.raises(ConfigError, match="line 3: a key must be a name, not a") as err:
         load_params(path)
     assert "\n" not in str(err.value)
 

@@ -23,6 +23,7 @@ from convvae.data import (
     load_source,
     load_splits,
     make_splits,
+    read_manifest,
     save_splits,
 )
 from convvae.errors import DataError
@@ -432,6 +433,18 @@ def test_load_splits_rejects_missing_arrays_and_wrong_dtypes(tmp_path: Path) -> 
     np.savez_compressed(path, **{**arrays, "val_images": images.astype(np.float32)})
     with pytest.raises(DataError, match=r"val holds float32 images"):
         load_splits(path)
+
+
+@pytest.mark.parametrize("content", [None, "{not json", ""], ids=["missing", "corrupt", "empty"])
+def test_a_missing_or_corrupt_manifest_says_rerun_prepare(tmp_path: Path, content) -> None:
+    # The evaluate and benchmark stages read it too: one line, never a traceback.
+    path = tmp_path / "manifest.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError, match=r"manifest.json: unreadable \(.+\); re-run the prepare"):
+        read_manifest(path)
+    path.write_text('{"class_names": ["0"]}')
+    assert read_manifest(path) == {"class_names": ["0"]}
 
 
 # --- the real Fashion-MNIST, where Debian's package is installed --------------------------------

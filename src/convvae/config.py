@@ -190,7 +190,6 @@ class EvaluateConfig:
 
     # Importance samples per image for the IWAE bound on log p(x).
     iwae_samples: int = 64
-    batch_size: int = 256
     # Images in the sample and reconstruction grids.
     grid_images: int = 64
     seed: int = 0
@@ -204,7 +203,6 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         _check_seed(self.seed, "evaluate.seed")
         _check(self.iwae_samples >= 1, "evaluate.iwae_samples", "must be >= 1")
-        _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
         _check(1 <= self.grid_images <= 1024, "evaluate.grid_images", "must be between 1 and 1024")
         _check(self.classifier_epochs >= 1, "evaluate.classifier_epochs", "must be >= 1")
         _check(
@@ -380,12 +378,18 @@ def parse_params(raw: Any, source: str = "params") -> Params:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, which PyYAML would silently overwrite."""
+    """SafeLoader that refuses duplicate keys, which PyYAML would silently overwrite, and
+    list or mapping keys, on which it fails with a TypeError."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, list | dict | set):  # `? [a, b]: 1`: not a name, nor hashable
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a name, not a {type(key).__name__}",
+                    key_node.start_mark,
+                )  # fmt: skip
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import os
 import zipfile
 import zlib
@@ -21,6 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from convvae.config import DataConfig
 from convvae.errors import DataError
+from convvae.files import read_json
 from convvae.idx import read_idx_and_hash
 
 SOURCES = ("mnist-5k", "fashion-mnist", "mnist", "folder")
@@ -441,14 +441,17 @@ class PreparedData:
     manifest: dict  # the manifest's contents (build_manifest)
 
 
+def read_manifest(path: str | Path) -> dict:
+    """The prepare stage's manifest (class names, counts, preprocessing); DataError if missing
+    or corrupt."""
+    return read_json(path, _PREPARE_FIX)
+
+
 def load_prepared(splits_path: str | Path, manifest_path: str | Path) -> PreparedData:
     """Read the prepared splits and manifest (DataError when either is missing or corrupt)."""
     splits_path, manifest_path = Path(splits_path), Path(manifest_path)
     splits = load_splits(splits_path)
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as err:
-        raise DataError(f"{manifest_path}: unreadable ({err}); {_PREPARE_FIX}") from None
+    manifest = read_manifest(manifest_path)
     digest = hashlib.sha256(splits_path.read_bytes()).hexdigest()
     return PreparedData(splits, splits_path, digest, manifest)
 

@@ -56,6 +56,12 @@ def exit_on_error(action: Callable[[], None], debug: bool = False) -> None:
     except KeyboardInterrupt:
         print("interrupted; finished epochs are kept in the checkpoint", file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:
+        # The reader of stdout left (`convvae score ... | head -1`): stop as a program killed
+        # by SIGPIPE would, without a traceback; stdout goes to /dev/null so that Python's
+        # own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None
 
 
 def run_stage(main: Callable[[], None]) -> None:

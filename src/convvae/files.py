@@ -1,5 +1,6 @@
 """File output: atomic writes (a temporary name in the same folder, then a rename, so a killed
-process never leaves half a file under the final name), and the names of a model's files.
+process never leaves half a file under the final name), JSON in and out, and the names of a
+model's files.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from convvae.errors import DataError
 
 # Beside a model file: its threshold record (convvae.decision), read by `convvae score`.
 THRESHOLD_FILE = "threshold.json"
@@ -43,3 +46,12 @@ def write_json(data: Any, path: str | Path) -> None:
     """Pretty, key-sorted JSON, written atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path, fix: str) -> Any:
+    """A JSON file another stage wrote; missing or corrupt is a DataError ending in ``fix``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise DataError(f"{path}: unreadable ({reason}); {fix}") from None
