@@ -45,7 +45,7 @@ def main() -> None:
         )
     write_json(metrics, layout.TRAIN_METRICS)
     write_json(
-        {"run_id": metrics.get("mlflow_run_id"), "tracking_uri": tracker and tracker.uri},
+        {"run_id": metrics.get("mlflow_run_id"), "tracking_uri": tracker and tracker.shown_uri},
         layout.MLFLOW_RUN,
     )
     layout.TRAIN_CHECKPOINT.unlink(missing_ok=True)

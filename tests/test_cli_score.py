@@ -110,6 +110,20 @@ def test_a_registered_version_scores_with_its_tagged_threshold(
         convvae("score", "--model", "models:/convvae-scorer@best", images, cwd=tmp_path)
     )
     assert "no such alias" in line and "@champion" in line
+    # Another project whose params.yaml names this store (tracking.uri): the CLI reads it, as
+    # the stages and `promote` do, instead of a store of its own in that folder.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text(f"tracking:\n  uri: sqlite:///{tmp_path}/mlflow.db\n")
+    found = convvae("score", "--model", "models:/convvae-scorer@champion", images, cwd=project)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout == local.stdout and not (project / "mlflow.db").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    elsewhere = convvae("score", "--model", "models:/convvae-scorer@champion", images,
+                        "--params", str(project / "params.yaml"), cwd=other)  # fmt: skip
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert not (other / "mlflow.db").exists()
 
 
 def test_maps_that_would_overwrite_each_other_are_refused_before_scoring(

@@ -13,7 +13,13 @@ from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
 from convvae.model import save_model
 from convvae.provenance import provenance_tags, repository_root
-from convvae.tracking import Tracker, _quiet_model_logging, flatten, resolve_tracking_uri
+from convvae.tracking import (
+    Tracker,
+    _quiet_model_logging,
+    flatten,
+    resolve_tracking_uri,
+    without_password,
+)
 from tests.conftest import tiny_model
 from tests.e2e.servers import free_port
 
@@ -32,6 +38,9 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     assert resolve_tracking_uri(TrackingConfig(), tmp_path) == "http://127.0.0.1:5000"
     explicit = TrackingConfig(uri="sqlite:////srv/team.db")
     assert resolve_tracking_uri(explicit, tmp_path) == "sqlite:////srv/team.db"
+    # Relative: the repository's, as the default is (a dvc exp --temp copy is deleted).
+    relative = TrackingConfig(uri="sqlite:///stores/mlflow.db")
+    assert resolve_tracking_uri(relative, tmp_path) == f"sqlite:///{tmp_path}/stores/mlflow.db"
 
 
 def test_flatten_nested_params():
@@ -134,3 +143,96 @@ def test_model_logging_hides_the_registry_prints_and_passes_every_other_line(cap
         sys.stderr.write("no newline yet")
         raise RuntimeError("registry down")
     assert capsys.readouterr().err == "no newline yet"
+
+
+def test_a_store_failing_as_the_run_ends_is_one_line(local_tracker, monkeypatch):
+    # A store that dies mid-run fails at the run's end too: that failure must not escape
+    # as MLflow's own traceback.
+    from mlflow.exceptions import MlflowException
+
+    def dead(*args, **kwargs):
+        raise MlflowException("API request to endpoint /runs/update failed")
+
+    monkeypatch.setattr(mlflow.ActiveRun, "__exit__", dead)  # ending the run: end_run
+    try:
+        with (
+            pytest.raises(TrackingError, match="could not log to the run") as err,
+            local_tracker.run(),
+        ):
+            pass
+    finally:
+        monkeypatch.undo()
+        mlflow.end_run()
+    assert "runs/update failed" in str(err.value)
+
+
+def test_a_store_that_fails_to_answer_is_not_taken_for_no_alias(local_tracker, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(TrackingError, match="no registered model"):
+        local_tracker.model_versions("nothing-here")
+    assert local_tracker.version_by_alias("nothing-here", "champion") is None  # no such model
+
+    def timeout(*args, **kwargs):
+        raise MlflowException("API request to /aliases failed: read timed out")
+
+    monkeypatch.setattr(local_tracker.client, "get_model_version_by_alias", timeout)
+    with pytest.raises(TrackingError, match="could not read @champion of m .*timed out"):
+        local_tracker.version_by_alias("m", "champion")
+
+
+def test_changed_params_compares_with_what_the_run_logged(local_tracker):
+    with local_tracker.run() as run_id:
+        local_tracker.log_params({"anomaly": {"samples": 8}, "train": {"lr": 0.001}})
+    unchanged = flatten({"anomaly": {"samples": 8}, "train": {"lr": 0.001}, "new": {"key": 1}})
+    assert local_tracker.changed_params(run_id, unchanged) == []
+    changed = flatten({"anomaly": {"samples": 16}, "train": {"lr": 0.001}})
+    assert local_tracker.changed_params(run_id, changed) == ["anomaly.samples"]
+
+
+def test_a_password_in_the_uri_is_sent_as_basic_auth_and_never_shown():
+    # urllib refuses user:password@ in a URL; MLflow takes it, so the reachability check must.
+    import base64
+    import http.server
+    import threading
+
+    expected = "Basic " + base64.b64encode(b"ann:p@ss").decode()
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.headers.get("Authorization") == expected else 401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        tracker = Tracker.__new__(Tracker)  # the check alone: this server speaks no MLflow
+        for password, ok in (("p%40ss", True), ("wrong", False)):
+            tracker.uri = f"http://ann:{password}@127.0.0.1:{port}"
+            tracker.shown_uri = without_password(tracker.uri)
+            if ok:
+                tracker._check_reachable(5)
+                continue
+            with pytest.raises(TrackingError, match="unreachable") as err:
+                tracker._check_reachable(5)
+            assert f"http://ann:***@127.0.0.1:{port}" in str(err.value)
+            assert "wrong" not in str(err.value)
+    finally:
+        server.shutdown()
+    assert without_password("http://ann@host:5000") == "http://ann@host:5000"
+    assert without_password("postgresql://u:s3cret@db/x") == "postgresql://u:***@db/x"
+
+
+def test_an_unreachable_database_is_a_quick_clear_error(monkeypatch):
+    # MLflow itself retries a database it cannot reach for about 100 s, then a traceback.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"postgresql://mlflow:s3cret@127.0.0.1:{free_port()}/mlflow"
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="tracking database .* is unreachable") as err:
+        Tracker(TrackingConfig(uri=uri, timeout_s=2))
+    assert time.monotonic() - started < 10
+    assert "s3cret" not in str(err.value) and "mlflow:***@127.0.0.1" in str(err.value)

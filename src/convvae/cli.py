@@ -60,7 +60,9 @@ def _promote(args: argparse.Namespace) -> None:
     # One sample count everywhere: the anomaly section's, which the served score uses too.
     spec = ScoreSpec(samples=params.anomaly.samples, noise_seed=params.anomaly.noise_seed)
     decision = promote(tracker, args.model, images, args.metric, args.dry_run, spec)
-    print(f"model {decision.model} ({tracker.uri}), metric {decision.metric} (lower is better)")
+    print(
+        f"model {decision.model} ({tracker.shown_uri}), metric {decision.metric} (lower is better)"
+    )
     comparison = decision.comparison
     if comparison is not None:
         print(f"{'version':<22}{'mean':>12}")
@@ -106,7 +108,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     if args.n < 1 or args.temperature <= 0:
         raise ConfigError("--n must be >= 1 and --temperature > 0")
-    model = load_model_ref(args.model)
+    model = load_model_ref(args.model, _registry_tracking(args))
     write_images(sample_images(model, args.n, args.seed, args.temperature), args.out)
     print(f"{args.n} samples (temperature {args.temperature}, seed {args.seed}) → {args.out}")
 
@@ -121,7 +123,7 @@ def _interpolate(args: argparse.Namespace) -> None:
 
     if args.steps < 2:
         raise ConfigError("--steps must be >= 2")
-    model = load_model_ref(args.model)
+    model = load_model_ref(args.model, _registry_tracking(args))
     ends = []
     for path, index, option in (
         (args.a, args.index_a, "--index-a"),
@@ -142,7 +144,7 @@ def _encode(args: argparse.Namespace) -> None:
     from convvae.images import load_images
     from convvae.modelref import load_model_ref
 
-    model = load_model_ref(args.model)
+    model = load_model_ref(args.model, _registry_tracking(args))
     batch = load_images(args.images, _image_shape(model), _resize(model, args.resize))
     codes = encode(model, torch.from_numpy(batch.images), args.precision)
     save_codes(codes, batch.names, model, args.out)
@@ -160,7 +162,7 @@ def _decode(args: argparse.Namespace) -> None:
     from convvae.images import to_uint8, write_png_folder
     from convvae.modelref import load_model_ref
 
-    model = load_model_ref(args.model)
+    model = load_model_ref(args.model, _registry_tracking(args))
     if not os.path.isfile(args.codes):
         raise DataError(f"{args.codes}: no such file; pass an .npz written by `convvae encode`")
     codes, names = load_codes(args.codes, model)
@@ -179,7 +181,7 @@ def _impute(args: argparse.Namespace) -> None:
 
     if args.iterations < 1:
         raise ConfigError("--iterations must be >= 1")
-    model = load_model_ref(args.model)
+    model = load_model_ref(args.model, _registry_tracking(args))
     shape = _image_shape(model)
     batch = load_images(args.images, shape, _resize(model, args.resize))
     missing = make_mask(args.mask, len(batch.images), shape, args.seed)
@@ -207,7 +209,7 @@ def _score(args: argparse.Namespace) -> None:
     from convvae.modelref import load_scorer_ref
     from convvae.progress import live_bar
 
-    model, stored = load_scorer_ref(args.model)
+    model, stored = load_scorer_ref(args.model, _registry_tracking(args))
     if args.maps is not None:
         check_map_names(image_names(args.images))
     total, batches = iter_images(args.images, _image_shape(model), _resize(model, args.resize))
@@ -260,7 +262,7 @@ def _export(args: argparse.Namespace) -> None:
     from convvae.files import write_json
     from convvae.modelref import load_scorer_ref
 
-    model, stored = load_scorer_ref(args.model)
+    model, stored = load_scorer_ref(args.model, _registry_tracking(args))
     out = Path(args.out)
     started = time.perf_counter()
     export_onnx(model, stored.spec, out)
@@ -273,6 +275,17 @@ def _export(args: argparse.Namespace) -> None:
     )
 
 
+def _registry_tracking(args: argparse.Namespace):
+    """For a models:/ reference: the tracking section of --params where that file exists
+    (else the default store), so the CLI finds what the stages registered."""
+    from convvae.config import load_params
+    from convvae.modelref import REGISTRY_PREFIX
+
+    if not args.model.startswith(REGISTRY_PREFIX) or not os.path.isfile(args.params):
+        return None
+    return load_params(args.params).tracking
+
+
 MODEL_HELP = "a model file (models/model.pt), models:/NAME@alias or models:/NAME/VERSION"
 IMAGES_HELP = "a folder of images (PNG, JPEG, BMP, TIFF), one image, an .npy or .npz"
 RESIZE_HELP = (
@@ -281,7 +294,7 @@ RESIZE_HELP = (
 )
 
 
-def _add_check_params(commands, common) -> None:
+def _add_check_params(commands, common, registry) -> None:
     check = commands.add_parser(
         "check-params", help="validate params.yaml and print it resolved", parents=[common]
     )
@@ -300,7 +313,7 @@ def _add_check_params(commands, common) -> None:
     presets.set_defaults(action=_presets)
 
 
-def _add_promote(commands, common) -> None:
+def _add_promote(commands, common, registry) -> None:
     promote = commands.add_parser(
         "promote",
         help="move @champion to the newest version if it is better by more than noise",
@@ -318,9 +331,11 @@ def _add_promote(commands, common) -> None:
     promote.set_defaults(action=_promote)
 
 
-def _add_generation(commands, common) -> None:
+def _add_generation(commands, common, registry) -> None:
     generate = commands.add_parser(
-        "generate", help="sample images from the prior (grid PNG or .npy)", parents=[common]
+        "generate",
+        help="sample images from the prior (grid PNG or .npy)",
+        parents=[common, registry],
     )
     generate.add_argument("--model", required=True, help=MODEL_HELP)
     generate.add_argument("--n", type=int, default=64, help="number of samples")
@@ -329,7 +344,7 @@ def _add_generation(commands, common) -> None:
     generate.add_argument("--temperature", type=float, default=1.0, help="prior std multiplier")
     generate.set_defaults(action=_generate)
     walk = commands.add_parser(
-        "interpolate", help="latent walk between two images", parents=[common]
+        "interpolate", help="latent walk between two images", parents=[common, registry]
     )
     walk.add_argument("--model", required=True, help=MODEL_HELP)
     walk.add_argument("--resize", action="store_true", help=RESIZE_HELP)
@@ -342,9 +357,9 @@ def _add_generation(commands, common) -> None:
     walk.set_defaults(action=_interpolate)
 
 
-def _add_compression(commands, common) -> None:
+def _add_compression(commands, common, registry) -> None:
     encode = commands.add_parser(
-        "encode", help="compress images to latent codes (.npz)", parents=[common]
+        "encode", help="compress images to latent codes (.npz)", parents=[common, registry]
     )
     encode.add_argument("--model", required=True, help=MODEL_HELP)
     encode.add_argument("--resize", action="store_true", help=RESIZE_HELP)
@@ -352,15 +367,19 @@ def _add_compression(commands, common) -> None:
     encode.add_argument("--out", required=True, help="the code file, .npz")
     encode.add_argument("--precision", choices=["float16", "float32", "int8"], default="float16")
     encode.set_defaults(action=_encode)
-    decode = commands.add_parser("decode", help="decode latent codes to PNGs", parents=[common])
+    decode = commands.add_parser(
+        "decode", help="decode latent codes to PNGs", parents=[common, registry]
+    )
     decode.add_argument("--model", required=True, help=MODEL_HELP)
     decode.add_argument("codes", help="an .npz written by `convvae encode`")
     decode.add_argument("--out", required=True, help="folder for the PNGs")
     decode.set_defaults(action=_decode)
 
 
-def _add_impute(commands, common) -> None:
-    imputer = commands.add_parser("impute", help="fill missing pixels of images", parents=[common])
+def _add_impute(commands, common, registry) -> None:
+    imputer = commands.add_parser(
+        "impute", help="fill missing pixels of images", parents=[common, registry]
+    )
     imputer.add_argument("--model", required=True, help=MODEL_HELP)
     imputer.add_argument("--resize", action="store_true", help=RESIZE_HELP)
     imputer.add_argument("images", help=IMAGES_HELP)
@@ -378,11 +397,11 @@ def _add_impute(commands, common) -> None:
     imputer.set_defaults(action=_impute)
 
 
-def _add_export(commands, common) -> None:
+def _add_export(commands, common, registry) -> None:
     exporter = commands.add_parser(
         "export",
         help="the model's score and anomaly map as an ONNX graph, for runtimes without PyTorch",
-        parents=[common],
+        parents=[common, registry],
     )
     exporter.add_argument(
         "--model", required=True, help="as for score: a model file with threshold.json, models:/"
@@ -394,9 +413,11 @@ def _add_export(commands, common) -> None:
     exporter.set_defaults(action=_export)
 
 
-def _add_score(commands, common) -> None:
+def _add_score(commands, common, registry) -> None:
     scorer = commands.add_parser(
-        "score", help="anomaly scores of images, flagged at the model's threshold", parents=[common]
+        "score",
+        help="anomaly scores of images, flagged at the model's threshold",
+        parents=[common, registry],
     )
     scorer.add_argument(
         "--model",
@@ -426,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
+    registry = argparse.ArgumentParser(add_help=False)
+    registry.add_argument(
+        "--params",
+        default="params.yaml",
+        help="for a models:/ reference, the store its tracking section names (where the file "
+        "exists), as the stages and `promote` use",
+    )
     for add in (
         _add_check_params,
         _add_promote,
@@ -435,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_score,
         _add_export,
     ):
-        add(commands, common)
+        add(commands, common, registry)
     return parser
 
 

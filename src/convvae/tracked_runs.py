@@ -66,6 +66,16 @@ def log_training(
     """Log one model's training into a new run, or into ``previous_run`` (the interrupted
     attempt); ``on_run_opened`` gets the run id before anything is logged. Returns the id."""
     started = time.perf_counter()
+    if previous_run is not None:
+        # MLflow refuses a param changed on a run; one not in the checkpoint's fingerprint
+        # (anomaly.samples, say) may have changed since the attempt: then a new run.
+        changed = tracker.changed_params(previous_run, flatten(params.to_dict()))
+        if changed:
+            print(
+                f"not continuing MLflow run {previous_run}: params changed since "
+                f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); a new run"
+            )
+            previous_run = None
     with tracker.run(run_id=previous_run, run_name=training_run_name(params)) as run_id:
         if previous_run:
             print(f"continuing MLflow run {run_id} of the interrupted attempt")
@@ -78,7 +88,8 @@ def log_training(
             files = {"folder": data.manifest["folder_sha256"]}
         tracker.set_tags(
             {
-                **provenance_tags(tracker.root),
+                # This workspace (an experiment's temporary copy), not the store's repository.
+                **provenance_tags(Path.cwd()),
                 "data.source": params.data.source,
                 "data.sha256": data.sha256,
                 **{f"data.file.{name}": sha for name, sha in files.items()},
@@ -98,7 +109,8 @@ def log_training(
         tracker.log_history([dataclasses.asdict(r) for r in result.history])
         tracker.log_metrics(metrics)
         tracker.log_artifacts(artifacts, "train")
-    print(f"logged to MLflow run {run_id} ({tracker.uri}) in {time.perf_counter() - started:.1f} s")
+    seconds = time.perf_counter() - started
+    print(f"logged to MLflow run {run_id} ({tracker.shown_uri}) in {seconds:.1f} s")
     return run_id
 
 
@@ -185,7 +197,7 @@ def log_benchmark(
     data: PreparedData,
 ) -> dict:
     """The parent run with the summary and report, a nested run per class; returns their ids."""
-    tags = {**provenance_tags(tracker.root), "data.source": params.data.source}
+    tags = {**provenance_tags(Path.cwd()), "data.source": params.data.source}
     key = benchmark_key(params, data.sha256)
     parent = tracker.find_run(BENCHMARK_KEY_TAG, key) or tracker.create_finished_run(
         f"benchmark-{params.data.source}", {BENCHMARK_KEY_TAG: key, **tags}

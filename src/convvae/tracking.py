@@ -7,6 +7,7 @@ The embedded default store is ``sqlite:///<repository root>/mlflow.db`` with art
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.metadata
 import io
@@ -15,6 +16,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping
@@ -38,8 +40,25 @@ _REGISTRY_CHATTER = ("Registered model ", "Created version ", "Successfully regi
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, root: Path) -> str:
-    """tracking.uri, else $MLFLOW_TRACKING_URI, else the embedded SQLite store under ``root``."""
-    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DEFAULT_DB}"
+    """tracking.uri, else $MLFLOW_TRACKING_URI, else the embedded SQLite store under ``root``.
+
+    A relative SQLite path (``sqlite:///mlflow.db``) is taken relative to ``root``, as the
+    default store is: under ``dvc exp run --temp`` the working folder is a copy that is deleted.
+    """
+    uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DEFAULT_DB}"
+    path = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and path and not path.startswith(("/", ":memory:")):
+        return f"sqlite:///{root / path}"
+    return uri
+
+
+def without_password(uri: str) -> str:
+    """``uri`` with the password of its ``user:password@`` part replaced by ``***``."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    user, _, host = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user.split(':')[0]}:***@{host}"))
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -113,6 +132,8 @@ class Tracker:
 
         self.root = repository_root(root)
         self.uri = resolve_tracking_uri(cfg, self.root)
+        # What messages, logs and output files show: the URI without its password.
+        self.shown_uri = without_password(self.uri)
         self.cfg = cfg
         self._mlflow = mlflow
         # "Creating initial MLflow database tables..." on a new store is not news to a user.
@@ -120,6 +141,8 @@ class Tracker:
         if self.uri.startswith(("http://", "https://")):
             self._limit_http_retries(cfg.timeout_s)
             self._check_reachable(cfg.timeout_s)
+        elif not self.uri.startswith(("sqlite:", "file:")) and "://" in self.uri:
+            self._check_database_reachable(cfg.timeout_s)
         mlflow.set_tracking_uri(self.uri)
         with self._errors("open the experiment"):
             experiment = mlflow.get_experiment_by_name(cfg.experiment)
@@ -139,27 +162,70 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
 
     def _check_reachable(self, timeout_s: float) -> None:
+        # urllib takes no user:password in a URL (MLflow does): it goes in a header instead.
+        parts = urllib.parse.urlsplit(self.uri)
+        netloc = parts.hostname or ""
+        netloc = f"[{netloc}]" if ":" in netloc else netloc
+        netloc += f":{parts.port}" if parts.port else ""
+        health = urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/health"
+        request = urllib.request.Request(health)
+        if parts.username is not None:
+            login = f"{urllib.parse.unquote(parts.username)}:"
+            login += urllib.parse.unquote(parts.password or "")
+            request.add_header(
+                "Authorization", "Basic " + base64.b64encode(login.encode()).decode()
+            )
         try:
-            with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=timeout_s):
+            with urllib.request.urlopen(request, timeout=timeout_s):
                 pass
-        except (urllib.error.URLError, OSError) as err:
+        except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise TrackingError(
-                f"MLflow tracking server {self.uri} is unreachable ({reason}); start it, fix "
+                f"MLflow tracking server {self.shown_uri} is unreachable ({reason}); start it, fix "
                 "tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the local SQLite store"
+            ) from None
+
+    def _check_database_reachable(self, timeout_s: float) -> None:
+        # MLflow retries a database it cannot reach for minutes; one connection attempt to its
+        # host and port says in seconds whether anything listens there.
+        import socket
+
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(self.uri)
+        except ArgumentError:
+            return  # not a database URL: MLflow says what is wrong with it
+        default_ports = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+        port = url.port or default_ports.get(url.get_backend_name())
+        if url.host is None or port is None:
+            return  # a local socket or an unknown dialect: left to MLflow
+        try:
+            socket.create_connection((url.host, port), timeout=timeout_s).close()
+        except OSError as err:
+            raise TrackingError(
+                f"MLflow tracking database {self.shown_uri} is unreachable ({err}); start it, "
+                "fix tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the local SQLite "
+                "store"
             ) from None
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
         from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError
 
         try:
             yield
-        except (MlflowException, OSError) as err:
+        except (MlflowException, OSError, SQLAlchemyError) as err:
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
+            password = urllib.parse.urlsplit(self.uri).password
+            if password:  # MLflow's messages quote the URL it called
+                first_line = str(first_line).replace(password, "***")
             raise TrackingError(
-                f"could not {action} in MLflow store {self.uri}: {first_line}; check that the "
-                "store is reachable and writable, then re-run the stage (finished work is kept)"
+                f"could not {action} in MLflow store {self.shown_uri}: {first_line}; check that "
+                "the store is reachable and writable, then re-run the stage (finished work is "
+                "kept)"
             ) from None
 
     @contextmanager
@@ -167,7 +233,8 @@ class Tracker:
         """Start a new run, or continue ``run_id``; yields the run id."""
         with self._errors("start the run"):
             active = self._mlflow.start_run(run_id=run_id, run_name=run_name)
-        with active, self._errors("log to the run"):
+        # The wrapper outside the run: ending the run talks to the store too.
+        with self._errors("log to the run"), active:
             yield active.info.run_id
 
     def run_exists(self, run_id: str) -> bool:
@@ -179,6 +246,13 @@ class Tracker:
         except MlflowException:
             return False
         return True
+
+    def changed_params(self, run_id: str, params: Mapping[str, Any]) -> list[str]:
+        """The flat params whose value differs from the one ``run_id`` logged (as MLflow
+        stores it: a string); params the run has not logged do not count."""
+        with self._errors("read the run's params"):
+            logged = self.client.get_run(run_id).data.params
+        return sorted(k for k, v in params.items() if k in logged and logged[k] != str(v))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Nested params (as in params.yaml) flattened to ``section.key``."""
@@ -320,7 +394,7 @@ class Tracker:
                 active = self._mlflow.start_run(
                     run_name=run_name, parent_run_id=parent_run_id, nested=True
                 )
-        with active, self._errors("log to the nested run"):
+        with self._errors("log to the nested run"), active:
             yield active.info.run_id
 
     def _experiment_id(self) -> str:
@@ -335,19 +409,23 @@ class Tracker:
             if not versions:
                 known = sorted(m.name for m in self.client.search_registered_models())
                 raise TrackingError(
-                    f"no registered model named {name!r} in {self.uri}; registered models: "
+                    f"no registered model named {name!r} in {self.shown_uri}; registered models: "
                     f"{', '.join(known) or 'none (run `make run` to train and register one)'}"
                 )
         return sorted(versions, key=lambda v: int(v.version))
 
     def version_by_alias(self, name: str, alias: str) -> Any | None:
-        """The version holding ``@alias``, or None."""
+        """The version holding ``@alias``, or None when no version holds it; a store that
+        fails to answer is a TrackingError (promote must not take it for "no champion")."""
         from mlflow.exceptions import MlflowException
 
         try:
             return self.client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            return None
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            with self._errors(f"read @{alias} of {name}"):
+                raise
 
     def version(self, uri: str) -> Any:
         """The model version that ``models:/NAME@alias`` or ``models:/NAME/VERSION`` names;
@@ -366,7 +444,7 @@ class Tracker:
         if found is None:
             what = "aliases" if sep else "versions"
             raise TrackingError(
-                f"{uri}: no such {'alias' if sep else 'version'} of {name} in {self.uri}; "
+                f"{uri}: no such {'alias' if sep else 'version'} of {name} in {self.shown_uri}; "
                 f"{what}: {', '.join(f'@{k}' if sep else k for k in known) or 'none'} (use "
                 "models:/NAME@alias or models:/NAME/VERSION; `convvae promote` sets @champion)"
             )
