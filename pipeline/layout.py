@@ -5,6 +5,8 @@ from pathlib import Path
 from convvae.files import THRESHOLD_FILE, ClassFiles
 
 PARAMS = Path("params.yaml")
+# The data source's file list (sizes, times): prepare's dep, so changed images re-run it.
+SOURCE_FINGERPRINT = Path("data/source.json")
 PREPARED_SPLITS = Path("data/prepared/splits.npz")
 MANIFEST = Path("data/prepared/manifest.json")
 MODEL = Path("models/model.pt")

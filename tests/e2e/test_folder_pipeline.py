@@ -3,6 +3,7 @@ drawn by the test): prepare → train → evaluate with image and pixel metrics,
 skipped in one line, MLflow's dataset input the folder's digest, then `convvae score --resize`."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,21 @@ def test_repro_measures_the_folders_defects_and_skips_the_class_benchmark(projec
     assert {i.dataset.source for i in inputs} and all(
         manifest["folder_sha256"] in json.dumps([t.value for t in i.tags]) for i in inputs
     )
+
+    # An image changed in place under data.path (which DVC does not watch) makes prepare
+    # stale; put back as it was, prepare is up to date again.
+    image = Path(yaml.safe_load((project / "params.yaml").read_text())["data"]["path"])
+    image = sorted((image / "train" / "good").iterdir())[0]
+    original, times = image.read_bytes(), image.stat()
+    Image.open(image).transpose(Image.FLIP_LEFT_RIGHT).save(image, format="JPEG")
+    run([str(BIN / "dvc"), "repro", "source"], project)
+    status = run([str(BIN / "dvc"), "status", "prepare"], project).stdout
+    assert "prepare:" in status and "data/source.json" in status, status
+    image.write_bytes(original)
+    os.utime(image, ns=(times.st_atime_ns, times.st_mtime_ns))
+    run([str(BIN / "dvc"), "repro", "source"], project)
+    status = run([str(BIN / "dvc"), "status", "prepare"], project).stdout
+    assert "data/source.json" not in status, status
 
 
 def test_score_resizes_new_photos_as_prepare_did(project, tmp_path):
