@@ -76,7 +76,7 @@ def main() -> None:
     else:
         with steps.step("MLflow"):
             example = splits.test.images[:2].astype("float32") / 255
-            log_evaluation(
+            run_id = log_evaluation(
                 tracker,
                 run_id,
                 params,

@@ -129,7 +129,9 @@ def test_registry_uri_errors_name_the_store(tmp_path):
 
     store = TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db")
     try:
-        with pytest.raises(TrackingError, match="download models:/convvae-absent/1"):
+        # Which model, in which store, and what that store holds instead.
+        with pytest.raises(TrackingError, match="no registered model named 'convvae-absent'") as e:
             load_model_ref("models:/convvae-absent/1", store)
+        assert f"in sqlite:///{tmp_path}/mlflow.db; registered models: none" in str(e.value)
     finally:
         mlflow.set_tracking_uri(None)

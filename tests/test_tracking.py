@@ -236,3 +236,55 @@ def test_an_unreachable_database_is_a_quick_clear_error(monkeypatch):
         Tracker(TrackingConfig(uri=uri, timeout_s=2))
     assert time.monotonic() - started < 10
     assert "s3cret" not in str(err.value) and "mlflow:***@127.0.0.1" in str(err.value)
+
+
+def test_an_evaluation_with_other_params_than_its_training_gets_its_own_run(
+    local_tracker, tmp_path, mnist_slice, trained, capsys
+):
+    # evaluate re-runs alone when only anomaly.* or evaluate.* changed; logging into the
+    # training run would pair the new metrics with the old params (and MLflow refuses a
+    # changed param).
+    import dataclasses
+
+    from convvae.anomaly import ScoreSpec
+    from convvae.config import parse_params
+    from convvae.decision import calibrate, selection_and_calibration
+    from convvae.tracked_runs import TRAINING_RUN_TAG, log_evaluation
+
+    params = parse_params({"tracking": {"register_model": False}})
+    with local_tracker.run() as training_run:
+        local_tracker.log_params(params.to_dict())
+    model_file = tmp_path / "model.pt"
+    save_model(trained, model_file)
+    (tmp_path / "plots").mkdir()
+    _, calibration = selection_and_calibration(mnist_slice.val.images)
+    threshold = calibrate(trained, calibration, ScoreSpec("neg_elbo", 4, 0), 0.05)
+    example = mnist_slice.test.images[:2].astype(np.float32) / 255
+
+    def evaluate(p):
+        metrics, plots = {"test_neg_elbo": 1.0}, tmp_path / "plots"
+        return log_evaluation(
+            local_tracker, training_run, p, metrics, plots, trained, model_file, example, threshold
+        )
+
+    assert evaluate(params) == training_run  # the same params: the training run
+    changed = dataclasses.replace(
+        params, anomaly=dataclasses.replace(params.anomaly, target_fpr=0.01)
+    )
+    apart = evaluate(changed)
+    assert apart != training_run
+    assert "params changed since training (anomaly.target_fpr)" in capsys.readouterr().out
+    run = mlflow.MlflowClient().get_run(apart)
+    assert run.data.params["anomaly.target_fpr"] == "0.01"
+    assert run.data.tags[TRAINING_RUN_TAG] == training_run
+    assert run.data.metrics["test_neg_elbo"] == 1.0
+    training = mlflow.MlflowClient().get_run(training_run)
+    assert training.data.params["anomaly.target_fpr"] == "0.05"
+
+
+def test_an_unknown_registry_reference_names_what_exists(local_tracker):
+    from convvae.modelref import load_model_ref
+
+    with pytest.raises(TrackingError, match="no registered model named 'nothing'") as err:
+        load_model_ref("models:/nothing@champion")
+    assert "re-run the stage" not in str(err.value)  # not the store-failure advice

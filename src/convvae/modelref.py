@@ -27,7 +27,9 @@ def load_model_ref(ref: str, tracking: TrackingConfig | None = None) -> ConvVAE:
         return load_model(Path(ref))
     from convvae.tracking import Tracker
 
-    return load_model(Tracker(tracking or TrackingConfig()).model_file(ref))
+    tracker = Tracker(tracking or TrackingConfig())
+    version = tracker.version(ref)  # unknown name, alias or version: one line listing what exists
+    return load_model(tracker.model_file(f"models:/{version.name}/{version.version}"))
 
 
 def load_scorer_ref(

@@ -47,6 +47,10 @@ def anomaly_model_name(data_source: str, normal_class: int) -> str:
     return f"convvae-anomaly-{data_source}-class-{normal_class}"
 
 
+# On an evaluation logged apart from its training (evaluate's params changed since): that run.
+TRAINING_RUN_TAG = "convvae.training_run"
+
+
 def training_run_name(params: Params) -> str:
     """<source>-<preset>[-<dvc experiment>], the row name in the run table."""
     name = f"{params.data.source}-{params.model.preset}"
@@ -128,11 +132,28 @@ def log_evaluation(
 ) -> str | None:
     """Test metrics, the uses' metrics (flattened) and figures into the training run; log the
     model and register it (with its test metrics and threshold) unless registration is off.
-    ``example_images``: float32 (2+, C, H, W) in [0, 1]. Returns the registered version."""
+    ``example_images``: float32 (2+, C, H, W) in [0, 1]. Returns the id of the run logged to.
+
+    evaluate re-runs alone when only its own params changed (anomaly, evaluate): the training
+    run's params would then not describe these metrics (and MLflow refuses to change a logged
+    param), so such an evaluation goes to a new run that names the training run in its tags.
+    """
     started = time.perf_counter()
     name = registered_model_name(params.data.source) if params.tracking.register_model else None
-    with tracker.run(run_id=run_id):
-        print(f"logging to MLflow run {run_id} (opened by train)")
+    training_run = run_id
+    changed = tracker.changed_params(training_run, flatten(params.to_dict()))
+    run_name = f"{training_run_name(params)}-evaluate" if changed else None
+    with tracker.run(run_id=None if changed else training_run, run_name=run_name) as run_id:
+        if changed:
+            shown = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
+            print(
+                f"params changed since training ({shown}): logging to a new MLflow run {run_id} "
+                f"(training run {training_run})"
+            )
+            tracker.log_params(params.to_dict())
+            tracker.set_tags({TRAINING_RUN_TAG: training_run})
+        else:
+            print(f"logging to MLflow run {run_id} (opened by train)")
         tracker.log_metrics(flatten(metrics))
         tracker.log_artifacts([plots], "evaluate")
         if onnx_file is not None:  # the same score and map for runtimes without PyTorch
@@ -155,7 +176,7 @@ def log_evaluation(
     print(f"logged to MLflow in {time.perf_counter() - started:.1f} s")
     if version is not None:
         print(f"registered {name} version {version}")
-    return version
+    return run_id
 
 
 def benchmark_tracking(params: Params) -> TrackingConfig:
