@@ -135,3 +135,10 @@ def test_registry_uri_errors_name_the_store(tmp_path):
         assert f"in sqlite:///{tmp_path}/mlflow.db; registered models: none" in str(e.value)
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_an_explicit_params_file_that_is_missing_is_an_error_not_another_store(tmp_path, capsys):
+    message = fails(["generate", "--model", "models:/convvae-mnist-5k@champion",
+                     "--params", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "g.png")],
+                    capsys)  # fmt: skip
+    assert "typo.yaml: file not found" in message

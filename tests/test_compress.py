@@ -79,6 +79,11 @@ def test_code_file_round_trip_and_model_check(trained, test_images, tmp_path):
     np.save(tmp_path / "plain.npy", np.zeros(3))
     with pytest.raises(DataError, match="not a code file"):
         load_codes(tmp_path / "plain.npy", trained)
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    np.savez(tmp_path / "bad_names.npz", **{**arrays, "names": np.frombuffer(b"\xff{", np.uint8)})
+    with pytest.raises(DataError, match="unreadable image names"):
+        load_codes(tmp_path / "bad_names.npz", trained)
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(DataError, match="no architecture, codes, names, precision array"):
         load_codes(tmp_path / "other.npz", trained)

@@ -16,8 +16,10 @@ from convvae.config import (
     EvaluateConfig,
     ModelConfig,
     Params,
+    TrackingConfig,
     TrainConfig,
     load_params,
+    load_tracking,
     parse_params,
     size_pair,
 )
@@ -603,3 +605,20 @@ def test_a_model_files_size_record_reads_like_the_config() -> None:
     for bad in ([0, 4], [1, 2, 3], "64", True, [2.5, 3]):
         with pytest.raises(ConfigError, match=r"use null, an integer >= 1, \[side\] or"):
             size_pair(bad, "data.image_size")
+
+
+def test_load_tracking_reads_only_its_section(tmp_path: Path) -> None:
+    # A models:/ reference needs the store; a params file of another project version (here
+    # with a key this version dropped) must not block it.
+    path = tmp_path / "params.yaml"
+    path.write_text("evaluate:\n  batch_size: 256\ntracking:\n  uri: sqlite:////srv/x.db\n")
+    assert load_tracking(path).uri == "sqlite:////srv/x.db"
+    with pytest.raises(ConfigError, match="unknown key evaluate.batch_size"):
+        load_params(path)
+    path.write_text("tracking:\n  timeout_s: 0\n")
+    with pytest.raises(ConfigError, match="tracking.timeout_s must be between 1 and 30"):
+        load_tracking(path)
+    with pytest.raises(ConfigError, match="typo.yaml: file not found"):
+        load_tracking(tmp_path / "typo.yaml")
+    path.write_text("")
+    assert load_tracking(path) == TrackingConfig()

@@ -467,6 +467,21 @@ def test_the_source_fingerprint_sees_files_change_without_reading_them(tmp_path:
     assert missing["files"] == {}  # prepare reports the missing folder in its own words
 
 
+def test_a_folder_in_the_workspace_is_fingerprinted_by_content(tmp_path: Path, monkeypatch) -> None:
+    # `dvc exp run --temp` copies the workspace: new times, same bytes, the same fingerprint.
+    for copy in ("main", "copy"):
+        folder = tmp_path / copy / "parts" / "train" / "good"
+        folder.mkdir(parents=True)
+        (folder / "000.png").write_bytes(b"the same bytes")
+    cfg = DataConfig(source="folder", path="parts")
+    monkeypatch.chdir(tmp_path / "main")
+    first = source_fingerprint(cfg)
+    monkeypatch.chdir(tmp_path / "copy")
+    assert source_fingerprint(cfg) == first and first["path"] == "parts"
+    (tmp_path / "copy" / "parts" / "train" / "good" / "000.png").write_bytes(b"other bytes!!!")
+    assert source_fingerprint(cfg) != first  # same size, other content
+
+
 # --- the real Fashion-MNIST, where Debian's package is installed --------------------------------
 
 

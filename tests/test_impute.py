@@ -46,6 +46,8 @@ def test_mask_png(tmp_path):
     # Black and white (mode "1"), and a grey mask for an RGB model: every channel follows it.
     Image.fromarray(pixels, mode="L").convert("1").save(tmp_path / "top_1bit.png")
     assert torch.equal(make_mask(str(tmp_path / "top_1bit.png"), 3, SHAPE), mask)
+    Image.fromarray(pixels, mode="L").convert("RGB").save(tmp_path / "top_rgb.png")
+    assert torch.equal(make_mask(str(tmp_path / "top_rgb.png"), 3, SHAPE), mask)  # grey in RGB
     rgb = make_mask(str(tmp_path / "top.png"), 2, (3, 28, 28))
     assert rgb.shape == (2, 3, 28, 28) and rgb[:, :, :5].all() and not rgb[:, :, 5:].any()
 
@@ -67,7 +69,9 @@ def test_bad_masks_are_one_line_errors(tmp_path, spec, message):
     Image.fromarray(np.full((28, 28), 128, np.uint8), mode="L").save(tmp_path / "grey.png")
     Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").save(tmp_path / "big.png")
     Image.fromarray(np.zeros((28, 28), np.uint8), mode="L").save(tmp_path / "black.png")
-    Image.fromarray(np.zeros((28, 28, 3), np.uint8), mode="RGB").save(tmp_path / "colour.png")
+    colour = np.zeros((28, 28, 3), np.uint8)
+    colour[:5, :, 0] = 255  # red: not black and white
+    Image.fromarray(colour, mode="RGB").save(tmp_path / "colour.png")
     with pytest.raises(DataError, match=message) as err:
         make_mask(spec.format(tmp=tmp_path), 1, SHAPE)
     assert "\n" not in str(err.value)

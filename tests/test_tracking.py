@@ -1,5 +1,6 @@
 """MLflow tracking: store location, provenance, unreachable servers, logged and served models."""
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,8 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     # Relative: the repository's, as the default is (a dvc exp --temp copy is deleted).
     relative = TrackingConfig(uri="sqlite:///stores/mlflow.db")
     assert resolve_tracking_uri(relative, tmp_path) == f"sqlite:///{tmp_path}/stores/mlflow.db"
+    for kept in ("sqlite:///:memory:", "sqlite:///file:m.db?mode=ro&uri=true"):
+        assert resolve_tracking_uri(TrackingConfig(uri=kept), tmp_path) == kept
 
 
 def test_flatten_nested_params():
@@ -91,6 +94,7 @@ def test_history_params_and_model_are_logged_and_served(
     history = client.get_metric_history(run_id, "val_loss")
     assert [(m.step, m.value) for m in history] == [(1, 200.0), (2, 150.0)]
     assert version == "1"
+    assert str(local_tracker.version("models:/convvae-unit/latest").version) == "1"
     assert client.get_model_version("convvae-unit", "1").tags["test_x"] == "1"
 
     served = mlflow.pyfunc.load_model("models:/convvae-unit/1")
@@ -188,6 +192,13 @@ def test_changed_params_compares_with_what_the_run_logged(local_tracker):
     assert local_tracker.changed_params(run_id, unchanged) == []
     changed = flatten({"anomaly": {"samples": 16}, "train": {"lr": 0.001}})
     assert local_tracker.changed_params(run_id, changed) == ["anomaly.samples"]
+    # A password in tracking.uri is logged as ***, and compared as logged.
+    secret = {"tracking": {"uri": "http://ann:s3cret@mlflow:5000"}}
+    with local_tracker.run() as run_id:
+        local_tracker.log_params(secret)
+    logged = mlflow.MlflowClient().get_run(run_id).data.params
+    assert logged == {"tracking.uri": "http://ann:***@mlflow:5000"}
+    assert local_tracker.changed_params(run_id, flatten(secret)) == []
 
 
 def test_a_password_in_the_uri_is_sent_as_basic_auth_and_never_shown():
@@ -288,3 +299,32 @@ def test_an_unknown_registry_reference_names_what_exists(local_tracker):
     with pytest.raises(TrackingError, match="no registered model named 'nothing'") as err:
         load_model_ref("models:/nothing@champion")
     assert "re-run the stage" not in str(err.value)  # not the store-failure advice
+
+
+def test_mlflow_gets_the_credentials_apart_from_the_uri(monkeypatch):
+    # MLflow prints its tracking URI in every "View run ... at:" line.
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    tracker = Tracker.__new__(Tracker)
+    tracker.uri = "https://ann:p%40ss@mlflow.example:5000/prefix"
+    assert tracker._client_uri() == "https://mlflow.example:5000/prefix"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "ann"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
+    tracker.uri = "postgresql://u:pw@db/mlflow"  # SQLAlchemy needs it in the URL
+    assert tracker._client_uri() == tracker.uri
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "mysql://u:pw@localhost/mlflow?unix_socket=/run/mysqld/mysqld.sock",
+        "mysql://u:pw@localhost/mlflow",
+        "postgresql://u:pw@localhost/db?host=/var/run/postgresql",
+        "mssql+pyodbc://u:pw@mydsn",
+        "postgresql://u@h1:5432,h2:5432/db",
+    ],
+)
+def test_database_uris_that_are_not_one_tcp_address_are_left_to_mlflow(uri):
+    tracker = Tracker.__new__(Tracker)
+    tracker.uri = tracker.shown_uri = uri
+    tracker._check_database_reachable(1)  # no connection tried, no error

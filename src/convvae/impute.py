@@ -66,10 +66,14 @@ def _read_mask_png(path: Path, height: int, width: int) -> torch.Tensor:
     if not path.is_file():
         raise DataError(f"{path}: no such file; pass a PNG of 0 (known) and 255 (missing)")
     image = read_image_file(path)
+    if image.mode in ("RGB", "P"):  # black and white saved in colour: fine if truly grey
+        rgb = np.asarray(image.convert("RGB"))
+        if (rgb == rgb[..., :1]).all():
+            image = image.convert("L")
     if image.mode not in ("1", "L"):
         raise DataError(
-            f"{path}: a mask is one grey channel, this image is mode {image.mode}; save it as "
-            "black (known) and white (missing)"
+            f"{path}: a mask is one grey channel, this image is mode {image.mode} in colour; "
+            "save it as black (known) and white (missing)"
         )
     if image.size != (width, height):
         raise DataError(

@@ -47,7 +47,7 @@ def resolve_tracking_uri(cfg: TrackingConfig, root: Path) -> str:
     """
     uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DEFAULT_DB}"
     path = uri.removeprefix("sqlite:///")
-    if uri.startswith("sqlite:///") and path and not path.startswith(("/", ":memory:")):
+    if uri.startswith("sqlite:///") and path and not path.startswith(("/", ":memory:", "file:")):
         return f"sqlite:///{root / path}"
     return uri
 
@@ -143,7 +143,7 @@ class Tracker:
             self._check_reachable(cfg.timeout_s)
         elif not self.uri.startswith(("sqlite:", "file:")) and "://" in self.uri:
             self._check_database_reachable(cfg.timeout_s)
-        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_tracking_uri(self._client_uri())
         with self._errors("open the experiment"):
             experiment = mlflow.get_experiment_by_name(cfg.experiment)
             if experiment is None:
@@ -161,21 +161,30 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
 
-    def _check_reachable(self, timeout_s: float) -> None:
-        # urllib takes no user:password in a URL (MLflow does): it goes in a header instead.
+    def _client_uri(self) -> str:
+        """The URI MLflow gets: an http(s) URI's user:password moves to MLflow's credential
+        variables, or MLflow prints it in every "View run ... at:" line."""
         parts = urllib.parse.urlsplit(self.uri)
-        netloc = parts.hostname or ""
-        netloc = f"[{netloc}]" if ":" in netloc else netloc
-        netloc += f":{parts.port}" if parts.port else ""
-        health = urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/health"
-        request = urllib.request.Request(health)
-        if parts.username is not None:
-            login = f"{urllib.parse.unquote(parts.username)}:"
-            login += urllib.parse.unquote(parts.password or "")
-            request.add_header(
-                "Authorization", "Basic " + base64.b64encode(login.encode()).decode()
-            )
+        if not self.uri.startswith(("http://", "https://")) or parts.username is None:
+            return self.uri
+        os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username)
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password or "")
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+    def _check_reachable(self, timeout_s: float) -> None:
         try:
+            # urllib takes no user:password in a URL (MLflow does): it goes in a header.
+            parts = urllib.parse.urlsplit(self.uri)
+            netloc = parts.hostname or ""
+            netloc = f"[{netloc}]" if ":" in netloc else netloc
+            netloc += f":{parts.port}" if parts.port else ""
+            health = urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/")
+            request = urllib.request.Request(health + "/health")
+            if parts.username is not None:
+                login = f"{urllib.parse.unquote(parts.username)}:"
+                login += urllib.parse.unquote(parts.password or "")
+                basic = base64.b64encode(login.encode()).decode()
+                request.add_header("Authorization", f"Basic {basic}")
             with urllib.request.urlopen(request, timeout=timeout_s):
                 pass
         except (urllib.error.URLError, OSError, ValueError) as err:
@@ -195,12 +204,18 @@ class Tracker:
 
         try:
             url = make_url(self.uri)
-        except ArgumentError:
-            return  # not a database URL: MLflow says what is wrong with it
-        default_ports = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
-        port = url.port or default_ports.get(url.get_backend_name())
-        if url.host is None or port is None:
-            return  # a local socket or an unknown dialect: left to MLflow
+        except (ArgumentError, ValueError):
+            return  # not a URL this check reads (several hosts, say): left to MLflow
+        backend = url.get_backend_name()
+        port = url.port or {"postgresql": 5432, "mysql": 3306}.get(backend)
+        through_socket = {"host", "unix_socket", "odbc_connect"} & set(url.query)
+        if (
+            url.host is None
+            or port is None  # an unknown dialect, or an ODBC data source name (mssql)
+            or through_socket
+            or (backend == "mysql" and url.host == "localhost")  # mysqlclient: the socket
+        ):
+            return  # not a TCP connection this check can try: left to MLflow
         try:
             socket.create_connection((url.host, port), timeout=timeout_s).close()
         except OSError as err:
@@ -249,14 +264,16 @@ class Tracker:
 
     def changed_params(self, run_id: str, params: Mapping[str, Any]) -> list[str]:
         """The flat params whose value differs from the one ``run_id`` logged (as MLflow
-        stores it: a string); params the run has not logged do not count."""
+        stores it: a string, passwords hidden); params the run has not logged do not count."""
         with self._errors("read the run's params"):
             logged = self.client.get_run(run_id).data.params
+        params = _loggable(params)
         return sorted(k for k, v in params.items() if k in logged and logged[k] != str(v))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Nested params (as in params.yaml) flattened to ``section.key``."""
-        self._mlflow.log_params(flatten(params))
+        """Nested params (as in params.yaml) flattened to ``section.key``; a URI's password
+        (tracking.uri) is logged as ***."""
+        self._mlflow.log_params(_loggable(flatten(params)))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._mlflow.set_tags(dict(tags))
@@ -438,8 +455,9 @@ class Tracker:
             found = self.version_by_alias(name, alias)
             with self._errors(f"read the aliases of {name}"):
                 known = sorted(self.client.get_registered_model(name).aliases)
-        else:
-            found = next((v for v in versions if str(v.version) == alias), None)
+        else:  # MLflow's "latest" is the highest version
+            wanted = str(versions[-1].version) if alias == "latest" else alias
+            found = next((v for v in versions if str(v.version) == wanted), None)
             known = [str(v.version) for v in versions]
         if found is None:
             what = "aliases" if sep else "versions"
@@ -468,6 +486,11 @@ class Tracker:
     def tag_registered_model(self, name: str, key: str, value: str) -> None:
         with self._errors(f"tag {name}"):
             self.client.set_registered_model_tag(name, key, value)
+
+
+def _loggable(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat params with the password of any URI among them replaced by ***."""
+    return {k: without_password(v) if isinstance(v, str) else v for k, v in flat.items()}
 
 
 def _pip_requirements() -> list[str]:
