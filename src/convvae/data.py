@@ -186,6 +186,11 @@ def _download_mnist(root: Path) -> Path:
         raise DataError(
             f"could not download MNIST into {root} (no network?); {_MNIST_FIX}"
         ) from None
+    return _mnist_download_folder(root)
+
+
+def _mnist_download_folder(root: Path) -> Path:
+    """Where torchvision's MNIST download under ``root`` leaves the four IDX files."""
     return root / "MNIST" / "raw"
 
 
@@ -279,7 +284,7 @@ def source_fingerprint(cfg: DataConfig) -> dict:
     elif cfg.source == "fashion-mnist":
         folder = DEFAULT_FASHION_MNIST_DIR
     else:  # mnist, downloaded by torchvision
-        folder = DEFAULT_DOWNLOAD_ROOT / "MNIST" / "raw"
+        folder = _mnist_download_folder(DEFAULT_DOWNLOAD_ROOT)
     in_workspace = not folder.is_absolute()
     files = {}
     for path in sorted(folder.rglob("*")) if folder.is_dir() else []:

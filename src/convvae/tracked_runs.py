@@ -77,7 +77,7 @@ def log_training(
         if changed:
             print(
                 f"not continuing MLflow run {previous_run}: params changed since "
-                f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); a new run"
+                f"({_first_few(changed)}); a new run"
             )
             previous_run = None
     with tracker.run(run_id=previous_run, run_name=training_run_name(params)) as run_id:
@@ -145,10 +145,9 @@ def log_evaluation(
     run_name = f"{training_run_name(params)}-evaluate" if changed else None
     with tracker.run(run_id=None if changed else training_run, run_name=run_name) as run_id:
         if changed:
-            shown = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
             print(
-                f"params changed since training ({shown}): logging to a new MLflow run {run_id} "
-                f"(training run {training_run})"
+                f"params changed since training ({_first_few(changed)}): logging to a new "
+                f"MLflow run {run_id} (training run {training_run})"
             )
             tracker.log_params(params.to_dict())
             tracker.set_tags({TRAINING_RUN_TAG: training_run})
@@ -177,6 +176,11 @@ def log_evaluation(
     if version is not None:
         print(f"registered {name} version {version}")
     return run_id
+
+
+def _first_few(names: list[str]) -> str:
+    """The first three names, then "..." if there are more."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def benchmark_tracking(params: Params) -> TrackingConfig:

@@ -61,6 +61,13 @@ def without_password(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user.split(':')[0]}:***@{host}"))
 
 
+def _login(parts: urllib.parse.SplitResult) -> tuple[str, str] | None:
+    """A URL's ``user:password@`` part, unquoted, as (user, password); None without one."""
+    if parts.username is None:
+        return None
+    return urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+
+
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"train": {"lr": 0.1}} → {"train.lr": 0.1}; lists become strings."""
     flat: dict[str, Any] = {}
@@ -165,10 +172,10 @@ class Tracker:
         """The URI MLflow gets: an http(s) URI's user:password moves to MLflow's credential
         variables, or MLflow prints it in every "View run ... at:" line."""
         parts = urllib.parse.urlsplit(self.uri)
-        if not self.uri.startswith(("http://", "https://")) or parts.username is None:
+        login = _login(parts)
+        if not self.uri.startswith(("http://", "https://")) or login is None:
             return self.uri
-        os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username)
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password or "")
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = login
         return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
     def _check_reachable(self, timeout_s: float) -> None:
@@ -180,10 +187,9 @@ class Tracker:
             netloc += f":{parts.port}" if parts.port else ""
             health = urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/")
             request = urllib.request.Request(health + "/health")
-            if parts.username is not None:
-                login = f"{urllib.parse.unquote(parts.username)}:"
-                login += urllib.parse.unquote(parts.password or "")
-                basic = base64.b64encode(login.encode()).decode()
+            login = _login(parts)
+            if login is not None:
+                basic = base64.b64encode(":".join(login).encode()).decode()
                 request.add_header("Authorization", f"Basic {basic}")
             with urllib.request.urlopen(request, timeout=timeout_s):
                 pass
