@@ -1,6 +1,7 @@
 """DVC stage `benchmark@<c>`: the one-class protocol for one normal class c.
 
-Runs `convvae.oneclass.run_class` and writes the class's metrics, ROC curve, the model of seed 0
+Runs `convvae.benchmark.oneclass.run_class` and writes the class's metrics, ROC curve, the model of
+seed 0
 and its threshold. Imports no MLflow: the report stage logs every class in one process.
 
     python -m pipeline.benchmark --normal-class 3
@@ -8,10 +9,10 @@ and its threshold. Imports no MLflow: the report stage logs every class in one p
 
 import argparse
 
+from convvae.benchmark.oneclass import NO_CLASSES, run_class, write_skipped_class
 from convvae.config import load_params
-from convvae.data import load_splits, read_manifest
+from convvae.data.sources import load_splits, read_manifest
 from convvae.errors import run_stage
-from convvae.oneclass import NO_CLASSES, run_class, write_skipped_class
 from pipeline import layout
 
 

@@ -9,21 +9,21 @@ the MLflow run that `train` opened, registering the model with its threshold.
 
 import torch
 
-from convvae.anomaly import ScoreSpec
+from convvae.anomaly.export import export_onnx
+from convvae.anomaly.outofdomain import out_of_domain_auroc
+from convvae.anomaly.scores import ScoreSpec
+from convvae.anomaly.thresholds import calibrate, selection_and_calibration
+from convvae.benchmark.defects import measure_defects
 from convvae.config import load_params
-from convvae.data import load_splits, read_manifest
-from convvae.decision import calibrate, selection_and_calibration
-from convvae.defects import measure_defects
+from convvae.data.sources import load_splits, read_manifest
 from convvae.errors import run_stage
-from convvae.evaluate import likelihood_metrics, save_figures
-from convvae.export import export_onnx
-from convvae.files import read_json, write_json
-from convvae.model import load_model, resolve_architecture
-from convvae.outofdomain import out_of_domain_auroc
-from convvae.progress import StageSteps
-from convvae.tracked_runs import log_evaluation
-from convvae.tracking import open_tracker
-from convvae.uses import measure_uses
+from convvae.model.vae import load_model, resolve_architecture
+from convvae.runtime.files import read_json, write_json
+from convvae.runtime.progress import StageSteps
+from convvae.tracking.runs import log_evaluation
+from convvae.tracking.tracker import open_tracker
+from convvae.uses.evaluation import likelihood_metrics, save_figures
+from convvae.uses.measure import measure_uses
 from pipeline import layout
 
 EVALUATE_STEPS = (

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from convvae.files import THRESHOLD_FILE, ClassFiles
+from convvae.runtime.files import THRESHOLD_FILE, ClassFiles
 
 PARAMS = Path("params.yaml")
 # The data source's file list (sizes, times): prepare's dep, so changed images re-run it.

@@ -3,16 +3,12 @@
 Writes reports/anomaly.md (every method's ROC-AUC per class, ours and the peers, beside
 published results with their sources and protocols), the ROC and per-method figures, and the
 aggregate metrics (means over classes). Every MLflow call of the benchmark happens here, in one
-process (`convvae.tracked_runs`).
+process (`convvae.tracking.runs`).
 """
 
-from convvae.anomaly import SCORES
-from convvae.config import load_params
-from convvae.data import load_prepared
-from convvae.errors import run_stage
-from convvae.files import atomic_path, read_json, write_json
-from convvae.oneclass import NO_CLASSES
-from convvae.report import (
+from convvae.anomaly.scores import SCORES
+from convvae.benchmark.oneclass import NO_CLASSES
+from convvae.benchmark.report import (
     ReportContext,
     render_report,
     save_methods_figure,
@@ -20,8 +16,12 @@ from convvae.report import (
     summarize,
     write_skipped_report,
 )
-from convvae.tracked_runs import benchmark_tracking, log_benchmark
-from convvae.tracking import open_tracker
+from convvae.config import load_params
+from convvae.data.sources import load_prepared
+from convvae.errors import run_stage
+from convvae.runtime.files import atomic_path, read_json, write_json
+from convvae.tracking.runs import benchmark_tracking, log_benchmark
+from convvae.tracking.tracker import open_tracker
 from pipeline import layout
 
 RERUN_BENCHMARK = "run the benchmark stages (dvc repro benchmark)"

@@ -6,9 +6,9 @@ DVC skips prepare and everything after it.
 """
 
 from convvae.config import load_params
-from convvae.data import source_fingerprint
+from convvae.data.sources import source_fingerprint
 from convvae.errors import run_stage
-from convvae.files import write_json
+from convvae.runtime.files import write_json
 from pipeline import layout
 
 

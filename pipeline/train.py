@@ -6,14 +6,14 @@ saved and logged: an interrupted stage, or one whose tracking store was unreacha
 """
 
 from convvae.config import load_params
-from convvae.data import load_prepared
-from convvae.devices import init_distributed
+from convvae.data.sources import load_prepared
 from convvae.errors import run_stage
-from convvae.files import write_json
-from convvae.model import save_model
-from convvae.tracked_runs import log_training
-from convvae.tracking import open_tracker
-from convvae.train import save_loss_curve, train_model, training_metrics
+from convvae.model.vae import save_model
+from convvae.runtime.files import write_json
+from convvae.tracking.runs import log_training
+from convvae.tracking.tracker import open_tracker
+from convvae.training.devices import init_distributed
+from convvae.training.trainer import save_loss_curve, train_model, training_metrics
 from pipeline import layout
 
 

@@ -16,10 +16,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from convvae.anomaly import score_images  # noqa: E402
-from convvae.decision import read_threshold  # noqa: E402
-from convvae.maps import smoothed_maps  # noqa: E402
-from convvae.model import load_model  # noqa: E402
+from convvae.anomaly.maps import smoothed_maps  # noqa: E402
+from convvae.anomaly.scores import score_images  # noqa: E402
+from convvae.anomaly.thresholds import read_threshold  # noqa: E402
+from convvae.model.vae import load_model  # noqa: E402
 
 IMAGES = 256
 

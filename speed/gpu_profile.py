@@ -21,9 +21,9 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from convvae.config import TrainConfig
-from convvae.data import load_source, make_splits
-from convvae.model import PRESETS, ConvVAE
-from convvae.train import Trainer
+from convvae.data.sources import load_source, make_splits
+from convvae.model.vae import PRESETS, ConvVAE
+from convvae.training.trainer import Trainer
 
 
 def timed_pass(trainer: Trainer, images: torch.Tensor) -> float:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from convvae.allocator import keep_freed_memory
 from convvae.config import load_params
-from convvae.data import load_configured
-from convvae.evaluate import likelihood_metrics
-from convvae.train import train_model, training_metrics
+from convvae.data.sources import load_configured
+from convvae.runtime.allocator import keep_freed_memory
+from convvae.training.trainer import train_model, training_metrics
+from convvae.uses.evaluation import likelihood_metrics
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ the trainer and the reference loop take turns epoch by epoch, each rate is the m
 the fastest) of --epochs - 1 epochs (the first, warm-up epoch left out), and the matmul rate is
 the best of many tries before and after.
 
-- trainer img/s: ``convvae.train.Trainer`` on the ``default`` preset (uint8 batches sliced from
+- trainer img/s: ``convvae.training.trainer.Trainer`` on the ``default`` preset (uint8 batches
+  sliced from
   memory, fused Adam); training loop only, validation excluded.
 - reference img/s: the original project's feeding of the same model: a Dataset whose
   ``__getitem__`` goes through ``PIL.Image.fromarray`` and ``ToTensor()``, a shuffled
@@ -22,7 +23,8 @@ the best of many tries before and after.
   matmul rate is the best of all tries (before, after, and 0.3 s after every epoch pair); each
   epoch is also set against the rate measured right after it ("beside"), which a slow phase of
   the machine lowers too: the verdict uses the best rate, the stricter of the two.
-- scoring img/s: ``convvae.anomaly.score_images`` (what `convvae score` and serving call) on the
+- scoring img/s: ``convvae.anomaly.scores.score_images`` (what `convvae score` and serving call) on
+  the
   1,000 mnist-5k test images at the default posterior sample count, for ``excess_nll`` (the model
   alone) and ``fused`` (plus the two nearest-neighbour distances to the 3,500 training images);
   its roofline is the matmul rate over the FLOPs ``FlopCounterMode`` counts for one image's
@@ -54,11 +56,11 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import ToTensor
 
-from convvae.allocator import keep_freed_memory
 from convvae.config import TrainConfig
-from convvae.data import load_source, make_splits
-from convvae.model import PRESETS, ConvVAE, count_parameters, elbo_terms
-from convvae.train import EpochRecord, Trainer
+from convvae.data.sources import load_source, make_splits
+from convvae.model.vae import PRESETS, ConvVAE, count_parameters, elbo_terms
+from convvae.runtime.allocator import keep_freed_memory
+from convvae.training.trainer import EpochRecord, Trainer
 
 
 def cpu_model() -> str:
@@ -120,7 +122,7 @@ def train_flops_per_image(preset: str, batch_size: int) -> float:
 
 def scoring_rates(train: torch.Tensor, val: torch.Tensor, flops_per_s: float) -> list[dict]:
     """images/s of score_images per score at the default sample count, with its roofline."""
-    from convvae.anomaly import ScoreSpec, fit_reference, score_images
+    from convvae.anomaly.scores import ScoreSpec, fit_reference, score_images
 
     torch.manual_seed(0)
     model = ConvVAE(PRESETS["default"]).eval()
@@ -271,7 +273,7 @@ def main() -> None:
         args.epochs, args.target_cap = 2, 200
         args.seed_budget_s, args.default_budget_s = 10.0, 10.0
 
-    keep_freed_memory()  # as `convvae score` and the stages do (convvae.allocator)
+    keep_freed_memory()  # as `convvae score` and the stages do (convvae.runtime.allocator)
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, CPU: {cpu_model()}")
     if device.type == "cuda":

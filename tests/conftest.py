@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from convvae.config import TrainConfig
-from convvae.data import Splits, load_source, make_splits
-from convvae.model import Architecture, ConvVAE
+from convvae.data.sources import Splits, load_source, make_splits
+from convvae.model.vae import Architecture, ConvVAE
 
 TINY = Architecture(channels=(8, 16), encoder_hidden=(64,), decoder_hidden=(64,), latent_dim=4)
 
@@ -39,7 +39,7 @@ def quick_train_config(**overrides) -> TrainConfig:
 @pytest.fixture(scope="session")
 def trained(train_images, val_images) -> ConvVAE:
     """The tiny model after 12 epochs on 256 digits: good enough to tell digits from noise."""
-    from convvae.train import Trainer
+    from convvae.training.trainer import Trainer
 
     trainer = Trainer(tiny_model(), quick_train_config(epochs=12, lr=3e-3), progress=False)
     return trainer.fit(train_images, val_images).model
@@ -51,7 +51,7 @@ def local_tracker(tmp_path, monkeypatch):
     import mlflow
 
     from convvae.config import TrackingConfig
-    from convvae.tracking import Tracker
+    from convvae.tracking.tracker import Tracker
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -1,4 +1,5 @@
-"""The allocator setting (convvae.allocator): large tensors come from the heap, not from a fresh
+"""The allocator setting (convvae.runtime.allocator): large tensors come from the heap, not from a
+fresh
 mmap each time; CONVVAE_MALLOC=system keeps glibc's defaults. Each case runs in its own
 process, since the setting is process-wide."""
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 # glibc still holds in mmapped blocks while a second one of the same size is alive.
 PROBE = """
 import ctypes, torch
-from convvae.allocator import keep_freed_memory
+from convvae.runtime.allocator import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (

@@ -1,4 +1,5 @@
-"""convvae.anomaly (the one estimator), detection metrics, decision thresholds, bootstrap CIs."""
+"""convvae.anomaly.scores (the one estimator), detection metrics, decision thresholds, bootstrap
+CIs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from convvae.anomaly import (
+from convvae.anomaly.scores import (
     FUSED_COMPONENTS,
     LIKELIHOOD_SCORES,
     SCORES,
@@ -21,18 +22,18 @@ from convvae.anomaly import (
     model_scores,
     score_images,
 )
-from convvae.data import load_source, make_splits
-from convvae.decision import (
+from convvae.anomaly.thresholds import (
     calibrate,
     conformal_threshold,
     normalized_scores,
     read_threshold,
     selection_and_calibration,
 )
-from convvae.detection import detection_metrics, f1_at_threshold, fpr_at_tpr, roc_points
+from convvae.data.sources import load_source, make_splits
 from convvae.errors import CheckpointError, DataError
-from convvae.stats import bootstrap_roc_auc
-from convvae.train import Trainer
+from convvae.metrics.detection import detection_metrics, f1_at_threshold, fpr_at_tpr, roc_points
+from convvae.metrics.stats import bootstrap_roc_auc
+from convvae.training.trainer import Trainer
 from tests.conftest import quick_train_config, tiny_model
 
 
@@ -387,7 +388,7 @@ def test_a_blank_frame_is_flagged_by_the_fused_score(digit_one_with_reference):
 def test_the_reference_travels_in_the_model_file_and_scores_agree(
     digit_one_with_reference, tmp_path
 ):
-    from convvae.model import load_model, save_model
+    from convvae.model.vae import load_model, save_model
 
     model, test, reference, _ = digit_one_with_reference
     save_model(model, tmp_path / "model.pt")

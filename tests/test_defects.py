@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from convvae.anomaly import ScoreSpec, fit_reference
+from convvae.anomaly.maps import anomaly_maps, smoothed_maps
+from convvae.anomaly.scores import ScoreSpec, fit_reference
+from convvae.anomaly.thresholds import calibrate, selection_and_calibration
+from convvae.benchmark.defects import defect_metrics, measure_defects
 from convvae.config import parse_params
-from convvae.data import build_manifest, load_source, load_splits, make_splits, save_splits
-from convvae.decision import calibrate, selection_and_calibration
-from convvae.defects import defect_metrics, measure_defects
-from convvae.maps import anomaly_maps, smoothed_maps
-from convvae.model import ConvVAE, resolve_architecture, save_model
-from convvae.train import Trainer
+from convvae.data.sources import build_manifest, load_source, load_splits, make_splits, save_splits
+from convvae.model.vae import ConvVAE, resolve_architecture, save_model
+from convvae.training.trainer import Trainer
 from tests.conftest import quick_train_config
 from tests.mvtec import DEFECTS, build_mvtec_folder
 from tests.test_cli import assert_one_line_error, convvae

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from convvae.devices import init_distributed
 from convvae.errors import ConfigError
-from convvae.train import Trainer
+from convvae.training.devices import init_distributed
+from convvae.training.trainer import Trainer
 from tests.conftest import quick_train_config, tiny_model
 from tests.e2e.servers import free_port
 

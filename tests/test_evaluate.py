@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convvae.evaluate import (
+from convvae.uses.evaluation import (
     likelihood_metrics,
     reconstruct,
     sample_images,

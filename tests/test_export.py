@@ -1,4 +1,5 @@
-"""convvae.export: the ONNX graph computes what the package computes, run by ONNX Runtime on real
+"""convvae.anomaly.export: the ONNX graph computes what the package computes, run by ONNX Runtime
+on real
 digits and real RGB texture patches, for each likelihood, at any batch size."""
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from convvae.anomaly import ScoreSpec, fit_reference, score_images
+from convvae.anomaly.export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+from convvae.anomaly.maps import smoothed_maps
+from convvae.anomaly.scores import ScoreSpec, fit_reference, score_images
 from convvae.errors import CheckpointError
-from convvae.export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-from convvae.maps import smoothed_maps
-from convvae.model import Architecture, ConvVAE
-from convvae.train import Trainer
+from convvae.model.vae import Architecture, ConvVAE
+from convvae.training.trainer import Trainer
 from tests.conftest import quick_train_config, tiny_model
 from tests.mvtec import good_patches
 
@@ -158,8 +159,8 @@ def test_convvae_export_writes_a_graph_that_scores_as_convvae_score(trained, mni
     import csv
     import json
 
-    from convvae.decision import calibrate, selection_and_calibration
-    from convvae.model import save_model
+    from convvae.anomaly.thresholds import calibrate, selection_and_calibration
+    from convvae.model.vae import save_model
     from tests.test_cli import convvae
 
     model = copy.deepcopy(trained)

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from convvae.config import DataConfig
-from convvae.data import load_configured
+from convvae.data.folder import RESIZE, load_folder, preprocess_image, read_image_file
+from convvae.data.sources import load_configured
 from convvae.errors import ConfigError, DataError
-from convvae.folder import RESIZE, load_folder, preprocess_image, read_image_file
 from tests.mvtec import build_mvtec_folder, good_patches
 
 # build_mvtec_folder's defaults: 60 train, 20 test/good, 10 per defect; scratch drawn first.

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from convvae.evaluate import reconstruct
-from convvae.generate import (
+from convvae.data.images import image_grid
+from convvae.uses.evaluation import reconstruct
+from convvae.uses.generate import (
     classifier_accuracy,
     classifier_features,
     frechet_distance,
@@ -13,7 +14,6 @@ from convvae.generate import (
     sample_quality,
     train_classifier,
 )
-from convvae.images import image_grid
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convvae.data.images import Resize, image_names, load_images, save_png
 from convvae.errors import DataError
-from convvae.images import Resize, image_names, load_images, save_png
 
 SHAPE = (1, 28, 28)
 

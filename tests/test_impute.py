@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from convvae.data.images import to_unit_interval
 from convvae.errors import DataError
-from convvae.images import to_unit_interval
-from convvae.impute import (
+from convvae.uses.impute import (
     imputation_benchmark,
     impute,
     make_mask,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from convvae.likelihood import (
+from convvae.model.likelihood import (
     GAUSSIAN_LOG_STD_MIN,
     LIKELIHOODS,
     OUTPUTS_PER_CHANNEL,

@@ -7,9 +7,9 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from convvae.config import ModelConfig
+from convvae.data.images import to_unit_interval
 from convvae.errors import CheckpointError, ConfigError
-from convvae.images import to_unit_interval
-from convvae.model import (
+from convvae.model.vae import (
     PRESETS,
     Architecture,
     ConvVAE,
@@ -73,7 +73,7 @@ def test_the_last_layer_computes_what_pytorchs_transposed_conv_does(
 ):
     """Its matmul + col2im forward and aten backward give the outputs and gradients of
     nn.ConvTranspose2d with the same weights (and the export path uses that operator)."""
-    from convvae.model import _FewChannelsConvTranspose2d
+    from convvae.model.vae import _FewChannelsConvTranspose2d
 
     torch.manual_seed(0)
     pad = (kernel - 1) // 2
@@ -111,7 +111,7 @@ def test_the_last_layer_computes_what_pytorchs_transposed_conv_does(
 def test_settings_the_last_layer_does_not_compute_itself_give_pytorchs_result(
     settings, shape, autocast
 ):
-    from convvae.model import _FewChannelsConvTranspose2d
+    from convvae.model.vae import _FewChannelsConvTranspose2d
 
     torch.manual_seed(0)
     ours = _FewChannelsConvTranspose2d(4, 2, 3, 2, 1, **settings)

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from convvae.anomaly import ScoreSpec, all_scores, fit_reference
-from convvae.decision import calibrate, selection_and_calibration
-from convvae.model import save_model
+from convvae.anomaly.scores import ScoreSpec, all_scores, fit_reference
+from convvae.anomaly.thresholds import calibrate, selection_and_calibration
+from convvae.model.vae import save_model
 from convvae.serving import _load_pyfunc
 from tests.test_cli import convvae
 

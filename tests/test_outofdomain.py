@@ -1,13 +1,14 @@
-"""convvae.outofdomain: odd inputs made from nothing and from the test images, scored as usual."""
+"""convvae.anomaly.outofdomain: odd inputs made from nothing and from the test images, scored as
+usual."""
 
 import copy
 
 import numpy as np
 import pytest
 
-from convvae.anomaly import ScoreSpec, fit_reference
-from convvae.decision import selection_and_calibration
-from convvae.outofdomain import out_of_domain_auroc, out_of_domain_sets
+from convvae.anomaly.outofdomain import out_of_domain_auroc, out_of_domain_sets
+from convvae.anomaly.scores import ScoreSpec, fit_reference
+from convvae.anomaly.thresholds import selection_and_calibration
 
 
 def test_the_sets_are_shaped_like_the_images_and_made_as_named(mnist_slice):

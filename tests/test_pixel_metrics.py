@@ -13,7 +13,7 @@ from scipy import ndimage
 from skimage.measure import label
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from convvae.pixel_metrics import (
+from convvae.metrics.pixel import (
     gaussian_zscore_maps,
     pixel_aupro,
     pixel_average_precision,

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from convvae.progress import StageSteps
+from convvae.runtime.progress import StageSteps
 
 
 def test_each_step_logs_its_seconds_and_logs_get_no_bar(capsys):

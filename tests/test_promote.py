@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from convvae.errors import TrackingError
-from convvae.model import save_model
-from convvae.promote import promote
-from convvae.stats import paired_bootstrap
+from convvae.metrics.stats import paired_bootstrap
+from convvae.model.vae import save_model
+from convvae.tracking.promote import promote
 from tests.conftest import tiny_model
 
 NAME = "convvae-unit"
@@ -82,8 +82,8 @@ def register_scorer(local_tracker, model, tmp_path, example, calibration, thresh
     overrides the conformal cut (a broken record)."""
     import copy
 
-    from convvae.anomaly import ScoreSpec, fit_reference
-    from convvae.decision import THRESHOLD_TAG, calibrate
+    from convvae.anomaly.scores import ScoreSpec, fit_reference
+    from convvae.anomaly.thresholds import THRESHOLD_TAG, calibrate
 
     model = copy.deepcopy(model)
     fit_reference(model, calibration["train"], calibration["selection"], 4, 0)
@@ -100,7 +100,7 @@ def register_scorer(local_tracker, model, tmp_path, example, calibration, thresh
 def test_the_anomaly_gate_refuses_a_threshold_that_flags_normal_images(
     local_tracker, tmp_path, trained, mnist_slice
 ):
-    from convvae.decision import selection_and_calibration
+    from convvae.anomaly.thresholds import selection_and_calibration
 
     selection, calibration = selection_and_calibration(mnist_slice.val.images)
     halves = {"train": mnist_slice.train.images, "selection": selection,

@@ -1,4 +1,5 @@
-"""convvae.report on the pipeline's committed benchmark outputs (metrics/benchmark/class_*.json).
+"""convvae.benchmark.report on the pipeline's committed benchmark outputs
+(metrics/benchmark/class_*.json).
 
 The committed class files may predate the peers (no ``peers``, no ``seconds``); tests that need
 peers add synthetic ones (:func:`with_peers`), so they hold for both formats.
@@ -14,9 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from convvae.anomaly import SCORES
-from convvae.config import parse_params
-from convvae.report import (
+from convvae.anomaly.scores import SCORES
+from convvae.benchmark.report import (
     METRIC_KEYS,
     PEER_TITLES,
     SCORE_TITLES,
@@ -28,6 +28,7 @@ from convvae.report import (
     save_roc_figure,
     summarize,
 )
+from convvae.config import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK_METRICS = REPO / "metrics" / "benchmark"

@@ -12,9 +12,9 @@ import torch
 
 from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
-from convvae.model import save_model
-from convvae.provenance import provenance_tags, repository_root
-from convvae.tracking import (
+from convvae.model.vae import save_model
+from convvae.tracking.provenance import provenance_tags, repository_root
+from convvae.tracking.tracker import (
     Tracker,
     _quiet_model_logging,
     flatten,
@@ -257,10 +257,10 @@ def test_an_evaluation_with_other_params_than_its_training_gets_its_own_run(
     # changed param).
     import dataclasses
 
-    from convvae.anomaly import ScoreSpec
+    from convvae.anomaly.scores import ScoreSpec
+    from convvae.anomaly.thresholds import calibrate, selection_and_calibration
     from convvae.config import parse_params
-    from convvae.decision import calibrate, selection_and_calibration
-    from convvae.tracked_runs import TRAINING_RUN_TAG, log_evaluation
+    from convvae.tracking.runs import TRAINING_RUN_TAG, log_evaluation
 
     params = parse_params({"tracking": {"register_model": False}})
     with local_tracker.run() as training_run:
@@ -294,7 +294,7 @@ def test_an_evaluation_with_other_params_than_its_training_gets_its_own_run(
 
 
 def test_an_unknown_registry_reference_names_what_exists(local_tracker):
-    from convvae.modelref import load_model_ref
+    from convvae.tracking.modelref import load_model_ref
 
     with pytest.raises(TrackingError, match="no registered model named 'nothing'") as err:
         load_model_ref("models:/nothing@champion")

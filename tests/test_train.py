@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from convvae.devices import prefers_channels_last, select_device
 from convvae.errors import CheckpointError, ConfigError, TrainingDivergedError
-from convvae.train import Trainer
+from convvae.training.devices import prefers_channels_last, select_device
+from convvae.training.trainer import Trainer
 from tests.conftest import quick_train_config, tiny_model
 
 
@@ -92,10 +92,14 @@ def test_a_resume_in_the_other_weight_layout_continues_the_same_run(
     # reverse): Adam's moments must follow the weights' layout, or fused Adam mixes elements.
     uninterrupted = fit(train_images, val_images, epochs=3)
     checkpoint = tmp_path / "ckpt.pt"
-    monkeypatch.setattr("convvae.train.prefers_channels_last", lambda *_: first_channels_last)
+    monkeypatch.setattr(
+        "convvae.training.trainer.prefers_channels_last", lambda *_: first_channels_last
+    )
     with pytest.raises(Interrupt):
         fit(train_images, val_images, checkpoint, stop_after_one, epochs=3)
-    monkeypatch.setattr("convvae.train.prefers_channels_last", lambda *_: not first_channels_last)
+    monkeypatch.setattr(
+        "convvae.training.trainer.prefers_channels_last", lambda *_: not first_channels_last
+    )
     resumed = fit(train_images, val_images, checkpoint, epochs=3)
     assert resumed.resumed_from_epoch == 1
     for a, b in zip(uninterrupted.history, resumed.history, strict=True):

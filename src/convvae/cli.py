@@ -11,8 +11,8 @@ import json
 import os
 import sys
 
-from convvae.allocator import keep_freed_memory
 from convvae.errors import debug_requested, exit_on_error
+from convvae.runtime.allocator import keep_freed_memory
 
 
 def _check_params(args: argparse.Namespace) -> None:
@@ -23,7 +23,7 @@ def _check_params(args: argparse.Namespace) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from convvae.model import count_parameters, load_model
+    from convvae.model.vae import count_parameters, load_model
 
     model = load_model(args.model)
     print(json.dumps(dataclasses.asdict(model.arch), indent=2))
@@ -31,7 +31,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _presets(args: argparse.Namespace) -> None:
-    from convvae.model import preset_table
+    from convvae.model.vae import preset_table
 
     print(f"{'image':<12}{'conv channels':<30}{'latent':>7}{'parameters':>13}{'MFLOP/image':>13}")
     for row in preset_table():
@@ -45,12 +45,12 @@ def _presets(args: argparse.Namespace) -> None:
 def _promote(args: argparse.Namespace) -> None:
     import torch
 
-    from convvae.anomaly import ScoreSpec
+    from convvae.anomaly.scores import ScoreSpec
+    from convvae.anomaly.thresholds import selection_and_calibration
     from convvae.config import load_params
-    from convvae.data import load_splits
-    from convvae.decision import selection_and_calibration
-    from convvae.promote import promote
-    from convvae.tracking import Tracker
+    from convvae.data.sources import load_splits
+    from convvae.tracking.promote import promote
+    from convvae.tracking.tracker import Tracker
 
     params = load_params(args.params)
     # The validation images that chose epochs: never the test split, never calibration images.
@@ -89,7 +89,7 @@ def _image_shape(model) -> tuple[int, int, int]:
 def _resize(model, asked: bool):
     """``--resize``: as the model's prepare stage did (its stored preprocessing), else a plain
     bilinear resize to the model's size; None when not asked (sizes must then match)."""
-    from convvae.images import Resize
+    from convvae.data.images import Resize
 
     if not asked:
         return None
@@ -101,10 +101,10 @@ def _resize(model, asked: bool):
 
 
 def _generate(args: argparse.Namespace) -> None:
+    from convvae.data.images import write_images
     from convvae.errors import ConfigError
-    from convvae.evaluate import sample_images
-    from convvae.images import write_images
-    from convvae.modelref import load_model_ref
+    from convvae.tracking.modelref import load_model_ref
+    from convvae.uses.evaluation import sample_images
 
     if args.n < 1 or args.temperature <= 0:
         raise ConfigError("--n must be >= 1 and --temperature > 0")
@@ -116,10 +116,10 @@ def _generate(args: argparse.Namespace) -> None:
 def _interpolate(args: argparse.Namespace) -> None:
     import torch
 
+    from convvae.data.images import load_images, write_images
     from convvae.errors import ConfigError
-    from convvae.generate import interpolate
-    from convvae.images import load_images, write_images
-    from convvae.modelref import load_model_ref
+    from convvae.tracking.modelref import load_model_ref
+    from convvae.uses.generate import interpolate
 
     if args.steps < 2:
         raise ConfigError("--steps must be >= 2")
@@ -140,9 +140,9 @@ def _interpolate(args: argparse.Namespace) -> None:
 def _encode(args: argparse.Namespace) -> None:
     import torch
 
-    from convvae.compress import encode, save_codes
-    from convvae.images import load_images
-    from convvae.modelref import load_model_ref
+    from convvae.data.images import load_images
+    from convvae.tracking.modelref import load_model_ref
+    from convvae.uses.compress import encode, save_codes
 
     model = load_model_ref(args.model, _registry_tracking(args))
     batch = load_images(args.images, _image_shape(model), _resize(model, args.resize))
@@ -157,10 +157,10 @@ def _encode(args: argparse.Namespace) -> None:
 
 
 def _decode(args: argparse.Namespace) -> None:
-    from convvae.compress import decode, load_codes
+    from convvae.data.images import to_uint8, write_png_folder
     from convvae.errors import DataError
-    from convvae.images import to_uint8, write_png_folder
-    from convvae.modelref import load_model_ref
+    from convvae.tracking.modelref import load_model_ref
+    from convvae.uses.compress import decode, load_codes
 
     model = load_model_ref(args.model, _registry_tracking(args))
     if not os.path.isfile(args.codes):
@@ -173,11 +173,11 @@ def _decode(args: argparse.Namespace) -> None:
 def _impute(args: argparse.Namespace) -> None:
     import torch
 
-    from convvae.data import load_splits
+    from convvae.data.images import load_images, to_uint8, write_png_folder
+    from convvae.data.sources import load_splits
     from convvae.errors import ConfigError
-    from convvae.images import load_images, to_uint8, write_png_folder
-    from convvae.impute import impute, make_mask, mean_fill
-    from convvae.modelref import load_model_ref
+    from convvae.tracking.modelref import load_model_ref
+    from convvae.uses.impute import impute, make_mask, mean_fill
 
     if args.iterations < 1:
         raise ConfigError("--iterations must be >= 1")
@@ -202,12 +202,12 @@ def _score(args: argparse.Namespace) -> None:
     import itertools
     import resource
 
-    from convvae.anomaly import score_images
-    from convvae.defects import check_map_names, map_scale, write_maps
-    from convvae.files import atomic_path
-    from convvae.images import image_names, iter_images
-    from convvae.modelref import load_scorer_ref
-    from convvae.progress import live_bar
+    from convvae.anomaly.scores import score_images
+    from convvae.benchmark.defects import check_map_names, map_scale, write_maps
+    from convvae.data.images import image_names, iter_images
+    from convvae.runtime.files import atomic_path
+    from convvae.runtime.progress import live_bar
+    from convvae.tracking.modelref import load_scorer_ref
 
     model, stored = load_scorer_ref(args.model, _registry_tracking(args))
     if args.maps is not None:
@@ -258,9 +258,9 @@ def _export(args: argparse.Namespace) -> None:
     import time
     from pathlib import Path
 
-    from convvae.export import export_onnx
-    from convvae.files import write_json
-    from convvae.modelref import load_scorer_ref
+    from convvae.anomaly.export import export_onnx
+    from convvae.runtime.files import write_json
+    from convvae.tracking.modelref import load_scorer_ref
 
     model, stored = load_scorer_ref(args.model, _registry_tracking(args))
     out = Path(args.out)
@@ -280,7 +280,7 @@ def _registry_tracking(args: argparse.Namespace):
     exists when --params is not given; else the default store), so the CLI finds what the
     stages registered. Only that section is read."""
     from convvae.config import load_tracking
-    from convvae.modelref import REGISTRY_PREFIX
+    from convvae.tracking.modelref import REGISTRY_PREFIX
 
     if not args.model.startswith(REGISTRY_PREFIX):
         return None
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `convvae` console script."""
     args = build_parser().parse_args(argv)
-    keep_freed_memory()  # scoring's large temporary tensors (convvae.allocator)
+    keep_freed_memory()  # scoring's large temporary tensors (convvae.runtime.allocator)
     exit_on_error(lambda: args.action(args), args.debug or debug_requested())
 
 

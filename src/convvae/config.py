@@ -108,7 +108,7 @@ def size_pair(value: Any, key: str, smallest: int = 1) -> tuple[int, int] | None
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture overrides on top of a preset (see ``convvae.model.PRESETS``)."""
+    """Architecture overrides on top of a preset (see ``convvae.model.vae.PRESETS``)."""
 
     preset: Literal["default", "seed"] = "default"
     channels: list[int] | None = None

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from convvae.allocator import keep_freed_memory
+from convvae.runtime.allocator import keep_freed_memory
 
 
 class ConvVAEError(Exception):
@@ -66,6 +66,6 @@ def exit_on_error(action: Callable[[], None], debug: bool = False) -> None:
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a pipeline stage: one-line errors, tracebacks with CONVVAE_DEBUG=1; the allocator
-    keeps freed memory (``convvae.allocator``)."""
+    keeps freed memory (``convvae.runtime.allocator``)."""
     keep_freed_memory()
     exit_on_error(main, debug=debug_requested())

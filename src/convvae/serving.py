@@ -2,7 +2,7 @@
 
 MLflow imports this module (``loader_module="convvae.serving"``) and calls ``_load_pyfunc`` with
 the logged model file and the model's threshold record (its ``model_config``); no pickled code
-is involved. Scores come from ``convvae.anomaly.score_images``, the function `convvae score`
+is involved. Scores come from ``convvae.anomaly.scores.score_images``, the function `convvae score`
 and the benchmark use, with the stored score name, sample count and noise seed.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from convvae.allocator import keep_freed_memory
-from convvae.anomaly import ScoreSpec, score_images
-from convvae.decision import StoredThreshold, parse_threshold
-from convvae.evaluate import reconstruct
-from convvae.images import check_pixels
-from convvae.maps import smoothed_maps
-from convvae.model import ConvVAE, load_model
+from convvae.anomaly.maps import smoothed_maps
+from convvae.anomaly.scores import ScoreSpec, score_images
+from convvae.anomaly.thresholds import StoredThreshold, parse_threshold
+from convvae.data.images import check_pixels
+from convvae.model.vae import ConvVAE, load_model
+from convvae.runtime.allocator import keep_freed_memory
+from convvae.uses.evaluation import reconstruct
 
 # Images per request: a bound on the memory and time one request can take (about 10 s on two
 # CPU cores at 28x28); a larger batch is refused with a one-line reason, split it.
@@ -85,7 +85,7 @@ class ScoringModel:
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ScoringModel:
     import json
 
-    keep_freed_memory()  # the server scores in this process (convvae.allocator)
+    keep_freed_memory()  # the server scores in this process (convvae.runtime.allocator)
     stored = None
     if model_config:
         stored = parse_threshold(json.dumps(dict(model_config)), "the model's threshold record")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from convvae.anomaly import SCORES
+from convvae.anomaly.scores import SCORES
 from tests.e2e.project import BIN, make_project, run
 
 pytestmark = pytest.mark.e2e

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convvae.anomaly import ScoreSpec, score_images
-from convvae.decision import StoredThreshold, calibrate, selection_and_calibration
-from convvae.maps import smoothed_maps
-from convvae.model import save_model
+from convvae.anomaly.maps import smoothed_maps
+from convvae.anomaly.scores import ScoreSpec, score_images
+from convvae.anomaly.thresholds import StoredThreshold, calibrate, selection_and_calibration
+from convvae.model.vae import save_model
 from convvae.serving import MAX_BATCH
 from tests.e2e.servers import free_port, running_server
 

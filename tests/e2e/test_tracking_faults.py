@@ -6,7 +6,7 @@ import mlflow
 import pytest
 
 from convvae.errors import TrackingError
-from convvae.tracking import Tracker
+from convvae.tracking.tracker import Tracker
 from tests.e2e.project import BIN, make_project, mlflow_runs, run
 from tests.e2e.servers import free_port
 

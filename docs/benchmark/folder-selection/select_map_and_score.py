@@ -25,13 +25,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from convvae.anomaly import all_scores, fit_reference  # noqa: E402
+from convvae.anomaly.maps import anomaly_maps, map_sigma  # noqa: E402
+from convvae.anomaly.scores import all_scores, fit_reference  # noqa: E402
+from convvae.benchmark.peers import run_peer  # noqa: E402
 from convvae.config import parse_params  # noqa: E402
-from convvae.maps import anomaly_maps, map_sigma  # noqa: E402
-from convvae.model import ConvVAE, resolve_architecture  # noqa: E402
-from convvae.peers import run_peer  # noqa: E402
-from convvae.pixel_metrics import pixel_aupro, pixel_roc_auc, smooth_maps  # noqa: E402
-from convvae.train import Trainer  # noqa: E402
+from convvae.metrics.pixel import pixel_aupro, pixel_roc_auc, smooth_maps  # noqa: E402
+from convvae.model.vae import ConvVAE, resolve_architecture  # noqa: E402
+from convvae.training.trainer import Trainer  # noqa: E402
 from tests.conftest import quick_train_config  # noqa: E402
 
 TEXTURES = [("brick", 32), ("grass", 32), ("immunohistochemistry", 32), ("coffee", 32),

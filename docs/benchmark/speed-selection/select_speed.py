@@ -20,11 +20,11 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from convvae.anomaly import all_scores, fit_reference
+from convvae.anomaly.scores import all_scores, fit_reference
+from convvae.anomaly.thresholds import selection_and_calibration
+from convvae.benchmark.oneclass import class_images, train_class_model
 from convvae.config import load_params
-from convvae.data import load_splits
-from convvae.decision import selection_and_calibration
-from convvae.oneclass import class_images, train_class_model
+from convvae.data.sources import load_splits
 
 TRAIN_CONFIGS = [(64, 20), (128, 20), (64, 14)]  # (batch_size, epochs)
 SAMPLES = [32, 16, 8]

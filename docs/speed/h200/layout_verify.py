@@ -6,9 +6,9 @@ import sys
 import torch
 
 from convvae.config import ModelConfig, TrainConfig
-from convvae.data import load_source, make_splits
-from convvae.model import ConvVAE, resolve_architecture
-from convvae.train import Trainer
+from convvae.data.sources import load_source, make_splits
+from convvae.model.vae import ConvVAE, resolve_architecture
+from convvae.training.trainer import Trainer
 
 g = torch.Generator().manual_seed(0)
 big = torch.randint(0, 256, (1024, 3, 256, 256), dtype=torch.uint8, generator=g)

@@ -8,8 +8,8 @@ import sys
 import torch
 
 from convvae.config import ModelConfig, TrainConfig
-from convvae.model import ConvVAE, resolve_architecture
-from convvae.train import Trainer
+from convvae.model.vae import ConvVAE, resolve_architecture
+from convvae.training.trainer import Trainer
 
 arch = resolve_architecture(ModelConfig(), (3, 256, 256))
 g = torch.Generator().manual_seed(0)

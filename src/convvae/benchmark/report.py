@@ -1,0 +1,452 @@
+"""The one-class benchmark report: summary metrics, Markdown and the ROC figure.
+
+Rendering only: the caller reads the per-class metrics (one dict per normal class, as the
+benchmark stage writes them), logs to MLflow and decides where files go. The published results
+the report quotes live in ``published_results.yaml`` beside this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from convvae.runtime.files import atomic_path
+
+SCORE_TITLES = {
+    "recon_mse": "reconstruction MSE",
+    "recon_bce": "reconstruction BCE",
+    "neg_elbo": "negative ELBO",
+    "iwae_nll": "IWAE NLL",
+    "excess_nll": "Bernoulli deviance (IWAE NLL above its floor)",
+    "hidden_knn": "5th-neighbour distance, encoder features",
+    "cosine_knn": "5th-neighbour distance, unit-length pixels",
+    "fused": "fused: deviance + both distances, z-scored",
+}
+PEER_TITLES = {
+    "pyod_knn": "PyOD KNN (5th-neighbour distance, pixels)",
+    "pyod_iforest": "PyOD IForest (pixels)",
+    "pyod_autoencoder": "PyOD AutoEncoder (pixels)",
+    "pyod_vae": "PyOD VAE (pixels)",
+}
+METHOD_TITLES = {**SCORE_TITLES, **PEER_TITLES}
+# The metrics of each score averaged over classes in the summary.
+METRIC_KEYS = (
+    "roc_auc",
+    "average_precision",
+    "average_precision_in",
+    "fpr_at_95_tpr",
+    "f1",
+    "realised_fpr",
+)
+# Published tables always cover the ten classes of MNIST and Fashion-MNIST.
+PUBLISHED_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    """One published result: ROC-AUC in % per normal class 0..9 (None when only the mean is
+    published), the mean (a number, or quoted text such as "96.3 ± 2.5"), and where it comes
+    from with its protocol."""
+
+    method: str
+    per_class: list[float] | None
+    mean: float | str
+    source: str
+
+
+@functools.cache
+def _published_table() -> dict[str, tuple[PublishedRow, ...]]:
+    """Every data source's published rows, read once from the packaged YAML file."""
+    text = (importlib.resources.files("convvae.benchmark") / "published_results.yaml").read_text(
+        "utf-8"
+    )
+    return {
+        data_source: tuple(PublishedRow(**row) for row in rows)
+        for data_source, rows in yaml.safe_load(text).items()
+    }
+
+
+def published_results(data_source: str) -> list[PublishedRow]:
+    """The published rows to compare ``data_source``'s benchmark with; empty when there are none."""
+    return list(_published_table().get(data_source, ()))
+
+
+def class_methods(metrics: dict) -> dict[str, dict]:
+    """One class's detection metrics by method: our scores in SCORE_TITLES' order, then the
+    peers run beside them in PEER_TITLES' order (the metrics files are key-sorted)."""
+    methods = {**metrics["scores"], **metrics.get("peers", {})}
+    order = list(METHOD_TITLES)
+    ranked = sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
+    return {method: methods[method] for method in ranked}
+
+
+def summarize(per_class: dict[int, dict], data_source: str, seeds: int, default_score: str) -> dict:
+    """The benchmark's flat summary: ``<method>.<metric>_mean`` for each metric of METRIC_KEYS
+    and ``<method>.seconds_per_class`` (train or fit + score, all seeds), averaged over the
+    normal classes of ``per_class`` (normal class -> its metrics dict), for our scores and each
+    peer; ``default_score`` names the score `convvae score` uses."""
+    by_class = [class_methods(metrics) for metrics in per_class.values()]
+    summary = {
+        "data_source": data_source,
+        "classes": len(per_class),
+        "seeds": seeds,
+        "default_score": default_score,
+    }
+    for method in by_class[0]:
+        for key in (*METRIC_KEYS, "seconds"):
+            if key in by_class[0][method]:
+                name = "seconds_per_class" if key == "seconds" else f"{key}_mean"
+                summary[f"{method}.{name}"] = float(np.mean([m[method][key] for m in by_class]))
+    return summary
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What the report says about how the benchmark ran (from params), as plain values."""
+
+    data_source: str
+    val_fraction: float  # share of the training split held out as validation images
+    target_fpr: float  # the threshold's target false-positive rate (conformal, calibration half)
+    iwae_samples: int
+    bootstrap_resamples: int
+    max_train_images: int | None  # None: the whole training split
+    primary_score: str  # the score `convvae score` uses
+    scores: tuple[str, ...]  # every score, in table order
+    roc_figure_name: str  # the ROC figure's file name, beside the report
+    methods_figure_name: str = "anomaly_methods.png"  # the bar plot of every method's mean
+
+
+def render_report(context: ReportContext, per_class: dict[int, dict], summary: dict) -> str:
+    """The Markdown report: protocol, our ROC-AUC tables, published results, per-class details.
+
+    ``per_class`` maps each normal class to its metrics dict (in table order); ``summary`` is
+    what :func:`summarize` returns for them.
+    """
+    lines = [
+        *_protocol_section(context, per_class),
+        *_caveats(context, per_class),
+        *_roc_auc_table(context, per_class),
+        *_bootstrap_table(context, per_class),
+        *_seed_table(per_class),
+        *_published_section(context.data_source),
+        *_per_class_table(context, per_class, summary),
+    ]
+    return "\n".join(lines)
+
+
+def _training_counts(per_class: dict[int, dict]) -> str:
+    """The distinct numbers of training images per class, e.g. "350" or "5400, 5421"."""
+    return ", ".join(map(str, sorted({metrics["train_images"] for metrics in per_class.values()})))
+
+
+def _protocol_section(context: ReportContext, per_class: dict[int, dict]) -> list[str]:
+    """Title, how each class was trained and tested, and what each score measures."""
+    first = next(iter(per_class.values()))
+    test_normal = first["test_images"] - first["test_anomalous"]
+    return [
+        f"# One-class anomaly benchmark: {context.data_source}",
+        "",
+        "Generated by `dvc repro benchmark_report` (pipeline/report.py); do not edit by hand.",
+        "",
+        "## Protocol",
+        "",
+        "For each normal class c: a ConvVAE is trained on the training images of class c only, "
+        "then scores every test image; class c is normal, all other classes anomalous. "
+        f"{first['seeds']} seed(s) per class; metrics are the mean over seeds. Training images "
+        f"per class: {_training_counts(per_class)} (the training split less the "
+        f"{context.val_fraction:.0%} held out as validation images: half of them choose the "
+        "epoch (early stopping), the other half only calibrate the threshold); test images: "
+        f"{first['test_images']} ({test_normal} of them normal for class "
+        f"{first['normal_class']}). The threshold is the conformal quantile of the calibration "
+        f"images' scores for a target false-positive rate of {context.target_fpr:.0%} (no test "
+        "images or labels); F1 and the realised false-positive rate are measured on the test "
+        "set at that threshold.",
+        "",
+        "Scores (higher = more anomalous), all from one pass with "
+        f"{context.iwae_samples} importance samples: the squared error and the binary "
+        "cross-entropy of the reconstruction decoded from the posterior mean (the plain "
+        "reconstruction-error baselines); the negative ELBO and the IWAE bound on -log p(x) "
+        "(nats); and the *Bernoulli deviance*, the IWAE NLL minus sum_i H(x_i), the binary "
+        "entropy of each pixel's grey level: the least -log p(x) any Bernoulli decoder can give "
+        "the image. A Bernoulli likelihood on grey levels is not a probability of the 8-bit "
+        "image, and without that floor its NLL mostly counts grey pixels. Two distances to the "
+        "normal training images: to the 5th nearest in the encoder's last hidden layer, and "
+        "between unit-length pixel vectors. The default, *fused*, is the mean of the deviance "
+        "and the two distances, each standardised on the half of the validation images that "
+        "chose the epoch (never on test images); it was chosen on held-out training images of "
+        "Fashion-MNIST and mnist-5k, not on test results.",
+        "",
+        "Peers: PyOD's KNN, IForest, AutoEncoder and VAE with their default settings, fitted "
+        "on the same normal training images (flattened pixels in [0, 1]) and scoring the same "
+        "test images in the same run; their thresholds are set the same way.",
+        "",
+    ]
+
+
+def _caveats(context: ReportContext, per_class: dict[int, dict]) -> list[str]:
+    """Warnings that our figures are not comparable with the published ones, when they are not."""
+    lines = []
+    if context.data_source == "mnist-5k":
+        test_images = next(iter(per_class.values()))["test_images"]
+        lines += [
+            "**Different protocol from the published rows below.** `mnist-5k` is a 5,000-digit "
+            "subset of MNIST (500 per class) split 70/10/20 here: "
+            f"{_training_counts(per_class)} training images per class and a "
+            f"{test_images}-image test set, where the published results train on about "
+            "6,000 images per class and score the official 10,000-image test set (1,000 per "
+            "class). The comparison shows the order of magnitude, not a ranking.",
+            "",
+        ]
+    if context.max_train_images is not None:
+        lines += [
+            f"**Capped data** (`data.max_train_images: {context.max_train_images}`): a smoke "
+            "run, not comparable with any published figure.",
+            "",
+        ]
+    return lines
+
+
+def _class_table_head(per_class: dict[int, dict], extra: str = "") -> list[str]:
+    """Header and rule of a table with a method column, one column per class and a mean."""
+    classes = " | ".join(str(normal_class) for normal_class in per_class)
+    columns = len(per_class) + 2 + (1 if extra else 0)
+    return [f"| method | {classes} | mean |{extra}", "|---" * columns + "|"]
+
+
+def _roc_auc_table(context: ReportContext, per_class: dict[int, dict]) -> list[str]:
+    """ROC-AUC (%) per method and class, ours and the peers run beside them on the same
+    images, with the mean over classes and the seconds per class (train + score, all seeds)."""
+    lines = [
+        "## ROC-AUC (%), every method on the same images",
+        "",
+        "Ours (ConvVAE scores, **bold**: the default) and the peers, run here side by side on "
+        "the same splits in the same run; seconds per class are wall-clock on this machine.",
+        "",
+        *_class_table_head(per_class, " s/class |"),
+    ]
+    by_class = [class_methods(metrics) for metrics in per_class.values()]
+    for method in by_class[0]:
+        values = [100 * methods[method]["roc_auc"] for methods in by_class]
+        timed = [methods[method]["seconds"] for methods in by_class if "seconds" in methods[method]]
+        seconds = f"{np.mean(timed):.1f}" if timed else ""
+        cells = " | ".join(f"{value:.1f}" for value in values)
+        title = METHOD_TITLES.get(method, method)
+        if method == context.primary_score:
+            title = f"**{title}**"
+        lines.append(f"| {title} | {cells} | {np.mean(values):.1f} | {seconds} |")
+    if "peers" in next(iter(per_class.values())):
+        lines += ["", f"![Mean ROC-AUC per method]({context.methods_figure_name})"]
+    return lines
+
+
+def _bootstrap_table(context: ReportContext, per_class: dict[int, dict]) -> list[str]:
+    """The 95% bootstrap interval of each ROC-AUC (%); no mean, as intervals do not average."""
+    lines = [
+        "",
+        "95% bootstrap intervals (test images resampled within normal and anomalous, "
+        f"{context.bootstrap_resamples} resamples), ROC-AUC %:",
+        "",
+        *_class_table_head(per_class),
+    ]
+    by_class = [class_methods(metrics) for metrics in per_class.values()]
+    for method in by_class[0]:
+        cells = " | ".join(
+            f"{100 * m['roc_auc_ci_low']:.1f}–{100 * m['roc_auc_ci_high']:.1f}"
+            for m in (methods[method] for methods in by_class)
+        )
+        lines.append(f"| {METHOD_TITLES.get(method, method)} | {cells} | |")
+    return lines
+
+
+def _seed_table(per_class: dict[int, dict]) -> list[str]:
+    """With several seeds: each ROC-AUC's standard deviation over seeds (ddof=1) and the 95%
+    Student-t interval of its seed mean (%); nothing with one seed."""
+    first = next(iter(per_class.values()))
+    if first["seeds"] < 2:
+        return []
+    lines = [
+        "",
+        f"Over the {first['seeds']} seeds: the standard deviation of each ROC-AUC (ddof=1) and "
+        "the 95% Student-t interval of its mean over seeds, % (this interval counts the "
+        "training randomness, which the bootstrap above holds fixed; the mean column is the "
+        "mean standard deviation):",
+        "",
+        *_class_table_head(per_class),
+    ]
+    by_class = [class_methods(metrics) for metrics in per_class.values()]
+    for method in by_class[0]:
+        rows = [methods[method] for methods in by_class]
+        cells = " | ".join(
+            f"{100 * m['roc_auc_seed_sd']:.2f} ({100 * m['roc_auc_seed_ci_low']:.1f}–"
+            f"{100 * m['roc_auc_seed_ci_high']:.1f})"
+            for m in rows
+        )
+        mean_sd = 100 * np.mean([m["roc_auc_seed_sd"] for m in rows])
+        lines.append(f"| {METHOD_TITLES.get(method, method)} | {cells} | {mean_sd:.2f} |")
+    return lines
+
+
+def _published_section(data_source: str) -> list[str]:
+    """The published results for ``data_source``, with their caveats; nothing when none."""
+    rows = published_results(data_source)
+    if not rows:
+        return []
+    columns = " | ".join(map(str, range(PUBLISHED_CLASSES)))
+    lines = [
+        "",
+        "## Published ROC-AUC (%), standard one-class protocol",
+        "",
+        f"| method | {columns} | mean | source, protocol |",
+        "|---" * (PUBLISHED_CLASSES + 3) + "|",
+    ]
+    for row in rows:
+        values = row.per_class if row.per_class is not None else []
+        cells = [f"{value:.1f}" for value in values] or [""] * PUBLISHED_CLASSES
+        mean = row.mean if isinstance(row.mean, str) else f"{row.mean:.1f}"
+        lines.append(f"| {row.method} | {' | '.join(cells)} | {mean} | {row.source} |")
+    lines += [
+        "",
+        "All rows are quoted from later papers' tables (AGAD = Cheng et al. 2020, "
+        "Adversarial Generative Anomaly Detection), not checked against the original "
+        "papers. Baselines are sensitive to preprocessing (a rerun of Isolation Forest got "
+        "0.93 on MNIST class 0 where Deep SVDD's paper says 0.98, lukasruff/Deep-SVDD#14).",
+    ]
+    return lines
+
+
+def _per_class_table(
+    context: ReportContext, per_class: dict[int, dict], summary: dict
+) -> list[str]:
+    """Every metric of the primary score per class, the means, and the ROC figure."""
+    primary = context.primary_score
+    lines = [
+        "",
+        f"## Per class, score `{primary}` (the one `convvae score` uses)",
+        "",
+        "Average precision with anomalies as the positive class (AUPR-out) and with normal "
+        "images positive (AUPR-in), each beside its chance level (the positive class's share); "
+        "the realised false-positive rate is the share of normal *test* images flagged at the "
+        f"threshold, whose target is {context.target_fpr:.0%}; F1 (anomalies "
+        "positive) beside the F1 of flagging every image.",
+        "",
+        "| class | ROC-AUC (95% CI) | AUPR-out (chance) | AUPR-in (chance) | FPR at 95% TPR "
+        "| threshold | realised FPR | F1 (flag all) | train images |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for normal_class, metrics in per_class.items():
+        m = metrics["scores"][primary]
+        lines.append(
+            f"| {normal_class} ({metrics['class_name']}) | {m['roc_auc']:.3f} "
+            f"({m['roc_auc_ci_low']:.3f}–{m['roc_auc_ci_high']:.3f}) | "
+            f"{m['average_precision']:.3f} ({m['average_precision_chance']:.3f}) | "
+            f"{m['average_precision_in']:.3f} ({m['average_precision_in_chance']:.3f}) | "
+            f"{m['fpr_at_95_tpr']:.3f} | {m['threshold']:.2f} | {m['realised_fpr']:.3f} | "
+            f"{m['f1']:.3f} ({m['f1_flag_all']:.3f}) | {metrics['train_images']} |"
+        )
+    mean = {key: summary[f"{primary}.{key}_mean"] for key in METRIC_KEYS}
+    lines += [
+        f"| mean | {mean['roc_auc']:.3f} | {mean['average_precision']:.3f} | "
+        f"{mean['average_precision_in']:.3f} | {mean['fpr_at_95_tpr']:.3f} | | "
+        f"{mean['realised_fpr']:.3f} | {mean['f1']:.3f} | |",
+        "",
+        f"![ROC curves per normal class, score {primary}]({context.roc_figure_name})",
+        "",
+    ]
+    return lines
+
+
+def save_roc_figure(
+    curves: dict[int, list[dict]], aucs: dict[int, float], score: str, path: Path
+) -> None:
+    """One ROC curve per normal class as a PNG at ``path``, written atomically.
+
+    ``curves`` maps each normal class to its curve's points, rows {"fpr", "tpr"} (rates in
+    [0, 1]); ``aucs`` maps it to its ROC-AUC in [0, 1], shown in the legend; ``score`` names the
+    score the curves are of.
+    """
+    import matplotlib  # here, not at the top: only the report stage draws
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    for normal_class, rows in curves.items():
+        ax.plot(
+            [row["fpr"] for row in rows],
+            [row["tpr"] for row in rows],
+            label=f"{normal_class}: {aucs[normal_class]:.3f}",
+        )
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("false positive rate (normal flagged)")
+    ax.set_ylabel("true positive rate (anomalies flagged)")
+    ax.set_title(f"One-class ROC per normal class, score {score}")
+    ax.legend(title="normal class: ROC-AUC", fontsize=7, loc="lower right")
+    _save_figure(fig, path)
+
+
+def save_methods_figure(summary: dict, primary: str, path: Path) -> None:
+    """Mean ROC-AUC over classes per method (ours and the peers) as horizontal bars, each
+    labelled with its seconds per class; written atomically to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [
+        key.removesuffix(".roc_auc_mean") for key in summary if key.endswith(".roc_auc_mean")
+    ]
+    methods.sort(key=lambda m: summary[f"{m}.roc_auc_mean"])
+    means = [100 * summary[f"{m}.roc_auc_mean"] for m in methods]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(methods) + 1.2), dpi=100)
+    colours = ["tab:blue" if m in SCORE_TITLES else "tab:grey" for m in methods]
+    bars = ax.barh([METHOD_TITLES.get(m, m) for m in methods], means, color=colours)
+    for bar, method in zip(bars, methods, strict=True):
+        seconds = summary.get(f"{method}.seconds_per_class")
+        label = f"{bar.get_width():.1f}" + (f"  ({seconds:.1f} s/class)" if seconds else "")
+        weight = "bold" if method == primary else "normal"
+        ax.text(
+            bar.get_width() + 0.3,
+            bar.get_y() + bar.get_height() / 2,
+            label,
+            va="center",
+            fontsize=8,
+            fontweight=weight,
+        )
+    ax.set_xlim(max(0.0, min(means) - 10), 100)
+    ax.set_xlabel(f"mean ROC-AUC over {summary['classes']} classes (%); blue: ConvVAE, grey: peers")
+    ax.set_title(f"One-class benchmark, {summary['data_source']}")
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically and close it, even when saving fails."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
+def write_skipped_report(reason: str, report: Path, figures: list[Path]) -> None:
+    """The report stage's outputs when there is no class benchmark to report: the report says
+    why, and each figure shows the same line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with atomic_path(report) as tmp:
+        tmp.write_text(f"# One-class anomaly benchmark\n\nNot run: {reason}\n")
+    for path in figures:
+        fig, ax = plt.subplots(figsize=(7, 1.2), dpi=100)
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"Not run: {reason}", ha="center", va="center", wrap=True, fontsize=8)
+        _save_figure(fig, path)

@@ -1,0 +1,57 @@
+"""File output: atomic writes (a temporary name in the same folder, then a rename, so a killed
+process never leaves half a file under the final name), JSON in and out, and the names of a
+model's files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from convvae.errors import DataError
+
+# Beside a model file: its threshold record (convvae.anomaly.thresholds), read by `convvae score`.
+THRESHOLD_FILE = "threshold.json"
+
+
+@dataclass(frozen=True)
+class ClassFiles:
+    """Where one class of the one-class benchmark writes its results (a DVC stage's outputs)."""
+
+    model: Path
+    threshold: Path  # beside the model: THRESHOLD_FILE
+    metrics: Path
+    roc: Path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path to write; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(data: Any, path: str | Path) -> None:
+    """Pretty, key-sorted JSON, written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path, fix: str) -> Any:
+    """A JSON file another stage wrote; missing or corrupt is a DataError ending in ``fix``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise DataError(f"{path}: unreadable ({reason}); {fix}") from None
