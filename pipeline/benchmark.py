@@ -11,7 +11,7 @@ import argparse
 
 from convvae.benchmark.oneclass import NO_CLASSES, run_class, write_skipped_class
 from convvae.config import load_params
-from convvae.data.sources import load_splits, read_manifest
+from convvae.data.splits import load_splits, read_manifest
 from convvae.errors import run_stage
 from pipeline import layout
 

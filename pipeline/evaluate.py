@@ -7,17 +7,17 @@ and serving, and logs everything into
 the MLflow run that `train` opened, registering the model with its threshold.
 """
 
-import torch
-
 from convvae.anomaly.export import export_onnx
 from convvae.anomaly.outofdomain import out_of_domain_auroc
+from convvae.anomaly.reference import load_fitted_model
+from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ScoreSpec
-from convvae.anomaly.thresholds import calibrate, selection_and_calibration
+from convvae.anomaly.thresholds import calibrate
 from convvae.benchmark.defects import measure_defects
 from convvae.config import load_params
-from convvae.data.sources import load_splits, read_manifest
+from convvae.data.splits import load_splits, read_manifest, selection_and_calibration
 from convvae.errors import run_stage
-from convvae.model.vae import load_model, resolve_architecture
+from convvae.model.architecture import resolve_architecture
 from convvae.runtime.files import read_json, write_json
 from convvae.runtime.progress import StageSteps
 from convvae.tracking.runs import log_evaluation
@@ -44,11 +44,11 @@ def main() -> None:
     tracker = open_tracker(params.tracking)
     splits = load_splits(layout.PREPARED_SPLITS)
     expected = resolve_architecture(params.model, splits.test.images.shape[1:])
-    model = load_model(layout.MODEL, expected=expected)
+    model, reference = load_fitted_model(layout.MODEL, expected=expected)
     class_names = read_manifest(layout.MANIFEST)["class_names"]
     # A folder's defect images are not draws from the data the likelihood models.
     normal = splits.test.labels == 0 if params.data.source == "folder" else slice(None)
-    test_images = torch.from_numpy(splits.test.images[normal])
+    test_images = splits.test.images[normal]
     steps = StageSteps("evaluate", EVALUATE_STEPS)
     with steps.step("likelihoods"):
         metrics = likelihood_metrics(model, test_images, cfg.iwae_samples, cfg.seed)
@@ -56,18 +56,18 @@ def main() -> None:
         save_figures(model, splits.test, class_names, cfg, layout.EVALUATE_PLOTS)
     with steps.step("generation, compression, imputation"):
         uses = measure_uses(model, splits, cfg, layout.EVALUATE_PLOTS, layout.RATE_DISTORTION)
-    spec = ScoreSpec.from_config(params.anomaly)
+    scorer = Scorer(model, reference, ScoreSpec.from_config(params.anomaly))
     with steps.step("threshold"):
         _, calibration = selection_and_calibration(splits.val.images)
-        threshold = calibrate(model, calibration, spec, params.anomaly.target_fpr)
-        write_json(threshold, layout.MODEL_THRESHOLD)
+        record = calibrate(scorer, calibration, params.anomaly.target_fpr)
+        write_json(record.as_json(), layout.MODEL_THRESHOLD)
     with steps.step("ONNX export"):
-        export_onnx(model, spec, layout.MODEL_ONNX)
+        export_onnx(scorer, layout.MODEL_ONNX)
     with steps.step("out-of-domain sets"):
         # Flipped or inverted digits, noise and blank frames against the normal test images.
-        metrics["out_of_domain_roc_auc"] = out_of_domain_auroc(model, test_images.numpy(), spec)
+        metrics["out_of_domain_roc_auc"] = out_of_domain_auroc(scorer, test_images)
     with steps.step("defects"):
-        defects = measure_defects(model, splits, class_names, spec, layout.ANOMALY_MAPS_PNG)
+        defects = measure_defects(scorer, splits, class_names, layout.ANOMALY_MAPS_PNG)
     run_id = read_json(layout.MLFLOW_RUN, "re-run the train stage (dvc repro train)")["run_id"]
     if tracker is None:
         steps.skip("MLflow", "tracking.enabled is false")
@@ -75,19 +75,12 @@ def main() -> None:
         steps.skip("MLflow", "the train stage ran without tracking")
     else:
         with steps.step("MLflow"):
+            logged = {**metrics, **uses, "defects": defects}
             example = splits.test.images[:2].astype("float32") / 255
             run_id = log_evaluation(
-                tracker,
-                run_id,
-                params,
-                {**metrics, **uses, "anomaly": defects},
-                layout.EVALUATE_PLOTS,
-                model,
-                layout.MODEL,
-                example,
-                threshold,
-                layout.MODEL_ONNX,
-            )
+                tracker, run_id, params, logged, layout.EVALUATE_PLOTS, model, layout.MODEL,
+                example, record, layout.MODEL_ONNX,
+            )  # fmt: skip
             metrics["mlflow_run_id"] = uses["mlflow_run_id"] = run_id
     write_json(metrics, layout.EVALUATE_METRICS)
     write_json(uses, layout.USES_METRICS)

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from convvae.runtime.files import THRESHOLD_FILE, ClassFiles
+from convvae.anomaly.detector import THRESHOLD_FILE
+from convvae.benchmark.oneclass import ClassFiles
 
 PARAMS = Path("params.yaml")
 # The data source's file list (sizes, times): prepare's dep, so changed images re-run it.
@@ -27,7 +28,7 @@ TRAIN_CHECKPOINT_RUN = Path("checkpoints/train.mlflow_run")
 USES_METRICS = Path("metrics/uses.json")
 RATE_DISTORTION = EVALUATE_PLOTS / "rate_distortion.csv"
 # Image and pixel anomaly metrics against a folder's defects (a note for the class sources).
-DEFECT_METRICS = Path("metrics/anomaly.json")
+DEFECT_METRICS = Path("metrics/defects.json")
 ANOMALY_MAPS_PNG = EVALUATE_PLOTS / "anomaly_maps.png"
 # The one-class anomaly benchmark: per normal class c, then the report over all classes.
 ANOMALY_MODELS = Path("models/anomaly")

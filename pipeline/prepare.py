@@ -1,7 +1,7 @@
 """DVC stage `prepare`: load the data source, split it, write the splits and a manifest."""
 
 from convvae.config import load_params
-from convvae.data.sources import build_manifest, load_configured, save_splits
+from convvae.data.splits import build_manifest, load_configured, save_splits
 from convvae.errors import run_stage
 from convvae.runtime.files import write_json
 from pipeline import layout

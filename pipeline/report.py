@@ -11,13 +11,15 @@ from convvae.benchmark.oneclass import NO_CLASSES
 from convvae.benchmark.report import (
     ReportContext,
     render_report,
+    summarize,
+)
+from convvae.benchmark.report_figures import (
     save_methods_figure,
     save_roc_figure,
-    summarize,
     write_skipped_report,
 )
 from convvae.config import load_params
-from convvae.data.sources import load_prepared
+from convvae.data.splits import load_prepared
 from convvae.errors import run_stage
 from convvae.runtime.files import atomic_path, read_json, write_json
 from convvae.tracking.runs import benchmark_tracking, log_benchmark

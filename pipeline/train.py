@@ -5,15 +5,16 @@ written to a small output that `evaluate` reads. The checkpoint is deleted only 
 saved and logged: an interrupted stage, or one whose tracking store was unreachable, resumes.
 """
 
+from convvae.anomaly.fit import train_and_fit
+from convvae.anomaly.reference import save_fitted_model
 from convvae.config import load_params
-from convvae.data.sources import load_prepared
+from convvae.data.splits import load_prepared
 from convvae.errors import run_stage
-from convvae.model.vae import save_model
 from convvae.runtime.files import write_json
 from convvae.tracking.runs import log_training
 from convvae.tracking.tracker import open_tracker
 from convvae.training.devices import init_distributed
-from convvae.training.trainer import save_loss_curve, train_model, training_metrics
+from convvae.training.history import save_loss_curve, training_metrics
 from pipeline import layout
 
 
@@ -23,11 +24,22 @@ def main() -> None:
     # Only rank 0 tracks and writes; a dead server fails here, before any training.
     tracker = open_tracker(params.tracking) if group.is_main else None
     data = load_prepared(layout.PREPARED_SPLITS, layout.MANIFEST)
-    result = train_model(params, data.splits, data.sha256, layout.TRAIN_CHECKPOINT, group)
+    splits = data.splits
+    fitted = train_and_fit(
+        params.model,
+        params.train,
+        params.anomaly,
+        splits.train.images,
+        splits.val.images,
+        checkpoint_path=layout.TRAIN_CHECKPOINT,
+        fingerprint={"data_sha256": data.sha256},
+        group=group,
+    )
     if not group.is_main:
         return
+    result = fitted.training
     result.model.preprocessing = data.manifest.get("preprocessing")  # for score --resize
-    save_model(result.model, layout.MODEL)
+    save_fitted_model(result.model, fitted.reference, layout.MODEL)
     save_loss_curve(result.history, layout.LOSS_CURVE)
     metrics = training_metrics(result)
     if tracker is not None:

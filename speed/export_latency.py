@@ -16,10 +16,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from convvae.anomaly.maps import smoothed_maps  # noqa: E402
-from convvae.anomaly.scores import score_images  # noqa: E402
-from convvae.anomaly.thresholds import read_threshold  # noqa: E402
-from convvae.model.vae import load_model  # noqa: E402
+from convvae.anomaly.detector import load_detector  # noqa: E402
+from convvae.anomaly.scoring import score_and_map  # noqa: E402
 
 IMAGES = 256
 
@@ -34,8 +32,8 @@ def best_of(run, repeats: int = 3) -> float:
 
 
 def main() -> None:
-    model = load_model(REPO / "models/model.pt")
-    spec = read_threshold(REPO / "models/threshold.json").spec
+    scorer = load_detector(REPO / "models/model.pt").scorer
+    spec = scorer.spec
     images = np.load(REPO / "data/prepared/splits.npz")["test_images"][:IMAGES]
     pixels = images.astype(np.float32) / 255
     print(f"{IMAGES} images {images.shape[1:]}, score {spec.name} (k={spec.samples}) + map")
@@ -47,7 +45,7 @@ def main() -> None:
         session = ort.InferenceSession(
             str(REPO / "models/model.onnx"), options, providers=["CPUExecutionProvider"]
         )
-        torch_s = best_of(lambda: (score_images(model, images, spec), smoothed_maps(model, images)))
+        torch_s = best_of(lambda: score_and_map(scorer, images, (spec.name,)))
         onnx_s = best_of(lambda s=session: s.run(None, {"pixels": pixels}))
         print(f"{threads:>8}{torch_s:>12.2f}{onnx_s:>16.2f}{torch_s / onnx_s:>10.2f}")
 

@@ -21,8 +21,10 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from convvae.config import TrainConfig
-from convvae.data.sources import load_source, make_splits
-from convvae.model.vae import PRESETS, ConvVAE
+from convvae.data.sources import load_source
+from convvae.data.splits import make_splits
+from convvae.model.architecture import PRESETS
+from convvae.model.vae import ConvVAE
 from convvae.training.trainer import Trainer
 
 

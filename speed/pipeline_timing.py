@@ -3,6 +3,8 @@
 Runs ``dvc repro [ARGS]`` (default ``-f``: every stage, nothing cached), streams its output, and
 times each stage from its "Running stage" line to the next (process start, imports, the work and
 DVC's bookkeeping included). Prints one line per stage, then the total, the date and the machine.
+A full run (no ARGS) that succeeds also writes them to docs/speed/timings.md, the one place the
+README and docs point to for the pipeline's timings.
 
     .venv/bin/python speed/pipeline_timing.py            # make timings
     .venv/bin/python speed/pipeline_timing.py -- -s evaluate
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+TIMINGS = Path(__file__).resolve().parents[1] / "docs" / "speed" / "timings.md"
 
 
 def cpu_name() -> str:
@@ -57,9 +60,30 @@ def main(args: list[str]) -> int:
     for stage, value in seconds.items():
         print(f"{stage:<22}{value:>9.1f}")
     print(f"{'total (dvc repro)':<22}{end - started:>9.1f}")
+    machine = f"{cpu_name()}, {os.cpu_count()} cores"
     today = dt.date.today().isoformat()
-    print(f"{today}, {cpu_name()}, {os.cpu_count()} cores; exit code {process.returncode}")
+    print(f"{today}, {machine}; exit code {process.returncode}")
+    if not args and process.returncode == 0:
+        write_timings(seconds, end - started, today, machine)
+        print(f"written to {TIMINGS}")
     return process.returncode
+
+
+def write_timings(seconds: dict[str, float], total: float, today: str, machine: str) -> None:
+    """docs/speed/timings.md: the table of the last full run, with its commit and machine."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    rows = "".join(f"| {stage} | {value:.1f} |\n" for stage, value in seconds.items())
+    TIMINGS.write_text(
+        "# Pipeline timings\n\n"
+        "Written by `make timings` (`speed/pipeline_timing.py`): every stage of `dvc repro -f` "
+        'on the embedded default data, from its "Running stage" line to the next (process '
+        "start, imports, the work and DVC's bookkeeping included). Regenerate it after a change "
+        "that moves these numbers; nothing else in the project quotes them.\n\n"
+        f"Last run: {today}, commit {commit or 'unknown'}, {machine}, nothing else running.\n\n"
+        f"| stage | seconds |\n|---|---:|\n{rows}| **total (dvc repro -f)** | **{total:.1f}** |\n"
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ with the CPU's committed figures (metrics/train.json, metrics/evaluate.json).
 
 Run: ``.venv/bin/python speed/train_on_device.py --device cuda [--epochs N]``. It loads and
 splits the data as the ``prepare`` stage does (``load_configured``), trains with params.yaml's
-settings through ``train_model`` (the ``train`` stage's function; ``Trainer`` runs under bf16
+settings through ``train_and_fit`` (the ``train`` stage's function; ``Trainer`` runs under bf16
 autocast on a GPU), and prints the best validation loss, the seconds, and the test split's
 negative ELBO, scored on the CPU by ``evaluate``'s own ``likelihood_metrics``. No MLflow; no
 files beside a checkpoint in a temporary folder.
@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
+from convvae.anomaly.fit import train_and_fit
 from convvae.config import load_params
-from convvae.data.sources import load_configured
+from convvae.data.splits import load_configured
 from convvae.runtime.allocator import keep_freed_memory
-from convvae.training.trainer import train_model, training_metrics
+from convvae.training.history import training_metrics
 from convvae.uses.evaluation import likelihood_metrics
 
 
@@ -43,15 +44,22 @@ def main() -> None:
     _, splits = load_configured(params.data)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        result = train_model(params, splits, "train_on_device", Path(folder) / "checkpoint.pt")
+        result = train_and_fit(
+            params.model,
+            params.train,
+            params.anomaly,
+            splits.train.images,
+            splits.val.images,
+            checkpoint_path=Path(folder) / "checkpoint.pt",
+        ).training
     seconds = time.perf_counter() - started
     metrics = training_metrics(result)
-    test = torch.from_numpy(splits.test.images)
+    test = splits.test.images
     likelihood = likelihood_metrics(
         result.model, test, params.evaluate.iwae_samples, params.evaluate.seed
     )
     print(
-        f"{args.device}: {metrics['epochs_run']} epochs; train_model (fit, then the anomaly "
+        f"{args.device}: {metrics['epochs_run']} epochs; train_and_fit (fit, then the anomaly "
         f"reference on the CPU) {seconds:.1f} s, of it training {metrics['train_seconds']:.1f} "
         f"s at {metrics['images_per_s']:.0f} img/s; best "
         f"validation loss {metrics['best_val_loss']:.2f} at epoch {metrics['best_epoch']}; "

@@ -23,7 +23,7 @@ the best of many tries before and after.
   matmul rate is the best of all tries (before, after, and 0.3 s after every epoch pair); each
   epoch is also set against the rate measured right after it ("beside"), which a slow phase of
   the machine lowers too: the verdict uses the best rate, the stricter of the two.
-- scoring img/s: ``convvae.anomaly.scores.score_images`` (what `convvae score` and serving call) on
+- scoring img/s: ``convvae.anomaly.scoring.score_images`` (what `convvae score` and serving call) on
   the
   1,000 mnist-5k test images at the default posterior sample count, for ``excess_nll`` (the model
   alone) and ``fused`` (plus the two nearest-neighbour distances to the 3,500 training images);
@@ -45,68 +45,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import time
 from collections.abc import Iterator
 
 import torch
 from PIL import Image
+from roofline import cpu_model, device_name, matmul_flops, matmul_label, synchronize
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import ToTensor
 
 from convvae.config import TrainConfig
-from convvae.data.sources import load_source, make_splits
-from convvae.model.vae import PRESETS, ConvVAE, count_parameters, elbo_terms
+from convvae.data.sources import load_source
+from convvae.data.splits import make_splits
+from convvae.model.architecture import PRESETS
+from convvae.model.vae import ConvVAE, count_parameters, elbo_terms
 from convvae.runtime.allocator import keep_freed_memory
-from convvae.training.trainer import EpochRecord, Trainer
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-
-
-def matmul_kind(device: torch.device) -> tuple[int, torch.dtype]:
-    """The roofline's product: fp32 2048^2 on CPU; on a GPU bf16 8192^2, since the trainer runs
-    under bf16 autocast there and a smaller product does not fill the chip."""
-    return (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
-
-
-def matmul_label(device: torch.device) -> str:
-    n, dtype = matmul_kind(device)
-    return f"{'bf16' if dtype == torch.bfloat16 else 'fp32'} matmul {n}^2"
-
-
-def synchronize(device: torch.device) -> None:
-    """Waits for the GPU's queued work, so a host clock times it (a no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_flops(seconds: float, device: torch.device, at_least: int = 8) -> float:
-    """Best FLOP/s of single square matmuls (``matmul_kind``), timed over and over for
-    ``seconds`` (and at least ``at_least`` times: a best of very few is biased low)."""
-    n, dtype = matmul_kind(device)
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    a @ b  # warm-up
-    synchronize(device)
-    best, tries, stop = 0.0, 0, time.perf_counter() + seconds
-    while time.perf_counter() < stop or tries < at_least:
-        tries += 1
-        started = time.perf_counter()
-        a @ b
-        synchronize(device)
-        best = max(best, 2 * n**3 / (time.perf_counter() - started))
-    return best
+from convvae.training.history import EpochRecord
+from convvae.training.trainer import Trainer
 
 
 def train_flops_per_image(preset: str, batch_size: int) -> float:
@@ -122,22 +79,26 @@ def train_flops_per_image(preset: str, batch_size: int) -> float:
 
 def scoring_rates(train: torch.Tensor, val: torch.Tensor, flops_per_s: float) -> list[dict]:
     """images/s of score_images per score at the default sample count, with its roofline."""
-    from convvae.anomaly.scores import ScoreSpec, fit_reference, score_images
+    from convvae.anomaly.fit import fit_reference
+    from convvae.anomaly.scorer import Scorer
+    from convvae.anomaly.scores import ScoreSpec
+    from convvae.anomaly.scoring import score_images
+    from convvae.config import AnomalyConfig
 
     torch.manual_seed(0)
     model = ConvVAE(PRESETS["default"]).eval()
-    samples = ScoreSpec().samples  # the default: anomaly.samples
-    fit_reference(model, train.numpy(), val.numpy(), samples, 0)
+    samples = AnomalyConfig.samples  # the default: anomaly.samples
+    reference = fit_reference(model, train.numpy(), val.numpy(), samples, 0)
     test = make_splits(load_source("mnist-5k"), 0.1, 0.2, seed=0).test.images
     rows = []
     for name in ("excess_nll", "fused"):
-        spec = ScoreSpec(name, samples, 0)
-        score_images(model, test[:64], spec)  # warm-up: the reference banks are built once
+        scorer = Scorer(model, reference, ScoreSpec(name, samples, 0))  # builds the banks
+        score_images(scorer, test[:64])  # warm-up
         with FlopCounterMode(display=False) as counter:
-            score_images(model, test[:64], spec)
+            score_images(scorer, test[:64])
         flops = counter.get_total_flops() / 64
         started = time.perf_counter()
-        score_images(model, test, spec)
+        score_images(scorer, test)
         rate = len(test) / (time.perf_counter() - started)
         pct = 100 * rate * flops / flops_per_s
         rows.append(
@@ -246,7 +207,7 @@ def time_to_target(
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke check in under a minute")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train")
@@ -263,29 +224,47 @@ def main() -> None:
     parser.add_argument("--skip-seed", action="store_true", help="no seed-preset run")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible here; leave --device out")
-    batches = [args.batch_size, 256]
+    args.batches = [args.batch_size, 256]
     if args.speed_batches:
-        batches = [int(size) for size in args.speed_batches.split(",")]
+        args.batches = [int(size) for size in args.speed_batches.split(",")]
     if args.quick:
         args.epochs, args.target_cap = 2, 200
         args.seed_budget_s, args.default_budget_s = 10.0, 10.0
+    return args
 
-    keep_freed_memory()  # as `convvae score` and the stages do (convvae.runtime.allocator)
-    threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads, CPU: {cpu_model()}")
-    if device.type == "cuda":
-        print(f"training on {device_name(device)}, ours under bf16 autocast")
-    matmul_s = 1.0 if args.quick else 4.0
+
+def speed_row(bs: int, ours: list, ref: list, matmul_beside: list, flops_per_s: float) -> dict:
+    """One batch size's line of the speed table (printed): both loops against the roofline."""
+    flops = train_flops_per_image("default", bs)
+    roofline = flops_per_s / flops
+    row = {"batch_size": bs, "flops_per_image": flops, "roofline_images_per_s": roofline}
+    # Each epoch against the matmul rate of its own moment: the machine's slow phases
+    # (other tenants) lower both, so this share moves less from run to run.
+    beside = [100 * rate * flops / mm for rate, mm in zip(ours, matmul_beside, strict=True)]
+    row["pct_roofline_beside_median"] = statistics.median(beside)
+    row["matmul_flops_per_s_beside"] = matmul_beside
+    lead = f"{bs:5d} {flops / 1e6:9.1f} {roofline:14.0f}"
+    for loop, rates in (("trainer", ours), ("reference", ref)):
+        median, best = statistics.median(rates), max(rates)
+        row[loop] = {"median": median, "best": best, "epochs": rates}
+        row[loop] |= {"pct_roofline": 100 * median / roofline}
+        print(
+            f"{lead}   {loop:9} {median:12.0f} {best:10.0f} "
+            f"{100 * median / roofline:16.1f}% / {100 * best / roofline:4.1f}%"
+        )
+        lead = " " * len(lead)
+    row["speedup"] = row["trainer"]["median"] / row["reference"]["median"]
+    best_ratio = row["trainer"]["best"] / row["reference"]["best"]
+    print(f"{lead}   {'speed-up':9} {row['speedup']:11.2f}x {best_ratio:9.2f}x")
+    return row
+
+
+def speed_section(args, device, train, val, matmul_s: float) -> tuple[list[dict], float]:
+    """The two loops at each batch size against the roofline (printed); rows and roofline."""
     flops_per_s = matmul_flops(matmul_s, device)
-    cpu = torch.device("cpu")
-    # Scoring's roofline (the CPU's), before and after the runs as for training's; in CPU mode
-    # it is training's own rate, measured below.
-    cpu_rate_before = matmul_flops(matmul_s, cpu) if device != cpu else None
-    train, val = load_splits()
-    runs = {bs: epoch_rates("default", train, val, bs, args.epochs, device) for bs in batches}
+    runs = {bs: epoch_rates("default", train, val, bs, args.epochs, device) for bs in args.batches}
     # Measured again after the runs: a busy moment at the start would lower the roofline.
     beside_rates = [rate for _, _, rates in runs.values() for rate in rates]
     flops_per_s = max(flops_per_s, matmul_flops(matmul_s, device), *beside_rates)
@@ -298,77 +277,45 @@ def main() -> None:
         f"{'batch':>5} {'MFLOP/img':>9} {'roofline img/s':>14}   {'loop':9} {'img/s median':>12}"
         f" {'img/s best':>10} {'% roofline median / best':>25}"
     )
-    speed = []
-    for bs, (ours, ref, matmul_beside) in runs.items():
-        flops = train_flops_per_image("default", bs)
-        roofline = flops_per_s / flops
-        row = {"batch_size": bs, "flops_per_image": flops, "roofline_images_per_s": roofline}
-        # Each epoch against the matmul rate of its own moment: the machine's slow phases
-        # (other tenants) lower both, so this share moves less from run to run.
-        beside = [100 * rate * flops / mm for rate, mm in zip(ours, matmul_beside, strict=True)]
-        row["pct_roofline_beside_median"] = statistics.median(beside)
-        row["matmul_flops_per_s_beside"] = matmul_beside
-        lead = f"{bs:5d} {flops / 1e6:9.1f} {roofline:14.0f}"
-        for loop, rates in (("trainer", ours), ("reference", ref)):
-            median, best = statistics.median(rates), max(rates)
-            row[loop] = {"median": median, "best": best, "epochs": rates}
-            row[loop] |= {"pct_roofline": 100 * median / roofline}
-            print(
-                f"{lead}   {loop:9} {median:12.0f} {best:10.0f} "
-                f"{100 * median / roofline:16.1f}% / {100 * best / roofline:4.1f}%"
-            )
-            lead = " " * len(lead)
-        row["speedup"] = row["trainer"]["median"] / row["reference"]["median"]
-        best_ratio = row["trainer"]["best"] / row["reference"]["best"]
-        print(f"{lead}   {'speed-up':9} {row['speedup']:11.2f}x {best_ratio:9.2f}x")
-        speed.append(row)
+    speed = [speed_row(bs, *rates, flops_per_s) for bs, rates in runs.items()]
     pct = max(row["trainer"]["pct_roofline"] for row in speed)
     verdict = "reached" if pct >= 70 else "NOT reached"
     print(f"\ngoal >= 70% of roofline for the default preset: {verdict} (best median {pct:.1f}%)")
     beside = ", ".join(
         f"batch {row['batch_size']} {row['pct_roofline_beside_median']:.1f}%" for row in speed
     )
-    print(
-        f"against the matmul rate measured after each epoch instead of the best one: {beside} "
-        "(median)\n"
-    )
+    print(f"against the matmul rate measured after each epoch instead of the best one: {beside}")
+    return speed, flops_per_s
 
-    cpu_flops_per_s = (
-        flops_per_s
-        if cpu_rate_before is None
-        else max(cpu_rate_before, matmul_flops(matmul_s, cpu))
-    )
+
+def scoring_section(train, val, cpu_flops_per_s: float) -> list[dict]:
+    """`convvae score`'s rates on the CPU (printed)."""
     scoring = scoring_rates(train, val, cpu_flops_per_s)
-    samples = scoring[0]["samples"]
     print(
-        f"convvae score (score_images on the CPU, 1,000 test images, {samples} posterior samples; "
-        f"roofline fp32 {cpu_flops_per_s / 1e9:.0f} GFLOP/s):"
+        f"\nconvvae score (score_images on the CPU, 1,000 test images, "
+        f"{scoring[0]['samples']} posterior samples; roofline fp32 "
+        f"{cpu_flops_per_s / 1e9:.0f} GFLOP/s):"
     )
     for row in scoring:
         print(
             f"  {row['score']:10} {row['images_per_s']:8.0f} img/s, "
             f"{row['flops_per_image'] / 1e6:7.1f} MFLOP/img, {row['pct_roofline']:5.1f}% roofline"
         )
-    print()
+    return scoring
 
-    target_train, target_val = load_splits(args.target_cap)
+
+def target_section(args, device, target_train, target_val) -> list[dict]:
+    """Seconds to the validation target per preset (printed)."""
     print(
-        f"seconds to validation -ELBO <= {args.target_val_loss:g} nats/image (batch "
+        f"\nseconds to validation -ELBO <= {args.target_val_loss:g} nats/image (batch "
         f"{args.batch_size}, training split capped at {len(target_train)} images for both "
         f"presets, {len(target_val)} validation images):"
     )
     budgets = {"seed": args.seed_budget_s, "default": args.default_budget_s}
     targets = []
     for preset in ["default"] if args.skip_seed else ["seed", "default"]:
-        row = time_to_target(
-            preset,
-            target_train,
-            target_val,
-            args.batch_size,
-            args.target_val_loss,
-            budgets[preset],
-            device,
-        )
+        row = time_to_target(preset, target_train, target_val, args.batch_size,
+                             args.target_val_loss, budgets[preset], device)  # fmt: skip
         targets.append(row)
         seconds = row["seconds"]
         outcome = f"{seconds:.1f} s" if row["reached"] else f"not reached in {seconds:.0f} s"
@@ -377,7 +324,32 @@ def main() -> None:
             f"{row['epochs']} epochs, {row['images_seen']} images, best val "
             f"{row['best_val_loss']:.1f}, {row['train_images_per_s']:.0f} img/s"
         )
+    return targets
 
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    keep_freed_memory()  # as `convvae score` and the stages do (convvae.runtime.allocator)
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, CPU: {cpu_model()}")
+    if device.type == "cuda":
+        print(f"training on {device_name(device)}, ours under bf16 autocast")
+    matmul_s = 1.0 if args.quick else 4.0
+    cpu = torch.device("cpu")
+    # Scoring's roofline (the CPU's), before and after the runs as for training's; in CPU mode
+    # it is training's own rate, measured below.
+    cpu_rate_before = matmul_flops(matmul_s, cpu) if device != cpu else None
+    train, val = load_splits()
+    speed, flops_per_s = speed_section(args, device, train, val, matmul_s)
+    cpu_flops_per_s = (
+        flops_per_s
+        if cpu_rate_before is None
+        else max(cpu_rate_before, matmul_flops(matmul_s, cpu))
+    )
+    scoring = scoring_section(train, val, cpu_flops_per_s)
+    target_train, target_val = load_splits(args.target_cap)
+    targets = target_section(args, device, target_train, target_val)
     if args.json:
         figures = {"torch": torch.__version__, "threads": threads, "cpu": cpu_model()}
         figures |= {"device": device_name(device), "matmul": matmul_label(device)}

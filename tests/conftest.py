@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from convvae.config import TrainConfig
-from convvae.data.sources import Splits, load_source, make_splits
-from convvae.model.vae import Architecture, ConvVAE
+from convvae.data.sources import load_source
+from convvae.data.splits import Splits, make_splits
+from convvae.model.architecture import Architecture
+from convvae.model.vae import ConvVAE
 
 TINY = Architecture(channels=(8, 16), encoder_hidden=(64,), decoder_hidden=(64,), latent_dim=4)
 

@@ -1,8 +1,9 @@
-"""convvae.anomaly.scores (the one estimator), detection metrics, decision thresholds, bootstrap
-CIs."""
+"""convvae.anomaly: the scorer (every score of a model), its reference, threshold records and
+decisions; detection metrics and bootstrap CIs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -11,30 +12,42 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from convvae.anomaly.fit import fit_reference
+from convvae.anomaly.reference import Reference, load_fitted_model, save_fitted_model
+from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import (
+    ELBO_TERMS,
     FUSED_COMPONENTS,
     LIKELIHOOD_SCORES,
     SCORES,
     ScoreSpec,
-    all_scores,
-    distance_scores,
-    fit_reference,
-    model_scores,
-    score_images,
 )
+from convvae.anomaly.scoring import every_score, score_images
 from convvae.anomaly.thresholds import (
     calibrate,
     conformal_threshold,
-    normalized_scores,
-    read_threshold,
-    selection_and_calibration,
+    p_values,
+    read_record,
 )
-from convvae.data.sources import load_source, make_splits
+from convvae.data.sources import load_source
+from convvae.data.splits import make_splits, selection_and_calibration
 from convvae.errors import CheckpointError, DataError
 from convvae.metrics.detection import detection_metrics, f1_at_threshold, fpr_at_tpr, roc_points
 from convvae.metrics.stats import bootstrap_roc_auc
 from convvae.training.trainer import Trainer
 from tests.conftest import quick_train_config, tiny_model
+
+
+def likelihood_terms(model, images, k: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every likelihood score and ELBO term of a model without a reference."""
+    scorer = Scorer(model, None, ScoreSpec("iwae_nll", k, seed))
+    return every_score(scorer, np.asarray(images), (*LIKELIHOOD_SCORES, *ELBO_TERMS))
+
+
+def all_scores(model, images, k: int, seed: int = 0, reference: Reference | None = None):
+    """Every score of the benchmark's table that the model (and its reference) gives."""
+    scorer = Scorer(model, reference, ScoreSpec("iwae_nll", k, seed))
+    return every_score(scorer, images, SCORES if reference is not None else LIKELIHOOD_SCORES)
 
 
 def separated(n: int, shift: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -92,12 +105,12 @@ def test_conformal_threshold_is_the_right_order_statistic_and_holds_its_rate():
         conformal_threshold(np.array([]), 0.05)
 
 
-def test_normalized_scores_are_conformal_p_values():
+def test_p_values_are_conformal():
     calibration = np.array([1.0, 2.0, 3.0, 4.0])
-    p_values = normalized_scores(np.array([0.5, 2.0, 3.5, 10.0]), calibration)
-    np.testing.assert_allclose(p_values, [5 / 5, 4 / 5, 2 / 5, 1 / 5])
+    found = p_values(np.array([0.5, 2.0, 3.5, 10.0]), calibration)
+    np.testing.assert_allclose(found, [5 / 5, 4 / 5, 2 / 5, 1 / 5])
     rng = np.random.default_rng(1)
-    uniform = normalized_scores(rng.normal(size=20000), rng.normal(size=999))
+    uniform = p_values(rng.normal(size=20000), rng.normal(size=999))
     assert np.mean(uniform <= 0.05) == pytest.approx(0.05, abs=0.01)  # uniform on normals
 
 
@@ -149,17 +162,17 @@ def test_roc_points_run_from_the_origin_to_the_corner():
 
 
 def test_scores_are_deterministic_and_do_not_depend_on_the_batch(trained, mnist_slice):
-    images = torch.from_numpy(mnist_slice.test.images[:40])
-    first = model_scores(trained, images, k=8, seed=3)
-    again = model_scores(trained, images, k=8, seed=3)
-    alone = model_scores(trained, images[7:8], k=8, seed=3)
+    images = mnist_slice.test.images[:40]
+    first = likelihood_terms(trained, images, k=8, seed=3)
+    again = likelihood_terms(trained, images, k=8, seed=3)
+    alone = likelihood_terms(trained, images[7:8], k=8, seed=3)
     for name in first:
         assert first[name].shape == (40,) and first[name].dtype == np.float64
         np.testing.assert_array_equal(first[name], again[name])
         np.testing.assert_allclose(alone[name], first[name][7:8], rtol=1e-5)
     # log-mean-exp >= mean of the same log-weights: the IWAE bound is the tighter one.
     assert np.all(first["iwae_nll"] <= first["neg_elbo"] + 1e-9)
-    assert np.all(first["recon_bce"] > 0)
+    assert np.all(first["recon_nll_at_mean"] > 0)
 
 
 def naive_iwae_nll(model, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -183,46 +196,48 @@ def naive_iwae_nll(model, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 def test_batched_iwae_matches_the_bound_written_out_sample_by_sample(trained, mnist_slice):
     images = torch.from_numpy(mnist_slice.test.images[:16])
-    ours = model_scores(trained, images, k=16, seed=5)
+    ours = likelihood_terms(trained, images, k=16, seed=5)
     eps = torch.randn(16, trained.arch.latent_dim, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         reference = naive_iwae_nll(trained, images.float() / 255, eps).double().numpy()
     np.testing.assert_allclose(ours["iwae_nll"], reference, rtol=1e-4)
     np.testing.assert_allclose(ours["neg_elbo"], ours["recon_nll"] + ours["kl"], rtol=1e-9)
     # k = 1 is the single-sample negative ELBO: the IWAE bound and the ELBO coincide.
-    one = model_scores(trained, images, k=1, seed=5)
+    one = likelihood_terms(trained, images, k=1, seed=5)
     np.testing.assert_allclose(one["iwae_nll"], one["neg_elbo"], rtol=1e-9)
     # More samples tighten the bound on -log p(x): lower NLL than the ELBO on average.
     assert ours["iwae_nll"].mean() < ours["neg_elbo"].mean() - 0.5
 
 
-def test_score_images_is_model_scores_of_the_named_score(trained, mnist_slice):
+def test_score_images_is_the_named_score_of_every_score(trained, mnist_slice):
     images = mnist_slice.test.images[:20]
-    spec = ScoreSpec("excess_nll", samples=4, noise_seed=1)
-    expected = model_scores(trained, torch.from_numpy(images), 4, 1)["excess_nll"]
-    np.testing.assert_array_equal(score_images(trained, images, spec), expected)
+    scorer = Scorer(trained, None, ScoreSpec("excess_nll", samples=4, noise_seed=1))
+    expected = likelihood_terms(trained, images, 4, 1)["excess_nll"]
+    np.testing.assert_array_equal(score_images(scorer, images), expected)
     # Float pixels in [0, 1] (what serving receives) give the same scores as uint8.
     floats = images.astype(np.float32) / 255
-    np.testing.assert_allclose(score_images(trained, floats, spec), expected, rtol=1e-6)
+    np.testing.assert_allclose(score_images(scorer, floats), expected, rtol=1e-6)
     np.testing.assert_array_equal(
         all_scores(trained, images, 4, 1)["recon_mse"],
-        score_images(trained, images, ScoreSpec("recon_mse", 4, 1)),
+        score_images(Scorer(trained, None, ScoreSpec("recon_mse", 4, 1)), images),
     )
 
 
 def test_calibrate_stores_the_conformal_cut_and_the_calibration_scores(trained, mnist_slice):
     selection, calibration = selection_and_calibration(mnist_slice.val.images)
-    spec = ScoreSpec("neg_elbo", samples=2)
-    record = calibrate(trained, calibration, spec, 0.1, normal_class=None, data_source="mnist-5k")
-    scores = score_images(trained, calibration, spec)
-    assert record["threshold"] == conformal_threshold(scores, 0.1)
-    assert record["calibration_scores"] == sorted(scores.tolist())
-    assert record["target_fpr"] == 0.1 and record["achievable_fpr"] == 1 / (len(scores) + 1)
+    scorer = Scorer(trained, None, ScoreSpec("neg_elbo", samples=2))
+    record = calibrate(scorer, calibration, 0.1, normal_class=None, data_source="mnist-5k")
+    scores = score_images(scorer, calibration)
+    stored = record.as_json()
+    assert stored["threshold"] == record.threshold == conformal_threshold(scores, 0.1)
+    assert stored["calibration_scores"] == sorted(scores.tolist())
+    assert stored["target_fpr"] == 0.1 and stored["achievable_fpr"] == 1 / (len(scores) + 1)
     # Held-out normal images are flagged at about the target rate.
-    others = score_images(trained, selection, spec)
-    assert np.mean(others > record["threshold"]) < 0.25
-    assert record["score"] == "neg_elbo" and record["iwae_samples"] == 2
-    assert record["normal_class"] is None and record["data_source"] == "mnist-5k"
+    others = score_images(scorer, selection)
+    assert np.mean(others > record.threshold) < 0.25
+    assert stored["score"] == "neg_elbo" and stored["samples"] == 2
+    assert stored["iwae_samples"] == 2  # the old name, written for one release
+    assert stored["normal_class"] is None and stored["data_source"] == "mnist-5k"
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +255,8 @@ def test_a_model_of_the_digit_one_scores_other_digits_higher(digit_one):
     labels = (test.labels != 1).astype(int)
     scores = all_scores(model, test.images, k=8)
     assert set(scores) == set(LIKELIHOOD_SCORES)  # no reference: the model's own scores
+    with pytest.raises(CheckpointError, match="no reference images"):
+        every_score(Scorer(model, None, ScoreSpec("iwae_nll", 8)), test.images[:2], SCORES)
     for name in LIKELIHOOD_SCORES:
         metrics = detection_metrics(labels, scores[name], np.median(scores[name]), 200)
         assert metrics["roc_auc"] > 0.9, (name, metrics)
@@ -271,7 +288,7 @@ def test_the_excess_nll_is_the_iwae_nll_above_the_bernoulli_floor(digit_one):
 # --- the stored threshold -----------------------------------------------------------------------
 
 
-def test_read_threshold_and_its_errors(tmp_path):
+def test_read_record_and_its_errors(tmp_path):
     path = tmp_path / "threshold.json"
     fields = {
         "score": "iwae_nll",
@@ -281,25 +298,33 @@ def test_read_threshold_and_its_errors(tmp_path):
         "calibration_scores": [13.0, 10.0, 12.5],
     }
     path.write_text(json.dumps({**fields, "normal_class": 3}))
-    stored = read_threshold(path)
-    assert stored.spec == ScoreSpec("iwae_nll", 8, 0)
-    assert stored.threshold == 12.5 and stored.normal_class == 3
-    decided = stored.decide(np.array([11.0, 12.5, 20.0]))
-    np.testing.assert_allclose(decided["normalized_score"], [3 / 4, 3 / 4, 1 / 4])
+    record = read_record(path)  # an older record: iwae_samples, no target_fpr
+    assert record.spec == ScoreSpec("iwae_nll", 8, 0)
+    assert record.threshold == 12.5 and record.normal_class == 3
+    decided = record.decide(np.array([11.0, 12.5, 20.0]))
+    np.testing.assert_allclose(decided["p_value"], [3 / 4, 3 / 4, 1 / 4])
     assert decided["is_anomaly"].tolist() == [False, False, True]
+    # A record written now reads back the same, and names the samples by their new name.
+    path.write_text(json.dumps(record.as_json()))
+    again = read_record(path)
+    assert again.spec == record.spec and again.threshold == record.threshold
+    assert json.loads(path.read_text())["samples"] == 8
+    # A record of the score formerly called recon_bce loads under its new name.
+    path.write_text(json.dumps({**fields, "score": "recon_bce"}))
+    assert read_record(path).spec.name == "recon_nll_at_mean"
     with pytest.raises(DataError, match="no threshold file"):
-        read_threshold(tmp_path / "missing.json")
+        read_record(tmp_path / "missing.json")
     path.write_text(json.dumps(fields))  # a model trained on every class has no normal class
-    assert read_threshold(path).normal_class is None
+    assert read_record(path).normal_class is None
     path.write_text(json.dumps({k: v for k, v in fields.items() if k != "threshold"}))
     with pytest.raises(DataError, match="KeyError"):
-        read_threshold(path)
+        read_record(path)
     path.write_text(json.dumps({**fields, "normal_class": 3, "score": "psnr"}))
     with pytest.raises(DataError, match="unknown score"):
-        read_threshold(path)
+        read_record(path)
     path.write_text(json.dumps({**fields, "calibration_scores": []}))
     with pytest.raises(DataError, match="no calibration scores"):
-        read_threshold(path)
+        read_record(path)
 
 
 def test_the_rank_bootstrap_of_roc_auc_equals_the_plain_resampling_loop():
@@ -328,40 +353,37 @@ def test_the_rank_bootstrap_of_roc_auc_equals_the_plain_resampling_loop():
 @pytest.fixture(scope="module")
 def digit_one_with_reference(digit_one):
     """digit_one's model with its Reference: the training 1s, statistics on held-out 1s."""
-    import copy
-
     model, test = digit_one
-    model = copy.deepcopy(model)
     splits = make_splits(load_source("mnist-5k"), 0.1, 0.2, seed=0)
     ones = splits.train.images[splits.train.labels == 1]
     selection, _ = selection_and_calibration(splits.val.images[splits.val.labels == 1])
-    reference = fit_reference(model, ones, selection, k=4, seed=0)
+    reference = fit_reference(model, ones, selection, samples=4, noise_seed=0)
     return model, test, reference, selection
 
 
 def test_the_fused_score_is_the_mean_of_its_standardised_components(digit_one_with_reference):
     model, test, reference, selection = digit_one_with_reference
     # On the held-out normal images that set the statistics, each component has mean 0, sd 1.
-    on_selection = all_scores(model, selection, k=4, seed=0)
+    on_selection = all_scores(model, selection, k=4, seed=0, reference=reference)
     for name in FUSED_COMPONENTS:
         standardised = (on_selection[name] - reference.center[name]) / reference.scale[name]
         assert standardised.mean() == pytest.approx(0, abs=1e-6)
         assert standardised.std() == pytest.approx(1, rel=1e-6)
-    scores = all_scores(model, test.images[:40], k=4, seed=0)
-    assert set(scores) == set(SCORES)  # with a reference: every score
+    scores = all_scores(model, test.images[:40], k=4, seed=0, reference=reference)
     expected = np.mean(
         [(scores[n] - reference.center[n]) / reference.scale[n] for n in FUSED_COMPONENTS], axis=0
     )
     np.testing.assert_allclose(scores["fused"], expected)
     labels = (test.labels != 1).astype(int)
-    fused = all_scores(model, test.images, k=4, seed=0)["fused"]
+    fused = all_scores(model, test.images, k=4, seed=0, reference=reference)["fused"]
     assert roc_auc_score(labels, fused) > 0.95
 
 
 def test_distance_scores_are_kth_neighbour_distances(digit_one_with_reference):
     model, test, reference, _ = digit_one_with_reference
     images = test.images[:7]
-    scores = distance_scores(model, images)
+    scorer = Scorer(model, reference, ScoreSpec("cosine_knn"))
+    scores = every_score(scorer, images, ("hidden_knn", "cosine_knn"))
     x = images.reshape(7, -1).astype(np.float64) / 255
     bank = reference.images.reshape(len(reference.images), -1).astype(np.float64) / 255
     x_unit = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -370,16 +392,22 @@ def test_distance_scores_are_kth_neighbour_distances(digit_one_with_reference):
     np.testing.assert_allclose(scores["cosine_knn"], np.sort(distances, 1)[:, 4], rtol=1e-4)
     # A blank frame is the zero vector: distance 1 from every normal image's direction.
     blank = np.zeros((1, 1, 28, 28), np.uint8)
-    assert distance_scores(model, blank)["cosine_knn"][0] == pytest.approx(1.0)
+    assert score_images(scorer, blank)[0] == pytest.approx(1.0)
+    # The hidden distance against the encoder features of the reference images, written out.
+    with torch.no_grad():
+        hidden = model.encoder(torch.from_numpy(images).float() / 255).double()
+        bank = model.encoder(torch.from_numpy(reference.images).float() / 255).double()
+    fifth = torch.cdist(hidden, bank).sort(1).values[:, 4].numpy()
+    np.testing.assert_allclose(scores["hidden_knn"], fifth, rtol=1e-6)
 
 
 def test_a_blank_frame_is_flagged_by_the_fused_score(digit_one_with_reference):
     """Out-of-domain: the likelihood alone finds a blank frame more normal than most normal
     images; the cosine distance puts it beyond every one, and the fused score in their tail."""
-    model, test, _, _ = digit_one_with_reference
+    model, test, reference, _ = digit_one_with_reference
     ones = test.images[test.labels == 1]
     frames = np.concatenate([np.zeros((1, 1, 28, 28), np.uint8), ones])
-    scores = all_scores(model, frames, k=4, seed=0)
+    scores = all_scores(model, frames, k=4, seed=0, reference=reference)
     assert scores["excess_nll"][0] < np.median(scores["excess_nll"][1:])
     assert scores["cosine_knn"][0] > scores["cosine_knn"][1:].max()
     assert scores["fused"][0] > np.quantile(scores["fused"][1:], 0.9)
@@ -388,27 +416,44 @@ def test_a_blank_frame_is_flagged_by_the_fused_score(digit_one_with_reference):
 def test_the_reference_travels_in_the_model_file_and_scores_agree(
     digit_one_with_reference, tmp_path
 ):
-    from convvae.model.vae import load_model, save_model
-
     model, test, reference, _ = digit_one_with_reference
-    save_model(model, tmp_path / "model.pt")
-    loaded = load_model(tmp_path / "model.pt")
-    np.testing.assert_array_equal(loaded.reference.images, reference.images)
-    assert loaded.reference.center == reference.center
+    save_fitted_model(model, reference, tmp_path / "model.pt")
+    loaded, loaded_reference = load_fitted_model(tmp_path / "model.pt")
+    np.testing.assert_array_equal(loaded_reference.images, reference.images)
+    assert loaded_reference.center == reference.center
     spec = ScoreSpec("fused", samples=4, noise_seed=0)
     images = test.images[:30]
-    np.testing.assert_allclose(
-        score_images(loaded, images, spec), score_images(model, images, spec), rtol=1e-9
-    )
+    ours = score_images(Scorer(model, reference, spec), images)
+    scorer = Scorer(loaded, loaded_reference, spec)
+    np.testing.assert_allclose(score_images(scorer, images), ours, rtol=1e-9)
     # Float pixels in [0, 1] (what serving receives) give the same fused scores.
     floats = images.astype(np.float32) / 255
-    np.testing.assert_allclose(
-        score_images(loaded, floats, spec), score_images(model, images, spec), rtol=1e-5
-    )
+    np.testing.assert_allclose(score_images(scorer, floats), ours, rtol=1e-5)
 
 
-def test_distance_scores_without_a_reference_are_one_line(trained, mnist_slice):
+def test_model_files_written_before_the_split_still_load_their_reference(
+    digit_one_with_reference, tmp_path
+):
+    """Older model files kept the reference under the same key, beside the weights."""
+    model, _, reference, _ = digit_one_with_reference
+    payload = {
+        "format": 1,
+        "architecture": dataclasses.asdict(model.arch),
+        "state_dict": model.state_dict(),
+        "reference": {
+            "images": torch.from_numpy(reference.images),
+            "center": reference.center,
+            "scale": reference.scale,
+        },
+    }
+    torch.save(payload, tmp_path / "old.pt")
+    _, loaded = load_fitted_model(tmp_path / "old.pt")
+    np.testing.assert_array_equal(loaded.images, reference.images)
+    assert loaded.scale == reference.scale
+
+
+def test_scores_that_need_a_reference_are_one_line_without_one(trained):
     needs = "no reference images, which the fused score needs"
     with pytest.raises(CheckpointError, match=needs) as info:
-        score_images(trained, mnist_slice.test.images[:2], ScoreSpec("fused"))
+        Scorer(trained, None, ScoreSpec("fused"))
     assert "\n" not in str(info.value)

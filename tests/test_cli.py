@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from convvae.cli import main
+from convvae.cli.main import main
 from convvae.config import Params, load_params, parse_params
 from convvae.errors import DEBUG_ENV, CheckpointError, ConfigError, run_stage
-from convvae.model.vae import Architecture, ConvVAE, count_parameters, save_model
+from convvae.model.architecture import Architecture
+from convvae.model.files import save_model
+from convvae.model.vae import ConvVAE, count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "convvae"
@@ -308,7 +310,8 @@ def test_a_closed_stdout_pipe_ends_quietly_with_sigpipes_code(tmp_path: Path) ->
 
 
 def test_presets_prints_each_sizes_default_architecture():
-    from convvae.model.vae import ConvVAE, count_parameters, default_architecture
+    from convvae.model.architecture import default_architecture
+    from convvae.model.vae import ConvVAE, count_parameters
 
     result = convvae("presets")
     assert result.returncode == 0, result.stderr

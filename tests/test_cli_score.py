@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ScoreSpec
-from convvae.anomaly.thresholds import calibrate, selection_and_calibration
+from convvae.anomaly.thresholds import calibrate
 from convvae.data.images import save_png
-from convvae.model.vae import save_model
+from convvae.data.splits import selection_and_calibration
+from convvae.model.files import save_model
 from tests.test_cli import assert_one_line_error, convvae
 
 
@@ -23,8 +25,9 @@ def one_class_model(trained, mnist_slice, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("anomaly") / "class_3"
     save_model(trained, folder / "model.pt")
     _, calibration = selection_and_calibration(mnist_slice.val.images)
-    record = calibrate(trained, calibration, ScoreSpec("neg_elbo", 4, 0), 0.5, normal_class=3)
-    (folder / "threshold.json").write_text(json.dumps(record))
+    scorer = Scorer(trained, None, ScoreSpec("neg_elbo", 4, 0))
+    record = calibrate(scorer, calibration, 0.5, normal_class=3)
+    (folder / "threshold.json").write_text(json.dumps(record.as_json()))
     return folder / "model.pt"
 
 
@@ -51,7 +54,8 @@ def test_scores_a_png_folder_and_flags_above_the_threshold(one_class_model, mnis
         assert row["is_anomaly"] == str(int(score > record["threshold"]))
         # The conformal p-value: the share of calibration images scoring at least as high.
         expected = (1 + np.sum(calibration >= score)) / (len(calibration) + 1)
-        assert float(row["normalized_score"]) == pytest.approx(expected, abs=1e-4)
+        assert float(row["p_value"]) == pytest.approx(expected, abs=1e-4)
+        assert row["normalized_score"] == row["p_value"]  # the old column, for one release
     # The same images as an array give the same scores (no dependence on the batch or format).
     np.save(tmp_path / "digits.npy", images)
     again = convvae("score", "--model", str(one_class_model), str(tmp_path / "digits.npy"))
@@ -83,7 +87,7 @@ def test_a_registered_version_scores_with_its_tagged_threshold(
     """models:/NAME@alias reads the weights and the threshold from the registry, and scores the
     same as the local file; a version without the tag and an unknown alias are one line."""
     from convvae.anomaly.thresholds import THRESHOLD_TAG
-    from convvae.model.vae import load_model
+    from convvae.model.files import load_model
 
     record = one_class_model.with_name("threshold.json").read_text()
     example = mnist_slice.test.images[:2].astype(np.float32) / 255
@@ -93,7 +97,7 @@ def test_a_registered_version_scores_with_its_tagged_threshold(
             model, one_class_model, example, "convvae-scorer", {THRESHOLD_TAG: record}
         )
         untagged = local_tracker.log_model(model, one_class_model, example, "convvae-scorer", {})
-    local_tracker.set_alias("convvae-scorer", "champion", tagged)
+    local_tracker.registry.set_alias("convvae-scorer", "champion", tagged)
     np.save(tmp_path / "digits.npy", mnist_slice.test.images[:5])
     images = str(tmp_path / "digits.npy")
 

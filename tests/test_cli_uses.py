@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convvae.cli import main
+from convvae.cli.main import main
 from convvae.config import TrackingConfig
-from convvae.data.images import load_images, save_png
-from convvae.data.sources import save_splits
+from convvae.data.image_files import load_images
+from convvae.data.images import save_png
+from convvae.data.splits import save_splits
 from convvae.errors import TrackingError
-from convvae.model.vae import ConvVAE, save_model
+from convvae.model.files import save_model
+from convvae.model.vae import ConvVAE
 from convvae.tracking.modelref import load_model_ref
 from convvae.uses.compress import load_codes
 from tests.conftest import TINY

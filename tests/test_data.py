@@ -21,14 +21,16 @@ from convvae.data.sources import (
     DEFAULT_FASHION_MNIST_DIR,
     LabelledImages,
     SourceData,
+    load_source,
+    source_fingerprint,
+)
+from convvae.data.splits import (
     Splits,
     build_manifest,
-    load_source,
     load_splits,
     make_splits,
     read_manifest,
     save_splits,
-    source_fingerprint,
 )
 from convvae.errors import DataError
 

@@ -12,13 +12,24 @@ import pytest
 import torch
 from PIL import Image
 
-from convvae.anomaly.maps import anomaly_maps, smoothed_maps
-from convvae.anomaly.scores import ScoreSpec, fit_reference
-from convvae.anomaly.thresholds import calibrate, selection_and_calibration
+from convvae.anomaly.fit import fit_reference
+from convvae.anomaly.reference import save_fitted_model
+from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scores import ScoreSpec
+from convvae.anomaly.scoring import anomaly_maps
+from convvae.anomaly.thresholds import calibrate
 from convvae.benchmark.defects import defect_metrics, measure_defects
 from convvae.config import parse_params
-from convvae.data.sources import build_manifest, load_source, load_splits, make_splits, save_splits
-from convvae.model.vae import ConvVAE, resolve_architecture, save_model
+from convvae.data.sources import load_source
+from convvae.data.splits import (
+    build_manifest,
+    load_splits,
+    make_splits,
+    save_splits,
+    selection_and_calibration,
+)
+from convvae.model.architecture import resolve_architecture
+from convvae.model.vae import ConvVAE
 from convvae.training.trainer import Trainer
 from tests.conftest import quick_train_config
 from tests.mvtec import DEFECTS, build_mvtec_folder
@@ -42,7 +53,7 @@ def splits(folder):
 
 
 @pytest.fixture(scope="module")
-def model(splits) -> ConvVAE:
+def scorer(splits) -> Scorer:
     params = parse_params({"data": {"source": "folder", "path": "unused"}})
     torch.manual_seed(0)
     model = ConvVAE(resolve_architecture(params.model, splits.train.images.shape[1:]))
@@ -51,8 +62,8 @@ def model(splits) -> ConvVAE:
         torch.from_numpy(splits.train.images), torch.from_numpy(splits.val.images)
     ).model
     selection, _ = selection_and_calibration(splits.val.images)
-    fit_reference(model, splits.train.images, selection, SPEC.samples, SPEC.noise_seed)
-    return model
+    reference = fit_reference(model, splits.train.images, selection, SPEC.samples, 0)
+    return Scorer(model, reference, SPEC)
 
 
 def test_splits_keep_the_defect_masks_through_the_split_file(splits, tmp_path):
@@ -81,8 +92,8 @@ def test_manifest_names_files_relative_to_the_folder_with_one_digest(folder, spl
     assert changed["folder_sha256"] != manifest["folder_sha256"]
 
 
-def test_defect_metrics_beat_chance_and_maps_point_at_the_defects(model, splits):
-    metrics = defect_metrics(model, splits.train.images, splits.test, NAMES, SPEC)
+def test_defect_metrics_beat_chance_and_maps_point_at_the_defects(scorer, splits):
+    metrics = defect_metrics(scorer, splits.train.images, splits.test, NAMES)
     assert metrics["test_defective_images"] == int((splits.test.labels > 0).sum())
     for key in ("image_roc_auc", *(f"image_roc_auc.{d}" for d in DEFECTS)):
         assert 0 <= metrics[key] <= 1, key
@@ -98,41 +109,58 @@ def test_defect_metrics_beat_chance_and_maps_point_at_the_defects(model, splits)
     assert metrics["pixel_roc_auc"] > metrics["deviance_map.pixel_roc_auc"]
 
 
-def test_anomaly_maps_are_per_pixel_and_do_not_depend_on_the_batch(model, splits):
+def test_anomaly_maps_are_per_pixel_and_do_not_depend_on_the_batch(scorer, splits):
     images = splits.test.images[:10]
-    maps = anomaly_maps(model, images)
+    maps = anomaly_maps(scorer, images)
     assert maps.shape == (10, 32, 32) and maps.dtype == np.float32 and (maps >= 0).all()
-    np.testing.assert_allclose(anomaly_maps(model, images[3:4])[0], maps[3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(anomaly_maps(scorer, images[3:4])[0], maps[3], rtol=1e-5, atol=1e-6)
     floats = images.astype(np.float32) / 255
-    np.testing.assert_allclose(anomaly_maps(model, floats), maps, rtol=1e-6)
+    np.testing.assert_allclose(anomaly_maps(scorer, floats), maps, rtol=1e-6)
+
+
+def test_smoothing_is_scipys_gaussian_filter(scorer, splits):
+    """The maps are blurred by matrices built from scipy's filter of the identity: the same as
+    filtering each map with scipy.ndimage.gaussian_filter (mode reflect, truncate 4)."""
+    from scipy import ndimage
+
+    from convvae.anomaly.scorer import map_sigma
+
+    x = torch.from_numpy(splits.test.images[:4]).float() / 255
+    with torch.no_grad():
+        raw = scorer.feature_knn_map(x).numpy()
+        smoothed = scorer.anomaly_map(x).numpy()
+    sigma = map_sigma((32, 32))
+    expected = np.stack([ndimage.gaussian_filter(m.astype(np.float64), sigma) for m in raw])
+    np.testing.assert_allclose(smoothed, expected, rtol=1e-5, atol=1e-6 * expected.max())
 
 
 def test_a_class_source_writes_a_note_not_defect_metrics(trained, mnist_slice, tmp_path):
-    result = measure_defects(trained, mnist_slice, list("0123456789"), SPEC, tmp_path / "m.png")
+    plain = Scorer(trained, None, ScoreSpec("excess_nll"))
+    result = measure_defects(plain, mnist_slice, list("0123456789"), tmp_path / "m.png")
     assert "note" in result and "image_roc_auc" not in result
     assert not (tmp_path / "m.png").exists()
 
 
-def test_measure_defects_draws_the_maps_figure(model, splits, tmp_path):
+def test_measure_defects_draws_the_maps_figure(scorer, splits, tmp_path):
     figure = tmp_path / "maps.png"
-    result = measure_defects(model, splits, NAMES, SPEC, figure)
+    result = measure_defects(scorer, splits, NAMES, figure)
     assert "image_roc_auc" in result
     with Image.open(figure) as image:
         assert image.mode == "RGB" and image.size[1] > 4 * 32  # images, overlays, maps, masks
 
 
 @pytest.fixture(scope="module")
-def model_file(model, splits, tmp_path_factory) -> Path:
+def model_file(scorer, splits, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("folder_model")
-    model.preprocessing = {"image_size": [32, 32], "crop": None, "channels": 3}
-    save_model(model, folder / "model.pt")
+    scorer.model.preprocessing = {"image_size": [32, 32], "crop": None, "channels": 3}
+    save_fitted_model(scorer.model, scorer.reference, folder / "model.pt")
     _, calibration = selection_and_calibration(splits.val.images)
-    record = calibrate(model, calibration, SPEC, 0.05)
-    (folder / "threshold.json").write_text(json.dumps(record))
+    record = calibrate(scorer, calibration, 0.05)
+    (folder / "threshold.json").write_text(json.dumps(record.as_json()))
     return folder / "model.pt"
 
 
-def test_score_resizes_only_when_asked_and_writes_maps(model_file, model, folder, tmp_path):
+def test_score_resizes_only_when_asked_and_writes_maps(model_file, scorer, folder, tmp_path):
     big = tmp_path / "big"
     big.mkdir()
     names = sorted(p.name for p in (folder / "test/patch").iterdir())[:3]
@@ -157,6 +185,6 @@ def test_score_resizes_only_when_asked_and_writes_maps(model_file, model, folder
     # The written map is the model's smoothed map of the resized image.
     with Image.open(big / f"{Path(names[0]).stem}.jpg") as image:
         resized = np.asarray(image.convert("RGB").resize((32, 32), Image.BILINEAR))
-    expected = smoothed_maps(model, resized.transpose(2, 0, 1)[None].copy())[0]
+    expected = anomaly_maps(scorer, resized.transpose(2, 0, 1)[None].copy())[0]
     np.testing.assert_allclose(np.load(maps / f"{Path(names[0]).stem}_map.npy"), expected,
                                rtol=1e-4, atol=1e-5)  # fmt: skip

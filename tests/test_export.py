@@ -4,7 +4,6 @@ digits and real RGB texture patches, for each likelihood, at any batch size."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,10 +13,14 @@ import pytest
 import torch
 
 from convvae.anomaly.export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-from convvae.anomaly.maps import smoothed_maps
-from convvae.anomaly.scores import ScoreSpec, fit_reference, score_images
+from convvae.anomaly.fit import fit_reference
+from convvae.anomaly.reference import Reference
+from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scores import ScoreSpec
+from convvae.anomaly.scoring import anomaly_maps, score_images
 from convvae.errors import CheckpointError
-from convvae.model.vae import Architecture, ConvVAE
+from convvae.model.architecture import Architecture
+from convvae.model.vae import ConvVAE
 from convvae.training.trainer import Trainer
 from tests.conftest import quick_train_config, tiny_model
 from tests.mvtec import good_patches
@@ -58,19 +61,15 @@ def assert_close(
     np.testing.assert_allclose(maps, expected_maps, rtol=1e-4, atol=1e-5 * scale)
 
 
-def assert_matches_package(
-    graph: ort.InferenceSession, model: ConvVAE, spec: ScoreSpec, pixels: np.ndarray
-) -> None:
+def assert_matches_package(graph: ort.InferenceSession, scorer: Scorer, pixels: np.ndarray) -> None:
     score, maps = run(graph, pixels)
-    assert_close(score, maps, score_images(model, pixels, spec), smoothed_maps(model, pixels))
+    assert_close(score, maps, score_images(scorer, pixels), anomaly_maps(scorer, pixels))
 
 
 @pytest.fixture(scope="module")
-def digits_model(trained: ConvVAE, mnist_slice) -> ConvVAE:
-    """The session's Bernoulli model with a Reference (a copy: fit_reference sets it in place)."""
-    model = copy.deepcopy(trained)
-    fit_reference(model, mnist_slice.train.images[:200], mnist_slice.val.images[:64], 8, 0)
-    return model
+def digits_reference(trained: ConvVAE, mnist_slice) -> Reference:
+    """The session's Bernoulli model's reference."""
+    return fit_reference(trained, mnist_slice.train.images[:200], mnist_slice.val.images[:64], 8, 0)
 
 
 @pytest.fixture(scope="module")
@@ -79,35 +78,33 @@ def test_digits(mnist_slice) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def digit_maps(digits_model, test_digits) -> np.ndarray:
-    return smoothed_maps(digits_model, test_digits)
+def digit_maps(trained, digits_reference, test_digits) -> np.ndarray:
+    return anomaly_maps(Scorer(trained, digits_reference, ScoreSpec("fused")), test_digits)
 
 
 @dataclass(frozen=True)
 class Exported:
     """A graph exported for ``spec`` and its outputs on the 50 test digits."""
 
-    spec: ScoreSpec
+    scorer: Scorer
     graph: ort.InferenceSession
     score: np.ndarray
     maps: np.ndarray
 
 
 @pytest.fixture(scope="module", params=["fused", "excess_nll", "iwae_nll"])
-def exported(request, digits_model, test_digits, tmp_path_factory) -> Exported:
-    spec = ScoreSpec(request.param, samples=8, noise_seed=0)
+def exported(request, trained, digits_reference, test_digits, tmp_path_factory) -> Exported:
+    scorer = Scorer(trained, digits_reference, ScoreSpec(request.param, samples=8, noise_seed=0))
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export_onnx(digits_model, spec, out)
+    export_onnx(scorer, out)
     graph = session(out)
-    return Exported(spec, graph, *run(graph, test_digits))
+    return Exported(scorer, graph, *run(graph, test_digits))
 
 
-def test_the_graph_scores_and_maps_digits_as_the_package_does(
-    exported, digits_model, test_digits, digit_maps
-):
+def test_the_graph_scores_and_maps_digits_as_the_package_does(exported, test_digits, digit_maps):
     assert [i.name for i in exported.graph.get_inputs()] == [INPUT_NAME]
     assert [o.name for o in exported.graph.get_outputs()] == list(OUTPUT_NAMES)
-    expected = score_images(digits_model, test_digits, exported.spec)
+    expected = score_images(exported.scorer, test_digits)
     assert_close(exported.score, exported.maps, expected, digit_maps)
 
 
@@ -129,26 +126,24 @@ def test_rgb_models_of_the_other_likelihoods_match_the_package(likelihood, tmp_p
         .fit(patches[:100], patches[100:])
         .model
     )
-    fit_reference(model, patches[:100].numpy(), patches[100:].numpy(), 8, 0)
-    spec = ScoreSpec("fused", samples=8, noise_seed=0)
-    export_onnx(model, spec, tmp_path / "rgb.onnx")
+    reference = fit_reference(model, patches[:100].numpy(), patches[100:].numpy(), 8, 0)
+    scorer = Scorer(model, reference, ScoreSpec("fused", samples=8, noise_seed=0))
+    export_onnx(scorer, tmp_path / "rgb.onnx")
     pixels = (good_patches(True, 16, 30, 1) / 255).astype(np.float32)
-    assert_matches_package(session(tmp_path / "rgb.onnx"), model, spec, pixels)
+    assert_matches_package(session(tmp_path / "rgb.onnx"), scorer, pixels)
 
 
 def test_a_model_without_reference_exports_its_likelihood_score_and_deviance_map(
     trained, test_digits, tmp_path
 ):
-    model = copy.deepcopy(trained)
-    model.reference = None
-    spec = ScoreSpec("excess_nll", samples=8, noise_seed=0)
-    export_onnx(model, spec, tmp_path / "plain.onnx")
-    assert_matches_package(session(tmp_path / "plain.onnx"), model, spec, test_digits)
+    scorer = Scorer(trained, None, ScoreSpec("excess_nll", samples=8, noise_seed=0))
+    export_onnx(scorer, tmp_path / "plain.onnx")
+    assert_matches_package(session(tmp_path / "plain.onnx"), scorer, test_digits)
 
 
 def test_a_score_that_needs_a_reference_is_a_one_line_error_without_one(tmp_path):
     with pytest.raises(CheckpointError, match="no reference images") as err:
-        export_onnx(tiny_model(), ScoreSpec("fused"), tmp_path / "model.onnx")
+        export_onnx(Scorer(tiny_model(), None, ScoreSpec("fused")), tmp_path / "model.onnx")
     assert "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -159,15 +154,16 @@ def test_convvae_export_writes_a_graph_that_scores_as_convvae_score(trained, mni
     import csv
     import json
 
-    from convvae.anomaly.thresholds import calibrate, selection_and_calibration
-    from convvae.model.vae import save_model
+    from convvae.anomaly.reference import save_fitted_model
+    from convvae.anomaly.thresholds import calibrate
+    from convvae.data.splits import selection_and_calibration
     from tests.test_cli import convvae
 
-    model = copy.deepcopy(trained)
     selection, calibration = selection_and_calibration(mnist_slice.val.images)
-    fit_reference(model, mnist_slice.train.images[:200], selection, 4, 0)
-    save_model(model, tmp_path / "model.pt")
-    record = calibrate(model, calibration, ScoreSpec("fused", 4, 0), 0.05)
+    reference = fit_reference(trained, mnist_slice.train.images[:200], selection, 4, 0)
+    save_fitted_model(trained, reference, tmp_path / "model.pt")
+    scorer = Scorer(trained, reference, ScoreSpec("fused", 4, 0))
+    record = calibrate(scorer, calibration, 0.05).as_json()
     (tmp_path / "threshold.json").write_text(json.dumps(record))
     out = tmp_path / "deploy" / "convvae.onnx"
     done = convvae("export", "--model", str(tmp_path / "model.pt"), "--out", str(out))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from convvae.config import DataConfig
 from convvae.data.folder import RESIZE, load_folder, preprocess_image, read_image_file
-from convvae.data.sources import load_configured
+from convvae.data.splits import load_configured
 from convvae.errors import ConfigError, DataError
 from tests.mvtec import build_mvtec_folder, good_patches
 

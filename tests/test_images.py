@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convvae.data.images import Resize, image_names, load_images, save_png
+from convvae.data.image_files import Resize, image_names, load_images
+from convvae.data.images import save_png
 from convvae.errors import DataError
 
 SHAPE = (1, 28, 28)

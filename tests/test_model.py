@@ -9,16 +9,9 @@ from torch.distributions import Normal, kl_divergence
 from convvae.config import ModelConfig
 from convvae.data.images import to_unit_interval
 from convvae.errors import CheckpointError, ConfigError
-from convvae.model.vae import (
-    PRESETS,
-    Architecture,
-    ConvVAE,
-    count_parameters,
-    elbo_terms,
-    load_model,
-    resolve_architecture,
-    save_model,
-)
+from convvae.model.architecture import PRESETS, Architecture, resolve_architecture
+from convvae.model.files import load_model, save_model
+from convvae.model.vae import ConvVAE, count_parameters, elbo_terms
 from tests.conftest import TINY, tiny_model
 
 
@@ -127,13 +120,15 @@ def test_settings_the_last_layer_does_not_compute_itself_give_pytorchs_result(
 def test_default_preset_depth_follows_the_image_size():
     sides = {}
     for height, width in [(28, 28), (32, 32), (64, 64), (256, 256), (48, 96)]:
-        arch = resolve_architecture(ModelConfig(), (3, height, width))
+        arch = resolve_architecture(ModelConfig(likelihood="bernoulli"), (3, height, width))
         sides[height, width] = len(arch.channels)
         model = ConvVAE(arch)
         assert max(model.feature_shape[1:]) <= 7  # downsampled to a few pixels
         assert min(model.feature_shape[1:]) >= 3
     assert sides == {(28, 28): 2, (32, 32): 3, (64, 64): 4, (256, 256): 6, (48, 96): 4}
-    assert resolve_architecture(ModelConfig(), (1, 28, 28)) == dataclasses.replace(
+    assert resolve_architecture(
+        ModelConfig(likelihood="bernoulli"), (1, 28, 28)
+    ) == dataclasses.replace(
         PRESETS["default"], likelihood="bernoulli"
     )  # 28x28 grey behaves as before
 
@@ -145,7 +140,7 @@ def test_default_preset_depth_follows_the_image_size():
 def test_default_preset_fits_strips(shape, depth, features):
     # Images that data.image_size accepts (each side >= 8) but far from square: the depth
     # stops while the shorter side still has a pixel, and a training step runs.
-    model = ConvVAE(resolve_architecture(ModelConfig(), shape))
+    model = ConvVAE(resolve_architecture(ModelConfig(likelihood="bernoulli"), shape))
     assert len(model.arch.channels) == depth and model.feature_shape[1:] == features
     x = torch.rand(2, *shape)
     out, mu, logvar = model(x)
@@ -192,7 +187,7 @@ def test_targets_stay_in_unit_interval():
 
 
 def test_resolve_architecture_applies_overrides_and_data_shape():
-    cfg = ModelConfig(latent_dim=8, channels=[16, 32, 64])
+    cfg = ModelConfig(latent_dim=8, channels=[16, 32, 64], likelihood="bernoulli")
     arch = resolve_architecture(cfg, (3, 32, 32))
     assert arch.latent_dim == 8 and arch.channels == (16, 32, 64)
     assert arch.image_channels == 3 and arch.image_size == (32, 32)
@@ -201,7 +196,7 @@ def test_resolve_architecture_applies_overrides_and_data_shape():
 
 def test_resolve_architecture_rejects_impossible_shapes():
     with pytest.raises(ConfigError, match="model.channels"):
-        resolve_architecture(ModelConfig(channels=[4] * 6), (1, 28, 28))
+        resolve_architecture(ModelConfig(channels=[4] * 6, likelihood="bernoulli"), (1, 28, 28))
 
 
 def test_model_file_round_trip(tmp_path):

@@ -1,16 +1,19 @@
 """One score everywhere: `convvae score`, the served pyfunc and the benchmark's scoring give the
 same score for the same image, whatever the order and the batch it arrives in."""
 
-import copy
 import csv
 import json
 
 import numpy as np
 import pytest
 
-from convvae.anomaly.scores import ScoreSpec, all_scores, fit_reference
-from convvae.anomaly.thresholds import calibrate, selection_and_calibration
-from convvae.model.vae import save_model
+from convvae.anomaly.fit import fit_reference
+from convvae.anomaly.reference import save_fitted_model
+from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scores import ScoreSpec
+from convvae.anomaly.scoring import every_score
+from convvae.anomaly.thresholds import calibrate
+from convvae.data.splits import selection_and_calibration
 from convvae.serving import _load_pyfunc
 from tests.test_cli import convvae
 
@@ -20,23 +23,25 @@ SPEC = ScoreSpec("fused", samples=8, noise_seed=2)
 @pytest.fixture(scope="module")
 def stored_model(trained, mnist_slice, tmp_path_factory):
     """The tiny model with its reference and threshold record, saved as a stage saves it."""
-    model = copy.deepcopy(trained)
     selection, calibration = selection_and_calibration(mnist_slice.val.images)
-    fit_reference(model, mnist_slice.train.images, selection, SPEC.samples, SPEC.noise_seed)
-    record = calibrate(model, calibration, SPEC, 0.05)
+    reference = fit_reference(
+        trained, mnist_slice.train.images, selection, SPEC.samples, SPEC.noise_seed
+    )
+    scorer = Scorer(trained, reference, SPEC)
+    record = calibrate(scorer, calibration, 0.05).as_json()
     folder = tmp_path_factory.mktemp("model")
-    save_model(model, folder / "model.pt")
+    save_fitted_model(trained, reference, folder / "model.pt")
     (folder / "threshold.json").write_text(json.dumps(record))
-    return model, folder, record
+    return scorer, folder, record
 
 
 def test_cli_pyfunc_and_benchmark_agree_across_orders_and_batches(
     stored_model, mnist_slice, tmp_path
 ):
-    model, folder, record = stored_model
+    scorer, folder, record = stored_model
     images = mnist_slice.test.images[:60]
     # The benchmark's path: every score of the whole set at once.
-    benchmark = all_scores(model, images, SPEC.samples, SPEC.noise_seed)["fused"]
+    benchmark = every_score(scorer, images, ("iwae_nll", "hidden_knn", "fused"))["fused"]
     # The CLI: the images in reverse order, from a file.
     np.save(tmp_path / "reversed.npy", images[::-1])
     result = convvae("score", "--model", str(folder / "model.pt"), str(tmp_path / "reversed.npy"))
@@ -50,7 +55,7 @@ def test_cli_pyfunc_and_benchmark_agree_across_orders_and_batches(
     pixels = images[order].astype(np.float32) / 255
     parts = [served.predict(pixels[a:b]) for a, b in ((0, 7), (7, 40), (40, 60))]
     scores = np.empty(len(images))
-    scores[order] = np.concatenate([part["anomaly_score"] for part in parts])
+    scores[order] = np.concatenate([part["score"] for part in parts])
     np.testing.assert_allclose(scores, benchmark, rtol=1e-5, atol=1e-5)  # z-units, near 0
     flags = np.empty(len(images), dtype=bool)
     flags[order] = np.concatenate([part["is_anomaly"] for part in parts])

@@ -1,14 +1,14 @@
 """convvae.anomaly.outofdomain: odd inputs made from nothing and from the test images, scored as
 usual."""
 
-import copy
-
 import numpy as np
 import pytest
 
+from convvae.anomaly.fit import fit_reference
 from convvae.anomaly.outofdomain import out_of_domain_auroc, out_of_domain_sets
-from convvae.anomaly.scores import ScoreSpec, fit_reference
-from convvae.anomaly.thresholds import selection_and_calibration
+from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scores import ScoreSpec
+from convvae.data.splits import selection_and_calibration
 
 
 def test_the_sets_are_shaped_like_the_images_and_made_as_named(mnist_slice):
@@ -33,27 +33,23 @@ def test_the_sets_are_shaped_like_the_images_and_made_as_named(mnist_slice):
 
 
 @pytest.fixture(scope="module")
-def model_with_reference(trained, mnist_slice):
-    model = copy.deepcopy(trained)
+def reference(trained, mnist_slice):
     selection, _ = selection_and_calibration(mnist_slice.val.images)
-    fit_reference(model, mnist_slice.train.images, selection, k=4, seed=0)
-    return model
+    return fit_reference(trained, mnist_slice.train.images, selection, samples=4, noise_seed=0)
 
 
 def test_frames_noise_and_inverted_digits_are_flagged_by_the_fused_score(
-    model_with_reference, mnist_slice
+    trained, reference, mnist_slice
 ):
-    spec = ScoreSpec("fused", samples=4, noise_seed=0)
-    aurocs = out_of_domain_auroc(model_with_reference, mnist_slice.test.images, spec)
+    scorer = Scorer(trained, reference, ScoreSpec("fused", samples=4, noise_seed=0))
+    aurocs = out_of_domain_auroc(scorer, mnist_slice.test.images)
     assert all(0 <= value <= 1 for value in aurocs.values())
     for name in ("blank", "saturated", "uniform_noise", "inverted"):
         assert aurocs[name] > 0.9, (name, aurocs)
 
 
-def test_the_likelihood_alone_takes_blank_frames_for_normal_digits(
-    model_with_reference, mnist_slice
-):
+def test_the_likelihood_alone_takes_blank_frames_for_normal_digits(trained, reference, mnist_slice):
     """Why the default is fused: the Bernoulli deviance of an empty frame is small."""
-    spec = ScoreSpec("excess_nll", samples=4, noise_seed=0)
-    aurocs = out_of_domain_auroc(model_with_reference, mnist_slice.test.images, spec)
+    scorer = Scorer(trained, reference, ScoreSpec("excess_nll", samples=4, noise_seed=0))
+    aurocs = out_of_domain_auroc(scorer, mnist_slice.test.images)
     assert aurocs["blank"] < 0.5 and aurocs["uniform_noise"] > 0.9

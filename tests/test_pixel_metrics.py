@@ -19,7 +19,6 @@ from convvae.metrics.pixel import (
     pixel_average_precision,
     pixel_metrics,
     pixel_roc_auc,
-    smooth_maps,
 )
 
 
@@ -230,18 +229,3 @@ def test_zscore_maps_reject_mismatched_or_non_uint8_images() -> None:
         gaussian_zscore_maps(train, train[0])
     with pytest.raises(ValueError, match="uint8"):
         gaussian_zscore_maps(train, train / 255.0)
-
-
-def test_smooth_maps_blurs_each_map_alone() -> None:
-    maps = np.zeros((2, 21, 21), dtype=np.float32)
-    maps[0, 10, 10] = 1.0
-    assert smooth_maps(maps, 0) is maps
-    smoothed = smooth_maps(maps, 2.0)
-    assert smoothed.shape == maps.shape
-    assert not smoothed[1].any()  # nothing leaks into the next map
-    np.testing.assert_allclose(smoothed[0], ndimage.gaussian_filter(maps[0], 2.0), atol=1e-7)
-    assert smoothed[0].max() < 0.1 and smoothed[0].sum() == pytest.approx(1.0, abs=1e-3)
-    with pytest.raises(ValueError, match="sigma"):
-        smooth_maps(maps, -1.0)
-    with pytest.raises(ValueError, match=r"\(21, 21\)"):
-        smooth_maps(maps[0], 1.0)

@@ -5,11 +5,10 @@ import json
 import mlflow
 import numpy as np
 import pytest
-import torch
 
 from convvae.errors import TrackingError
 from convvae.metrics.stats import paired_bootstrap
-from convvae.model.vae import save_model
+from convvae.model.files import save_model
 from convvae.tracking.promote import promote
 from tests.conftest import tiny_model
 
@@ -38,8 +37,8 @@ def register(local_tracker, model, tmp_path, example) -> str:
 
 
 def test_promotion_gate(local_tracker, tmp_path, trained, mnist_slice):
-    images = torch.from_numpy(mnist_slice.val.images)  # normal images, never the test split
-    example = images[:2].float().numpy() / 255
+    images = mnist_slice.val.images  # normal images, never the test split
+    example = images[:2].astype(np.float32) / 255
     register(local_tracker, tiny_model(seed=5), tmp_path, example)  # v1: untrained
 
     first = promote(local_tracker, NAME, images, "neg_elbo", dry_run=False)
@@ -71,8 +70,8 @@ def test_promotion_gate(local_tracker, tmp_path, trained, mnist_slice):
 
 
 def test_unknown_model_lists_what_exists(local_tracker, tmp_path, mnist_slice):
-    images = torch.from_numpy(mnist_slice.val.images)
-    register(local_tracker, tiny_model(), tmp_path, images[:2].float().numpy() / 255)
+    images = mnist_slice.val.images
+    register(local_tracker, tiny_model(), tmp_path, images[:2].astype(np.float32) / 255)
     with pytest.raises(TrackingError, match=f"registered models: {NAME}"):
         promote(local_tracker, "convvae-nope", images, "neg_elbo", dry_run=True)
 
@@ -80,18 +79,19 @@ def test_unknown_model_lists_what_exists(local_tracker, tmp_path, mnist_slice):
 def register_scorer(local_tracker, model, tmp_path, example, calibration, threshold=None) -> str:
     """A version with a fused threshold record (as evaluate registers it); ``threshold``
     overrides the conformal cut (a broken record)."""
-    import copy
-
-    from convvae.anomaly.scores import ScoreSpec, fit_reference
+    from convvae.anomaly.fit import fit_reference
+    from convvae.anomaly.reference import save_fitted_model
+    from convvae.anomaly.scorer import Scorer
+    from convvae.anomaly.scores import ScoreSpec
     from convvae.anomaly.thresholds import THRESHOLD_TAG, calibrate
 
-    model = copy.deepcopy(model)
-    fit_reference(model, calibration["train"], calibration["selection"], 4, 0)
-    record = calibrate(model, calibration["calibration"], ScoreSpec("fused", 4, 0), 0.05)
+    reference = fit_reference(model, calibration["train"], calibration["selection"], 4, 0)
+    scorer = Scorer(model, reference, ScoreSpec("fused", 4, 0))
+    record = calibrate(scorer, calibration["calibration"], 0.05).as_json()
     if threshold is not None:
         record["threshold"] = threshold
     path = tmp_path / "model.pt"
-    save_model(model, path)
+    save_fitted_model(model, reference, path)
     tags = {THRESHOLD_TAG: json.dumps(record)}  # as evaluate tags the version
     with local_tracker.run():
         return local_tracker.log_model(model, path, example, NAME, tags, record)
@@ -100,17 +100,17 @@ def register_scorer(local_tracker, model, tmp_path, example, calibration, thresh
 def test_the_anomaly_gate_refuses_a_threshold_that_flags_normal_images(
     local_tracker, tmp_path, trained, mnist_slice
 ):
-    from convvae.anomaly.thresholds import selection_and_calibration
+    from convvae.data.splits import selection_and_calibration
 
     selection, calibration = selection_and_calibration(mnist_slice.val.images)
     halves = {"train": mnist_slice.train.images, "selection": selection,
               "calibration": calibration}  # fmt: skip
     example = selection[:2].astype(np.float32) / 255
     register_scorer(local_tracker, tiny_model(seed=5), tmp_path, example, halves)  # v1
-    assert promote(local_tracker, NAME, torch.from_numpy(selection), "neg_elbo", False).promoted
+    assert promote(local_tracker, NAME, selection, "neg_elbo", False).promoted
     # v2: much better likelihood, but a threshold below every score: flags every normal image.
     register_scorer(local_tracker, trained, tmp_path, example, halves, threshold=-1e9)
-    decision = promote(local_tracker, NAME, torch.from_numpy(selection), "neg_elbo", False)
+    decision = promote(local_tracker, NAME, selection, "neg_elbo", False)
     assert decision.comparison.significant and not decision.promoted
     assert "flags 100.0% of normal selection images" in decision.reason
     challenger = next(c for c in decision.checks if c.version == "2")
@@ -121,7 +121,7 @@ def test_the_anomaly_gate_refuses_a_threshold_that_flags_normal_images(
     assert tags["gate.split"] == "validation selection half"
     # v3: the same trained model with its honest conformal threshold passes both gates.
     register_scorer(local_tracker, trained, tmp_path, example, halves)
-    third = promote(local_tracker, NAME, torch.from_numpy(selection), "neg_elbo", False)
+    third = promote(local_tracker, NAME, selection, "neg_elbo", False)
     assert third.promoted, third.reason
     mine = next(c for c in third.checks if c.version == "3")
     assert mine.fpr_ok and mine.realised_fpr <= mine.fpr_limit

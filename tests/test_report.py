@@ -24,10 +24,9 @@ from convvae.benchmark.report import (
     class_methods,
     published_results,
     render_report,
-    save_methods_figure,
-    save_roc_figure,
     summarize,
 )
+from convvae.benchmark.report_figures import save_methods_figure, save_roc_figure
 from convvae.config import parse_params
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,15 +12,12 @@ import torch
 
 from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
-from convvae.model.vae import save_model
+from convvae.model.files import save_model
+from convvae.tracking.probes import check_database, check_server
 from convvae.tracking.provenance import provenance_tags, repository_root
-from convvae.tracking.tracker import (
-    Tracker,
-    _quiet_model_logging,
-    flatten,
-    resolve_tracking_uri,
-    without_password,
-)
+from convvae.tracking.quiet import quiet_model_logging
+from convvae.tracking.store import client_uri, resolve_tracking_uri, without_password
+from convvae.tracking.tracker import Tracker, flatten
 from tests.conftest import tiny_model
 from tests.e2e.servers import free_port
 
@@ -94,7 +91,7 @@ def test_history_params_and_model_are_logged_and_served(
     history = client.get_metric_history(run_id, "val_loss")
     assert [(m.step, m.value) for m in history] == [(1, 200.0), (2, 150.0)]
     assert version == "1"
-    assert str(local_tracker.version("models:/convvae-unit/latest").version) == "1"
+    assert str(local_tracker.registry.version("models:/convvae-unit/latest").version) == "1"
     assert client.get_model_version("convvae-unit", "1").tags["test_x"] == "1"
 
     served = mlflow.pyfunc.load_model("models:/convvae-unit/1")
@@ -105,13 +102,11 @@ def test_history_params_and_model_are_logged_and_served(
                                             "return_anomaly_map": True})  # fmt: skip
     assert asked["reconstruction"].shape == (4, 1, 28, 28)
     assert asked["anomaly_map"].shape == (4, 28, 28)
-    assert first["anomaly_score"].shape == (4,)
-    np.testing.assert_array_equal(
-        first["anomaly_score"], again["anomaly_score"]
-    )  # no sampling noise
+    assert first["score"].shape == (4,)
+    np.testing.assert_array_equal(first["score"], again["score"])  # no sampling noise
     # An image of noise is less likely under the model than a real digit.
     noise = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
-    assert served.predict(noise)["anomaly_score"][0] > first["anomaly_score"].max()
+    assert served.predict(noise)["score"][0] > first["score"].max()
 
     with pytest.raises(Exception, match="shape"):
         served.predict(np.zeros((2, 1, 32, 32), dtype=np.float32))
@@ -139,7 +134,7 @@ def test_pytorch_flavour_reconstructs(local_tracker, tmp_path, val_images):
 
 def test_model_logging_hides_the_registry_prints_and_passes_every_other_line(capsys):
     chatter = "Registered model 'convvae-x' already exists. Creating a new version of this model"
-    with pytest.raises(RuntimeError, match="registry down"), _quiet_model_logging():
+    with pytest.raises(RuntimeError, match="registry down"), quiet_model_logging():
         print("Created version '3' of model 'convvae-x'.", file=sys.stderr)
         print(chatter, file=sys.stderr)
         print("a real problem", file=sys.stderr)
@@ -174,15 +169,17 @@ def test_a_store_that_fails_to_answer_is_not_taken_for_no_alias(local_tracker, m
     from mlflow.exceptions import MlflowException
 
     with pytest.raises(TrackingError, match="no registered model"):
-        local_tracker.model_versions("nothing-here")
-    assert local_tracker.version_by_alias("nothing-here", "champion") is None  # no such model
+        local_tracker.registry.model_versions("nothing-here")
+    assert (
+        local_tracker.registry.version_by_alias("nothing-here", "champion") is None
+    )  # no such model
 
     def timeout(*args, **kwargs):
         raise MlflowException("API request to /aliases failed: read timed out")
 
     monkeypatch.setattr(local_tracker.client, "get_model_version_by_alias", timeout)
     with pytest.raises(TrackingError, match="could not read @champion of m .*timed out"):
-        local_tracker.version_by_alias("m", "champion")
+        local_tracker.registry.version_by_alias("m", "champion")
 
 
 def test_changed_params_compares_with_what_the_run_logged(local_tracker):
@@ -221,15 +218,14 @@ def test_a_password_in_the_uri_is_sent_as_basic_auth_and_never_shown():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     try:
-        tracker = Tracker.__new__(Tracker)  # the check alone: this server speaks no MLflow
         for password, ok in (("p%40ss", True), ("wrong", False)):
-            tracker.uri = f"http://ann:{password}@127.0.0.1:{port}"
-            tracker.shown_uri = without_password(tracker.uri)
+            # The check alone: this server speaks no MLflow.
+            uri = f"http://ann:{password}@127.0.0.1:{port}"
             if ok:
-                tracker._check_reachable(5)
+                check_server(uri, 5)
                 continue
             with pytest.raises(TrackingError, match="unreachable") as err:
-                tracker._check_reachable(5)
+                check_server(uri, 5)
             assert f"http://ann:***@127.0.0.1:{port}" in str(err.value)
             assert "wrong" not in str(err.value)
     finally:
@@ -257,9 +253,11 @@ def test_an_evaluation_with_other_params_than_its_training_gets_its_own_run(
     # changed param).
     import dataclasses
 
+    from convvae.anomaly.scorer import Scorer
     from convvae.anomaly.scores import ScoreSpec
-    from convvae.anomaly.thresholds import calibrate, selection_and_calibration
+    from convvae.anomaly.thresholds import calibrate
     from convvae.config import parse_params
+    from convvae.data.splits import selection_and_calibration
     from convvae.tracking.runs import TRAINING_RUN_TAG, log_evaluation
 
     params = parse_params({"tracking": {"register_model": False}})
@@ -269,13 +267,13 @@ def test_an_evaluation_with_other_params_than_its_training_gets_its_own_run(
     save_model(trained, model_file)
     (tmp_path / "plots").mkdir()
     _, calibration = selection_and_calibration(mnist_slice.val.images)
-    threshold = calibrate(trained, calibration, ScoreSpec("neg_elbo", 4, 0), 0.05)
+    record = calibrate(Scorer(trained, None, ScoreSpec("neg_elbo", 4, 0)), calibration, 0.05)
     example = mnist_slice.test.images[:2].astype(np.float32) / 255
 
     def evaluate(p):
         metrics, plots = {"test_neg_elbo": 1.0}, tmp_path / "plots"
         return log_evaluation(
-            local_tracker, training_run, p, metrics, plots, trained, model_file, example, threshold
+            local_tracker, training_run, p, metrics, plots, trained, model_file, example, record
         )
 
     assert evaluate(params) == training_run  # the same params: the training run
@@ -305,13 +303,13 @@ def test_mlflow_gets_the_credentials_apart_from_the_uri(monkeypatch):
     # MLflow prints its tracking URI in every "View run ... at:" line.
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    tracker = Tracker.__new__(Tracker)
-    tracker.uri = "https://ann:p%40ss@mlflow.example:5000/prefix"
-    assert tracker._client_uri() == "https://mlflow.example:5000/prefix"
+    assert client_uri("https://ann:p%40ss@mlflow.example:5000/prefix") == (
+        "https://mlflow.example:5000/prefix"
+    )
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "ann"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
-    tracker.uri = "postgresql://u:pw@db/mlflow"  # SQLAlchemy needs it in the URL
-    assert tracker._client_uri() == tracker.uri
+    database = "postgresql://u:pw@db/mlflow"  # SQLAlchemy needs it in the URL
+    assert client_uri(database) == database
 
 
 @pytest.mark.parametrize(
@@ -325,6 +323,4 @@ def test_mlflow_gets_the_credentials_apart_from_the_uri(monkeypatch):
     ],
 )
 def test_database_uris_that_are_not_one_tcp_address_are_left_to_mlflow(uri):
-    tracker = Tracker.__new__(Tracker)
-    tracker.uri = tracker.shown_uri = uri
-    tracker._check_database_reachable(1)  # no connection tried, no error
+    check_database(uri, 1)  # no connection tried, no error

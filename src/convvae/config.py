@@ -6,23 +6,20 @@ type or out of range is a ``ConfigError`` that names the key (``train.lr``) and 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
 import numbers
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from convvae.errors import ConfigError
+from convvae.yamlconfig import build, read_yaml
 
+# The vocabularies of params.yaml, each listed once: the modules that implement them take their
+# names from here (typing.get_args).
 DataSource = Literal["mnist-5k", "fashion-mnist", "mnist", "folder"]
 Likelihood = Literal["bernoulli", "gaussian", "discretized_logistic"]
-# model.likelihood: auto → this per data source (README "Your own images" says how it was chosen).
+# model.likelihood: auto → this per data source (docs/your-own-images.md: how it was chosen).
 DEFAULT_LIKELIHOOD: dict[str, Likelihood] = {
     "mnist-5k": "bernoulli",
     "fashion-mnist": "bernoulli",
@@ -119,7 +116,7 @@ class ModelConfig:
     # Weight on the KL term of the ELBO (beta-VAE); 1.0 is the true ELBO.
     beta: float = 1.0
     # p(x | z): auto → DEFAULT_LIKELIHOOD of data.source (resolved when params are read).
-    likelihood: Literal["auto", "bernoulli", "gaussian", "discretized_logistic"] = "auto"
+    likelihood: Literal["auto"] | Likelihood = "auto"
     # gaussian only: a learned standard deviation per pixel, or one per channel.
     variance: Literal["pixel", "shared"] = "pixel"
 
@@ -233,7 +230,7 @@ class TrackingConfig:
 
 AnomalyScore = Literal[
     "recon_mse",
-    "recon_bce",
+    "recon_nll_at_mean",
     "neg_elbo",
     "iwae_nll",
     "excess_nll",
@@ -242,7 +239,7 @@ AnomalyScore = Literal[
     "fused",
     "patch_knn",
 ]
-# anomaly.score: auto → this per data source (README: how each was chosen).
+# anomaly.score: auto → this per data source (docs/anomaly-detection.md: how each was chosen).
 DEFAULT_SCORE: dict[str, AnomalyScore] = {
     "mnist-5k": "fused",
     "fashion-mnist": "fused",
@@ -341,7 +338,7 @@ class Params:
         other key honoured; seed ``train.seed + seed_offset`` (one model per benchmark seed)."""
         merged = {**dataclasses.asdict(self.train), **self.benchmark.train}
         try:
-            cfg = _build(TrainConfig, merged, prefix="benchmark.train.")
+            cfg = build(TrainConfig, merged, prefix="benchmark.train.")
         except ConfigError as err:  # TrainConfig's own checks name train.<key>
             message = str(err)
             if message.startswith("train."):
@@ -353,67 +350,28 @@ class Params:
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; raises ConfigError naming the offending key."""
     path = Path(path)
-    return parse_params(_read_yaml(path), source=str(path))
+    return parse_params(read_yaml(path), source=str(path))
 
 
 def load_tracking(path: str | Path) -> TrackingConfig:
     """Only the tracking section of a params file (what a `models:/` reference needs): the
     rest of the file may belong to another version of the project."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     try:
-        return _build(TrackingConfig, raw.get("tracking") or {}, prefix="tracking.")
+        return build(TrackingConfig, raw.get("tracking") or {}, prefix="tracking.")
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-
-
-def _read_yaml(path: Path) -> Any:
-    """A params file's YAML ({} when empty); a missing or malformed file is a ConfigError."""
-    if not path.is_file():
-        raise ConfigError(
-            f"{path}: file not found; run from the repository root or pass --params PATH"
-        )
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read it ({err}); save it as UTF-8 text") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "syntax error"
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}; fix it there") from None
-    return raw if raw is not None else {}
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate a nested mapping (as read from YAML) into ``Params``."""
     try:
-        return _build(Params, raw, prefix="")
+        return build(Params, raw, prefix="")
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, which PyYAML would silently overwrite, and
-    list or mapping keys, on which it fails with a TypeError."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, list | dict | set):  # `? [a, b]: 1`: not a name, nor hashable
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"a key must be a name, not a {type(key).__name__}",
-                    key_node.start_mark,
-                )  # fmt: skip
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def _check_seed(seed: int, key: str) -> None:
@@ -424,71 +382,3 @@ def _check_seed(seed: int, key: str) -> None:
 def _check(condition: bool, key: str, requirement: str) -> None:
     if not condition:
         raise ConfigError(f"{key} {requirement}")
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "the top level"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names), key=str)  # YAML keys may be bools or ints
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]}; known keys in {where}: {', '.join(names)}"
-        )
-    values = {name: _coerce(hints[name], raw[name], prefix + name) for name in names if name in raw}
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against the type hint; ints are accepted where floats are expected."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        for candidate in inner[:-1]:  # int | list[int]: the first type that fits
-            with contextlib.suppress(ConfigError):
-                return _coerce(candidate, value, key)
-        return _coerce(inner[-1], value, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}; got {value!r}")
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping of keys to values, got {value!r}")
-        return dict(value)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
-    if hint is float:
-        # YAML 1.1 reads 1e-3 (no dot) as a string; accept it as the number the user meant.
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {hint!r} for {key}")

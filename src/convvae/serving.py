@@ -1,21 +1,25 @@
 """The pyfunc flavour of a trained ConvVAE, for `mlflow models serve` and `mlflow.pyfunc`.
 
-MLflow imports this module (``loader_module="convvae.serving"``) and calls ``_load_pyfunc`` with
-the logged model file and the model's threshold record (its ``model_config``); no pickled code
-is involved. Scores come from ``convvae.anomaly.scores.score_images``, the function `convvae score`
-and the benchmark use, with the stored score name, sample count and noise seed.
+MLflow imports this module (``loader_module="convvae.serving"``: registered models name it, so
+it stays here) and calls ``_load_pyfunc`` with the logged model file and the model's threshold
+record (its ``model_config``); no pickled code is involved. It decides with
+``convvae.anomaly.detector.Detector``, as `convvae score` and promotion do.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
-from convvae.anomaly.maps import smoothed_maps
-from convvae.anomaly.scores import ScoreSpec, score_images
-from convvae.anomaly.thresholds import StoredThreshold, parse_threshold
+from convvae.anomaly.detector import Detector
+from convvae.anomaly.reference import load_fitted_model
+from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scores import ScoreSpec
+from convvae.anomaly.scoring import anomaly_maps, score_images
+from convvae.anomaly.thresholds import parse_record
 from convvae.data.images import check_pixels
-from convvae.model.vae import ConvVAE, load_model
 from convvae.runtime.allocator import keep_freed_memory
 from convvae.uses.evaluation import reconstruct
 
@@ -25,44 +29,43 @@ MAX_BATCH = 1024
 # Outputs a client may ask for with params={"return_...": true}; each costs a decode per image.
 OPTIONAL_OUTPUTS = {"return_reconstruction": "reconstruction", "return_anomaly_map": "anomaly_map"}
 PARAMS_EXAMPLE = dict.fromkeys(OPTIONAL_OUTPUTS, False)
+# The response's names before 0.2 (served beside the new ones for one release).
+OLD_NAMES = {"score": "anomaly_score", "p_value": "normalized_score"}
 
 
 class ScoringModel:
-    """Scores batches of images with one ConvVAE; reconstructions and maps on request."""
+    """Scores batches of images with one detector (or, for a model registered without a
+    threshold record, a scorer alone); reconstructions and maps on request."""
 
-    def __init__(self, model: ConvVAE, stored: StoredThreshold | None = None) -> None:
-        self.model = model.eval()
-        self.stored = stored
-        # Without a stored record: the default score where the model file has its reference.
-        fallback = ScoreSpec() if model.reference is not None else ScoreSpec("excess_nll")
-        self.spec = stored.spec if stored is not None else fallback
+    def __init__(self, scorer: Scorer, detector: Detector | None = None) -> None:
+        self.scorer = scorer
+        self.detector = detector
 
     def predict(self, model_input, params: dict | None = None) -> dict[str, np.ndarray]:
         """model_input: float pixels in [0, 1], shape (N, C, H, W) or (N, H, W).
 
-        Returns {"anomaly_score": float64 (N,), the stored score; higher is more anomalous;
-        with a stored threshold also "normalized_score" (conformal p-value, float64 (N,)) and
-        "is_anomaly" (bool (N,))}; with params {"return_reconstruction": true} also
-        "reconstruction" (float32 (N, C, H, W), the decoded means), with
-        {"return_anomaly_map": true} "anomaly_map" (float32 (N, H, W), where each image is
-        anomalous). At most MAX_BATCH images per call.
+        Returns {"score": float64 (N,), the stored score, higher is more anomalous; with a
+        threshold record also "p_value" (conformal, float64 (N,); small = unusual) and
+        "is_anomaly" (bool (N,))}, and the old names of OLD_NAMES for one release; with params
+        {"return_reconstruction": true} also "reconstruction" (float32 (N, C, H, W), the decoded
+        means), with {"return_anomaly_map": true} "anomaly_map" (float32 (N, H, W), where each
+        image is anomalous). At most MAX_BATCH images per call.
         """
         wanted = {k for k, v in (params or {}).items() if k in OPTIONAL_OUTPUTS and v}
         images = self._as_images(model_input)
-        scores = score_images(self.model, images.numpy(), self.spec)
-        out = {"anomaly_score": scores}
-        if self.stored is not None:
-            decided = self.stored.decide(scores)
-            out["normalized_score"] = decided["normalized_score"]
-            out["is_anomaly"] = decided["is_anomaly"]
+        if self.detector is not None:
+            out = self.detector.decide(images.numpy())
+        else:
+            out = {"score": score_images(self.scorer, images.numpy())}
+        out |= {old: out[new] for new, old in OLD_NAMES.items() if new in out}
         if "return_reconstruction" in wanted:
-            out["reconstruction"] = reconstruct(self.model, images).numpy()
+            out["reconstruction"] = reconstruct(self.scorer.model, images).numpy()
         if "return_anomaly_map" in wanted:
-            out["anomaly_map"] = smoothed_maps(self.model, images.numpy())
+            out["anomaly_map"] = anomaly_maps(self.scorer, images.numpy())
         return out
 
     def _as_images(self, model_input) -> torch.Tensor:
-        arch = self.model.arch
+        arch = self.scorer.model.arch
         expected = arch.image_shape
         array = np.asarray(model_input, dtype=np.float32)
         if array.ndim == 3 and arch.image_channels == 1:
@@ -83,10 +86,10 @@ class ScoringModel:
 
 
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ScoringModel:
-    import json
-
     keep_freed_memory()  # the server scores in this process (convvae.runtime.allocator)
-    stored = None
-    if model_config:
-        stored = parse_threshold(json.dumps(dict(model_config)), "the model's threshold record")
-    return ScoringModel(load_model(data_path), stored)
+    model, reference = load_fitted_model(data_path)
+    if not model_config:  # registered before threshold records: the likelihood's deviance
+        return ScoringModel(Scorer(model, reference, ScoreSpec("excess_nll")))
+    record = parse_record(json.dumps(dict(model_config)), "the model's threshold record")
+    scorer = Scorer(model, reference, record.spec)
+    return ScoringModel(scorer, Detector(scorer, record))

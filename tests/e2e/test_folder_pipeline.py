@@ -44,12 +44,12 @@ def test_repro_measures_the_folders_defects_and_skips_the_class_benchmark(projec
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["epochs_run"] == 3
 
-    anomaly = json.loads((project / "metrics/anomaly.json").read_text())
+    defects = json.loads((project / "metrics/defects.json").read_text())
     keys = ["image_roc_auc", "pixel_roc_auc", "pixel_aupro", "pyod_knn.image_roc_auc",
             "pyod_iforest.image_roc_auc", *(f"image_roc_auc.{d}" for d in DEFECTS)]  # fmt: skip
     for key in keys:
-        assert 0 <= anomaly[key] <= 1, key
-    assert anomaly["test_defective_images"] == 2 * 10 and anomaly["score"] == "patch_knn"
+        assert 0 <= defects[key] <= 1, key
+    assert defects["test_defective_images"] == 2 * 10 and defects["score"] == "patch_knn"
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     assert evaluation["test_images"] == 20  # likelihoods on the good test images only
     assert evaluation["likelihood"].startswith("bernoulli")  # auto: a folder's default too
@@ -62,7 +62,7 @@ def test_repro_measures_the_folders_defects_and_skips_the_class_benchmark(projec
 
     (mlflow_run,) = mlflow_runs(project)
     assert mlflow_run.data.tags["data.file.folder"] == manifest["folder_sha256"]
-    assert mlflow_run.data.metrics["anomaly.image_roc_auc"] == anomaly["image_roc_auc"]
+    assert mlflow_run.data.metrics["defects.image_roc_auc"] == defects["image_roc_auc"]
     inputs = mlflow_run.inputs.dataset_inputs
     assert {i.dataset.source for i in inputs} and all(
         manifest["folder_sha256"] in json.dumps([t.value for t in i.tags]) for i in inputs
@@ -90,7 +90,7 @@ def test_score_resizes_new_photos_as_prepare_did(project, tmp_path):
     result = run([str(BIN / "convvae"), "score", "--model", "models/model.pt",
                   *[str(p) for p in photos[:1]], "--resize"], project)  # fmt: skip
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "file,score,normalized_score,is_anomaly" and len(lines) == 2
+    assert lines[0] == "file,score,p_value,normalized_score,is_anomaly" and len(lines) == 2
     refused = run([str(BIN / "convvae"), "score", "--model", "models/model.pt", str(photos[0])],
                   project, check=False)  # fmt: skip
     assert refused.returncode == 2 and "--resize" in refused.stderr

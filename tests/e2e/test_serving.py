@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convvae.anomaly.maps import smoothed_maps
-from convvae.anomaly.scores import ScoreSpec, score_images
-from convvae.anomaly.thresholds import StoredThreshold, calibrate, selection_and_calibration
-from convvae.model.vae import save_model
+from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scores import ScoreSpec
+from convvae.anomaly.scoring import anomaly_maps, score_images
+from convvae.anomaly.thresholds import calibrate
+from convvae.data.splits import selection_and_calibration
+from convvae.model.files import save_model
 from convvae.serving import MAX_BATCH
 from tests.e2e.servers import free_port, running_server
 
@@ -41,12 +43,12 @@ def champion_store(local_tracker, tmp_path, trained, mnist_slice):
     example = mnist_slice.test.images[:2].astype(np.float32) / 255
     save_model(trained, tmp_path / "model.pt")
     _, calibration = selection_and_calibration(mnist_slice.val.images)
-    record = calibrate(trained, calibration, SPEC, 0.05)
+    record = calibrate(Scorer(trained, None, SPEC), calibration, 0.05)
     with tracker.run():
         version = tracker.log_model(
-            trained, tmp_path / "model.pt", example, "convvae-serve", {}, record
+            trained, tmp_path / "model.pt", example, "convvae-serve", {}, record.as_json()
         )
-    tracker.set_alias("convvae-serve", "champion", version)
+    tracker.registry.set_alias("convvae-serve", "champion", version)
     return tracker.uri, record
 
 
@@ -66,30 +68,34 @@ def test_served_champion_scores_images(champion_store, trained, mnist_slice, tmp
         status, body = post(f"{base}/invocations", {"inputs": digits.tolist()})
         assert status == 200, body
         predictions = body["predictions"]
-        scores = np.array(predictions["anomaly_score"])
+        scores = np.array(predictions["score"])
         assert scores.shape == (3,) and np.all(scores > 0)
         # One score everywhere: the served score is score_images' on the same pixels.
-        local = score_images(trained, mnist_slice.test.images[:3], SPEC)
+        scorer = Scorer(trained, None, SPEC)
+        local = score_images(scorer, mnist_slice.test.images[:3])
         np.testing.assert_allclose(scores, local, rtol=1e-5)
-        decided = StoredThreshold(
-            SPEC, record["threshold"], None, np.array(record["calibration_scores"])
-        ).decide(local)
-        np.testing.assert_allclose(predictions["normalized_score"], decided["normalized_score"])
+        decided = record.decide(local)
+        np.testing.assert_allclose(predictions["p_value"], decided["p_value"])
         assert predictions["is_anomaly"] == decided["is_anomaly"].tolist()
-        assert set(predictions) == {"anomaly_score", "normalized_score", "is_anomaly"}
+        # The names before 0.2 are served beside the new ones for one release.
+        assert set(predictions) == {
+            "score", "p_value", "is_anomaly", "anomaly_score", "normalized_score"
+        }  # fmt: skip
+        assert predictions["anomaly_score"] == predictions["score"]
+        assert predictions["normalized_score"] == predictions["p_value"]
         asked = {"return_reconstruction": True, "return_anomaly_map": True}
         status, body = post(f"{base}/invocations", {"inputs": digits.tolist(), "params": asked})
         assert status == 200, body
         assert np.array(body["predictions"]["reconstruction"]).shape == (3, 1, 28, 28)
         maps = np.array(body["predictions"]["anomaly_map"])
-        np.testing.assert_allclose(maps, smoothed_maps(trained, mnist_slice.test.images[:3]),
+        np.testing.assert_allclose(maps, anomaly_maps(scorer, mnist_slice.test.images[:3]),
                                    rtol=1e-4, atol=1e-5)  # fmt: skip
         too_many = np.zeros((MAX_BATCH + 1, 1, 28, 28), dtype=np.float32)
         status, body = post(f"{base}/invocations", {"inputs": too_many.tolist()})
         assert status == 400 and f"at most {MAX_BATCH}" in json.dumps(body), body
         noise = np.random.default_rng(0).random((1, 1, 28, 28)).astype(np.float32)
         _, noisy = post(f"{base}/invocations", {"inputs": noise.tolist()})
-        assert noisy["predictions"]["anomaly_score"][0] > scores.max()
+        assert noisy["predictions"]["score"][0] > scores.max()
         wrong = np.zeros((1, 1, 32, 32), dtype=np.float32)
         status, body = post(f"{base}/invocations", {"inputs": wrong.tolist()})
         assert status == 400 and "shape" in body["message"], body

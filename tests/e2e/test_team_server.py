@@ -77,7 +77,7 @@ def test_pipeline_registry_and_promotion_through_the_server(tracking_server, tmp
     try:
         served = mlflow.pyfunc.load_model("models:/convvae-mnist-5k@champion")
         images = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
-        assert served.predict(images)["anomaly_score"].shape == (2,)
+        assert served.predict(images)["score"].shape == (2,)
     finally:
         mlflow.set_tracking_uri(None)
 

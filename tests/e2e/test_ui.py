@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from convvae.model.vae import save_model
+from convvae.model.files import save_model
 from tests.e2e.servers import free_port, running_server
 
 pytestmark = pytest.mark.e2e

@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from convvae.anomaly.maps import anomaly_maps, map_sigma  # noqa: E402
+
 from convvae.anomaly.scores import all_scores, fit_reference  # noqa: E402
 from convvae.benchmark.peers import run_peer  # noqa: E402
 from convvae.config import parse_params  # noqa: E402

@@ -2,7 +2,7 @@
 nothing at all, so the check needs no download. Each set's AUROC against the normal test images
 says whether the model's anomaly score flags it (1.0: every such image above every normal one).
 
-The score is the model's ordinary one (``anomaly.score_images``): nothing here is special-cased.
+The score is the scorer's ordinary one (``score_images``): nothing here is special-cased.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from convvae.anomaly.scores import ScoreSpec, score_images
-from convvae.model.vae import ConvVAE
+from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scoring import score_images
 
 
 def out_of_domain_sets(images: np.ndarray, n: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
@@ -32,14 +32,14 @@ def out_of_domain_sets(images: np.ndarray, n: int = 200, seed: int = 0) -> dict[
 
 
 def out_of_domain_auroc(
-    model: ConvVAE, normal_images: np.ndarray, spec: ScoreSpec, seed: int = 0
+    scorer: Scorer, normal_images: np.ndarray, seed: int = 0
 ) -> dict[str, float]:
     """ROC-AUC of each out-of-domain set (positive) against ``normal_images`` (uint8, the test
-    images the model should find normal) under the score ``spec`` names."""
-    normal = score_images(model, normal_images, spec)
+    images the model should find normal) under the scorer's score."""
+    normal = score_images(scorer, normal_images)
     result = {}
     for name, images in out_of_domain_sets(normal_images, seed=seed).items():
-        odd = score_images(model, images, spec)
+        odd = score_images(scorer, images)
         labels = np.r_[np.zeros(len(normal)), np.ones(len(odd))]
         result[name] = float(roc_auc_score(labels, np.r_[normal, odd]))
     return result

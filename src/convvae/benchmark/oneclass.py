@@ -11,40 +11,51 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import torch
 
-from convvae.anomaly.scores import MAP_SCORES, SCORES, ScoreSpec, all_scores, fit_reference
-from convvae.anomaly.thresholds import (
-    conformal_threshold,
-    selection_and_calibration,
-    threshold_record,
-)
+from convvae.anomaly.fit import train_and_fit
+from convvae.anomaly.reference import Reference, save_fitted_model
+from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scores import MAP_SCORES, SCORES, ScoreSpec
+from convvae.anomaly.scoring import every_score
+from convvae.anomaly.thresholds import ThresholdRecord, conformal_threshold, make_record
 from convvae.benchmark.peers import run_peer
-from convvae.config import Params, TrainConfig
-from convvae.data.sources import LabelledImages, Splits
+from convvae.config import Params
+from convvae.data.sources import LabelledImages
+from convvae.data.splits import Splits, selection_and_calibration
 from convvae.errors import DataError
 from convvae.metrics.detection import detection_metrics, roc_points
-from convvae.model.vae import ConvVAE, resolve_architecture, save_model
-from convvae.runtime.files import ClassFiles, write_json
-from convvae.training.trainer import Trainer, TrainResult
+from convvae.model.vae import ConvVAE
+from convvae.runtime.files import write_json
+
+
+@dataclass(frozen=True)
+class ClassFiles:
+    """Where one class of the one-class benchmark writes its results (a DVC stage's outputs)."""
+
+    model: Path
+    threshold: Path  # beside the model: convvae.anomaly.detector.THRESHOLD_FILE
+    metrics: Path
+    roc: Path
 
 
 @dataclass(frozen=True)
 class ClassResult:
-    """One class's benchmark: metrics (JSON-ready), the seed-0 model and its threshold record,
-    and the ROC curve of the primary score (seed 0)."""
+    """One class's benchmark: metrics (JSON-ready), the seed-0 model with its reference and
+    threshold record, and the ROC curve of the primary score (seed 0)."""
 
     metrics: dict
     model: ConvVAE
-    threshold: dict
+    reference: Reference
+    record: ThresholdRecord
     roc: list[dict[str, float]]
 
     def save(self, files: ClassFiles) -> None:
         """Write the model, threshold record, ROC rows and metrics, each atomically."""
-        save_model(self.model, files.model)
-        write_json(self.threshold, files.threshold)
+        save_fitted_model(self.model, self.reference, files.model)
+        write_json(self.record.as_json(), files.threshold)
         write_json(self.roc, files.roc)
         write_json(self.metrics, files.metrics)
 
@@ -52,7 +63,7 @@ class ClassResult:
 # Why a folder source has no one-class benchmark (its stages still write their outputs).
 NO_CLASSES = (
     "data.source is folder: its images have no class labels, so the one-class benchmark has "
-    "nothing to run; the evaluate stage measures defects (metrics/anomaly.json)"
+    "nothing to run; the evaluate stage measures defects (metrics/defects.json)"
 )
 
 
@@ -78,6 +89,7 @@ def class_images(part: LabelledImages, normal_class: int, split: str) -> np.ndar
 @dataclass(frozen=True)
 class _SeedRun:
     model: ConvVAE
+    reference: Reference
     epochs: int
     test_scores: dict[str, np.ndarray]
     calibration_scores: dict[str, np.ndarray]
@@ -87,19 +99,7 @@ class _SeedRun:
 
 
 def _no_epoch_lines(line: str) -> None:
-    """The benchmark's Trainer log: its only lines are the per-epoch ones."""
-
-
-def train_class_model(
-    params: Params, train_cfg: TrainConfig, train_normal: np.ndarray, selection: np.ndarray
-) -> TrainResult:
-    """A ConvVAE of ``params.model`` trained with ``train_cfg`` on one class's normal images,
-    early stopping on the ``selection`` images. A bar per epoch on a terminal; the epoch lines
-    are left out (the benchmark prints one line per seed instead)."""
-    torch.manual_seed(train_cfg.seed)
-    model = ConvVAE(resolve_architecture(params.model, train_normal.shape[1:]))
-    trainer = Trainer(model, train_cfg, beta=params.model.beta, log=_no_epoch_lines)
-    return trainer.fit(torch.from_numpy(train_normal), torch.from_numpy(selection))
+    """The benchmark's training log: its only lines are the per-epoch ones."""
 
 
 def _train_and_score(
@@ -109,28 +109,38 @@ def _train_and_score(
     test_images: np.ndarray,
     seed: int,
 ) -> _SeedRun:
-    """One model on the normal class (early stopping on the selection half of its validation
-    images), then every score of the test images and of the calibration half."""
+    """One model on the normal class (early stopping and the fused statistics on the selection
+    half of its validation images), then every score of the test images and of the
+    calibration half."""
     started = time.perf_counter()
-    selection, calibration = selection_and_calibration(val_normal)
-    result = train_class_model(params, params.benchmark_train(seed), train_normal, selection)
+    train_cfg = params.benchmark_train(seed)
+    fitted = train_and_fit(
+        params.model, train_cfg, params.anomaly, train_normal, val_normal, log=_no_epoch_lines
+    )
+    trained = time.perf_counter()
     # The stored record's noise (anomaly.noise_seed), so `convvae score` reproduces these scores;
     # the benchmark seed varies the training only.
-    samples, noise = params.anomaly.samples, params.anomaly.noise_seed
-    fit_reference(result.model, train_normal, selection, samples, noise)
-    trained = time.perf_counter()
-    with_maps = params.anomaly.score in MAP_SCORES  # only when it is the primary score
-    on_test = all_scores(result.model, test_images, samples, noise, with_maps, progress=True)
-    on_val = all_scores(result.model, calibration, samples, noise, with_maps)
+    spec = ScoreSpec.from_config(params.anomaly)
+    scorer = Scorer(fitted.training.model, fitted.reference, spec)
+    names = _benchmark_scores(spec)
+    _, calibration = selection_and_calibration(val_normal)
+    on_test = every_score(scorer, test_images, names, progress=True)
+    on_calibration = every_score(scorer, calibration, names)
     return _SeedRun(
-        result.model,
-        len(result.history),
+        fitted.training.model,
+        fitted.reference,
+        len(fitted.training.history),
         on_test,
-        on_val,
+        on_calibration,
         trained - started,
         time.perf_counter() - trained,
         len(test_images) + len(calibration),
     )
+
+
+def _benchmark_scores(spec: ScoreSpec) -> tuple[str, ...]:
+    """Every score of the table, and a map score when it is the primary one."""
+    return (*SCORES, *(name for name in MAP_SCORES if name == spec.name))
 
 
 def run_peers(
@@ -196,25 +206,10 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
             f"{run.score_seconds:.1f} s"
         )
     target = params.anomaly.target_fpr
-    names = [*SCORES, *(name for name in MAP_SCORES if name == spec.name)]
     thresholds = {
         name: [conformal_threshold(run.calibration_scores[name], target) for run in runs]
-        for name in names
+        for name in _benchmark_scores(spec)
     }
-    per_score = {
-        name: detection_metrics(
-            labels,
-            np.stack([run.test_scores[name] for run in runs], axis=1),
-            np.array(thresholds[name]),
-            params.benchmark.bootstrap_resamples,
-            seed=normal_class,
-        )
-        for name in names
-    }
-    seconds_scoring = sum(run.score_seconds for run in runs)
-    seconds_ours = sum(run.train_seconds for run in runs) + seconds_scoring
-    for metric in per_score.values():
-        metric["seconds"] = seconds_ours  # every score comes from the same training and pass
     metrics = {
         "normal_class": normal_class,
         "class_name": class_name,
@@ -223,14 +218,10 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         "val_normal_images": len(val_normal),  # half select the epoch, half calibrate
         "test_images": len(labels),
         "test_anomalous": int(labels.sum()),
-        "seeds": len(runs),
-        "epochs_run_mean": float(np.mean([run.epochs for run in runs])),
-        "train_seconds": sum(run.train_seconds for run in runs),
-        "score_images_per_s": sum(run.images_scored for run in runs) / seconds_scoring,
-        "scores": per_score,
+        **_run_metrics(params, runs, labels, thresholds, normal_class),
         "peers": run_peers(params, train_normal, val_normal, test.images, labels, normal_class),
     }
-    record = threshold_record(
+    record = make_record(
         spec,
         runs[0].calibration_scores[spec.name],
         target,
@@ -240,4 +231,35 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         thresholds={name: values[0] for name, values in thresholds.items()},
     )
     roc = roc_points(labels, runs[0].test_scores[spec.name])
-    return ClassResult(metrics, runs[0].model, record, roc)
+    return ClassResult(metrics, runs[0].model, runs[0].reference, record, roc)
+
+
+def _run_metrics(
+    params: Params,
+    runs: list[_SeedRun],
+    labels: np.ndarray,
+    thresholds: dict[str, list[float]],
+    normal_class: int,
+) -> dict:
+    """Seeds, epochs, seconds and every score's detection metrics (mean over seeds)."""
+    per_score = {
+        name: detection_metrics(
+            labels,
+            np.stack([run.test_scores[name] for run in runs], axis=1),
+            np.array(cuts),
+            params.benchmark.bootstrap_resamples,
+            seed=normal_class,
+        )
+        for name, cuts in thresholds.items()
+    }
+    seconds_scoring = sum(run.score_seconds for run in runs)
+    seconds_ours = sum(run.train_seconds for run in runs) + seconds_scoring
+    for metric in per_score.values():
+        metric["seconds"] = seconds_ours  # every score comes from the same training and pass
+    return {
+        "seeds": len(runs),
+        "epochs_run_mean": float(np.mean([run.epochs for run in runs])),
+        "train_seconds": sum(run.train_seconds for run in runs),
+        "score_images_per_s": sum(run.images_scored for run in runs) / seconds_scoring,
+        "scores": per_score,
+    }

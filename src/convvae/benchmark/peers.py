@@ -64,6 +64,7 @@ import functools
 import os
 import random
 import time
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,9 +72,10 @@ from typing import Any
 
 import numpy as np
 
+from convvae.config import PeerName
 from convvae.errors import DataError
 
-PEERS: tuple[str, ...] = ("pyod_knn", "pyod_iforest", "pyod_autoencoder", "pyod_vae")
+PEERS: tuple[str, ...] = typing.get_args(PeerName)
 # Peers whose scoring draws from torch's global generator (reseeded before each image set).
 _STOCHASTIC_SCORING = ("pyod_vae",)
 # PyOD's torch models, and their default batch size (the last partial batch is dropped).

@@ -29,7 +29,6 @@ __all__ = [
     "pixel_average_precision",
     "pixel_metrics",
     "pixel_roc_auc",
-    "smooth_maps",
 ]
 
 DEFAULT_MAX_FPR = 0.3
@@ -232,21 +231,3 @@ def gaussian_zscore_maps(train_images: np.ndarray, images: np.ndarray) -> np.nda
         z = (images[start : start + 256].astype(np.float32) / 255.0 - mean) * scale
         maps[start : start + 256] = np.sqrt(np.square(z).sum(axis=1))
     return maps
-
-
-def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-blur each (H, W) map, never across maps; sigma 0 returns the input unchanged.
-
-    Anomaly maps are noisy per pixel while defects are blobs; MVTec baselines smooth their maps
-    (typically sigma = 4) before scoring.
-    """
-    maps = np.asarray(maps)
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (N, H, W); got {maps.shape}")
-    if sigma < 0:
-        raise ValueError(f"sigma must be >= 0; got {sigma}")
-    if sigma == 0:
-        return maps
-    if not np.issubdtype(maps.dtype, np.floating):
-        maps = maps.astype(np.float64)
-    return ndimage.gaussian_filter(maps, sigma=(0.0, sigma, sigma))

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import math
 import typing
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-Likelihood = Literal["bernoulli", "gaussian", "discretized_logistic"]
+from convvae.config import Likelihood
+
 LIKELIHOODS: tuple[str, ...] = typing.get_args(Likelihood)
 OUTPUTS_PER_CHANNEL = {"bernoulli": 1, "gaussian": 2, "discretized_logistic": 2}
 # Smallest Gaussian standard deviation: the uniform quantisation noise of 8-bit pixels.

@@ -1,152 +1,28 @@
-"""The ConvVAE: encode / reparameterize / decode, its loss terms, presets and model files.
+"""The ConvVAE: encode / reparameterize / decode and its loss terms.
 
 Images are tensors of shape (B, C, H, W) with pixel intensities in [0, 1]. The decoder returns
 the parameters of the architecture's pixel likelihood (``convvae.model.likelihood``: Bernoulli
-logits,
-Gaussian or discretized-logistic location and scale); the reconstruction term is its negative
-log-likelihood in nats per image. The default preset's depth follows the image size.
+logits, Gaussian or discretized-logistic location and scale); the reconstruction term is its
+negative log-likelihood in nats per image.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 from itertools import pairwise
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from convvae.config import ModelConfig
 from convvae.data.images import check_pixels
-from convvae.errors import CheckpointError, ConfigError
+from convvae.model.architecture import (
+    Architecture,
+    conv_padding,
+    default_architecture,
+    feature_sizes,
+    transposed_conv_side,
+)
 from convvae.model.likelihood import OUTPUTS_PER_CHANNEL, pixel_mean, pixel_nll
-from convvae.runtime.files import atomic_path
-
-MODEL_FILE_FORMAT = 1
-
-
-@dataclass(frozen=True, eq=False)  # compared and hashed by identity: it holds arrays
-class Reference:
-    """What a trained model's distance-based anomaly scores compare an image with, stored in its
-    model file: the normal training images, and the mean and standard deviation of each fused
-    score component on held-out normal images (see ``convvae.anomaly.scores``)."""
-
-    images: np.ndarray  # uint8 (N, C, H, W)
-    center: dict[str, float]
-    scale: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Everything needed to build a ConvVAE; stored inside every model file."""
-
-    image_channels: int = 1
-    image_size: tuple[int, int] = (28, 28)  # (height, width)
-    # Output channels of the stride-2 convolutions, first to last.
-    channels: tuple[int, ...] = (32, 64)
-    kernel_size: int = 4
-    # Widths of the fully connected layers between the conv features and the latent code.
-    encoder_hidden: tuple[int, ...] = (512,)
-    decoder_hidden: tuple[int, ...] = (512,)
-    latent_dim: int = 16
-    likelihood: str = "bernoulli"  # one of convvae.model.likelihood.LIKELIHOODS
-    # Gaussian only: a standard deviation per pixel, or one per channel shared by all pixels.
-    variance: str = "pixel"
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the images the model takes."""
-        return (self.image_channels, *self.image_size)
-
-
-PRESETS: dict[str, Architecture] = {
-    # Our default: ~3.3 M parameters, dominated by two 3136x512 matmuls that run near peak on CPU.
-    "default": Architecture(),
-    # The design this project started from (conv 1→16→32 k3 s2, FC 1568→15000→15000, latent 2):
-    # 272 M parameters, kept to compare against.
-    "seed": Architecture(
-        channels=(16, 32),
-        kernel_size=3,
-        encoder_hidden=(15000, 15000),
-        decoder_hidden=(15000,),
-        latent_dim=2,
-    ),
-}
-
-
-# The default preset's conv widths by depth: one stride-2 layer per halving of the image side
-# until its longer side is at most 7 pixels (28 → 14 → 7: two layers; 64 → 4: four; 256 → 4: six),
-# or until another layer would leave the shorter side no pixel (16x128 → 1x8: four layers).
-_DEFAULT_WIDTHS = (32, 64, 128, 256, 256, 256, 256)
-_LARGEST_FEATURE_SIDE = 7
-
-
-def default_architecture(image_shape: tuple[int, int, int]) -> Architecture:
-    """The default preset for images (C, H, W): depth from the size (module docstring), a
-    latent code of 16 dimensions for images up to 31 pixels a side and 64 above (texture and
-    photo patches carry more than a digit)."""
-    channels, height, width = image_shape
-    depth, side, short_side = 0, max(height, width), min(height, width)
-    # A kernel-4, stride-2 layer halves a side, rounding down (_feature_sizes).
-    while side > _LARGEST_FEATURE_SIDE and short_side >= 2 and depth < len(_DEFAULT_WIDTHS):
-        side, short_side, depth = (side + 1) // 2, short_side // 2, depth + 1
-    return dataclasses.replace(
-        PRESETS["default"],
-        image_channels=channels,
-        image_size=(height, width),
-        channels=_DEFAULT_WIDTHS[: max(depth, 1)],
-        latent_dim=16 if min(height, width) < 32 else 64,
-    )
-
-
-def resolve_architecture(cfg: ModelConfig, image_shape: tuple[int, ...]) -> Architecture:
-    """The preset named in ``cfg`` for images (C, H, W), with the overrides and the likelihood
-    of ``cfg`` applied, checked against the data."""
-    channels, height, width = (int(size) for size in image_shape)
-    base = (
-        default_architecture((channels, height, width))
-        if cfg.preset == "default"
-        else dataclasses.replace(
-            PRESETS[cfg.preset], image_channels=channels, image_size=(height, width)
-        )
-    )
-    overrides = {
-        key: tuple(value) if isinstance(value, list) else value
-        for key in ("channels", "kernel_size", "encoder_hidden", "decoder_hidden", "latent_dim")
-        if (value := getattr(cfg, key)) is not None
-    }
-    # Params resolves likelihood: auto per data source; a bare ModelConfig means Bernoulli.
-    likelihood = "bernoulli" if cfg.likelihood == "auto" else cfg.likelihood
-    arch = dataclasses.replace(base, likelihood=likelihood, variance=cfg.variance, **overrides)
-    if min(_feature_sizes(arch)[-1]) < 1:
-        raise ConfigError(
-            f"model.channels has {len(arch.channels)} stride-2 layers, too many for "
-            f"{height}x{width} images; use fewer"
-        )
-    return arch
-
-
-def _padding(kernel_size: int) -> int:
-    return (kernel_size - 1) // 2
-
-
-def _feature_sizes(arch: Architecture) -> list[tuple[int, int]]:
-    """(H, W) before each conv layer and after the last: 28 → 14 → 7 for the default."""
-    k, pad = arch.kernel_size, _padding(arch.kernel_size)
-    sizes = [tuple(arch.image_size)]
-    for _ in arch.channels:
-        sizes.append(tuple((side + 2 * pad - k) // 2 + 1 for side in sizes[-1]))
-    return sizes
-
-
-def _transposed_conv_side(
-    side: int, stride: int, padding: int, kernel: int, output_padding: int = 0
-) -> int:
-    """The output side of a transposed convolution (no dilation) for an input side."""
-    return (side - 1) * stride - 2 * padding + kernel + output_padding
 
 
 def _mlp(widths: list[int]) -> nn.Sequential:
@@ -165,7 +41,7 @@ class _MatmulFoldTransposedConv(torch.autograd.Function):
         batch, c_in, height, width = x.shape
         _, c_out, kh, kw = weight.shape
         out_size = tuple(
-            _transposed_conv_side(*sides)
+            transposed_conv_side(*sides)
             for sides in zip(
                 (height, width), stride, padding, (kh, kw), output_padding, strict=True
             )
@@ -230,13 +106,11 @@ class ConvVAE(nn.Module):
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.arch = arch
-        # Set after training (convvae.anomaly.scores.fit_reference); saved with the model file.
-        self.reference: Reference | None = None
         # How the prepare stage resized a folder's images (its manifest's "preprocessing"), so
         # that `convvae score --resize` does the same; None for the fixed-size sources.
         self.preprocessing: dict | None = None
-        k, pad = arch.kernel_size, _padding(arch.kernel_size)
-        sizes = _feature_sizes(arch)
+        k, pad = arch.kernel_size, conv_padding(arch.kernel_size)
+        sizes = feature_sizes(arch)
         conv_widths = [arch.image_channels, *arch.channels]
         self.feature_shape = (arch.channels[-1], *sizes[-1])
         feature_dim = math.prod(self.feature_shape)
@@ -265,7 +139,7 @@ class ConvVAE(nn.Module):
             size_in, size_out = sizes[-1 - i], sizes[-2 - i]
             # output_padding restores sizes that the encoder's floor division lost (7 → 14 → 28).
             extra = tuple(
-                out - _transposed_conv_side(side, 2, pad, k)
+                out - transposed_conv_side(side, 2, pad, k)
                 for side, out in zip(size_in, size_out, strict=True)
             )
             # The last layer outputs the likelihood's parameters: a few channels, no ReLU.
@@ -280,6 +154,16 @@ class ConvVAE(nn.Module):
         """(B, C, H, W) in [0, 1] → posterior mean and log-variance, each (B, latent_dim)."""
         hidden = self.encoder(x)
         return self.to_mu(hidden), self.to_logvar(hidden)
+
+    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The first convolution and its ReLU: (B, C', H', W'), one feature per 4x4 patch at
+        stride 2 (the patch map's features)."""
+        return self.encoder[:2](x)
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(H', W') of ``patch_features``."""
+        return feature_sizes(self.arch)[1]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, latent_dim) → the likelihood's parameters (B, P*C, H, W), P from
@@ -396,81 +280,3 @@ def preset_table(sizes: tuple[tuple[int, int, int], ...] = PRESET_SIZES) -> list
             }
         )
     return rows
-
-
-def save_model(model: ConvVAE, path: str | Path) -> None:
-    """Write weights and architecture atomically (temporary name, then rename)."""
-    payload = {
-        "format": MODEL_FILE_FORMAT,
-        "architecture": dataclasses.asdict(model.arch),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    if model.preprocessing is not None:
-        payload["preprocessing"] = dict(model.preprocessing)
-    if model.reference is not None:
-        payload["reference"] = {
-            "images": torch.from_numpy(np.ascontiguousarray(model.reference.images)),
-            "center": dict(model.reference.center),
-            "scale": dict(model.reference.scale),
-        }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def architecture_from_dict(raw: dict) -> Architecture:
-    """Inverse of ``dataclasses.asdict`` for an Architecture read from a file (files written
-    before images could be rectangular store one side as an int)."""
-    fields = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in raw.items()}
-    if isinstance(fields.get("image_size"), int):
-        fields["image_size"] = (fields["image_size"],) * 2
-    return Architecture(**fields)
-
-
-def architecture_diff(found: Architecture, wanted: Architecture, wanted_label: str) -> str:
-    """The fields that differ, as "latent_dim=4 (<wanted_label> 7), ..." for error messages."""
-    return ", ".join(
-        f"{f.name}={getattr(found, f.name)} ({wanted_label} {getattr(wanted, f.name)})"
-        for f in dataclasses.fields(Architecture)
-        if getattr(found, f.name) != getattr(wanted, f.name)
-    )
-
-
-def load_model(
-    path: str | Path, expected: Architecture | None = None, map_location: str = "cpu"
-) -> ConvVAE:
-    """Load a model file written by ``save_model`` (``weights_only=True``: no pickled code).
-
-    With ``expected``, a file whose architecture differs is a CheckpointError naming the field.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: model file not found; run the train stage (dvc repro train)"
-        )
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-        arch = architecture_from_dict(payload["architecture"])
-        state = payload["state_dict"]
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise CheckpointError(
-            f"{path}: not a convvae model file ({type(err).__name__}); re-run the train stage"
-        ) from None
-    if expected is not None and arch != expected:
-        raise CheckpointError(
-            f"{path}: model shape does not match the config: "
-            f"{architecture_diff(arch, expected, 'config wants')}; "
-            "retrain or restore the params it was trained with"
-        )
-    model = ConvVAE(arch)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
-        raise CheckpointError(
-            f"{path}: weights do not fit the stored architecture: {first}"
-        ) from None
-    model.preprocessing = payload.get("preprocessing")
-    if "reference" in payload:
-        raw = payload["reference"]
-        model.reference = Reference(raw["images"].numpy(), raw["center"], raw["scale"])
-    return model

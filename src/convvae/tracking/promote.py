@@ -26,14 +26,19 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
+from convvae.anomaly.detector import Detector
 from convvae.anomaly.outofdomain import out_of_domain_auroc
-from convvae.anomaly.scores import ScoreSpec, model_scores, score_images
-from convvae.anomaly.thresholds import THRESHOLD_TAG, StoredThreshold, parse_threshold
+from convvae.anomaly.reference import load_fitted_model
+from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scores import ScoreSpec
+from convvae.anomaly.scoring import every_score
+from convvae.anomaly.thresholds import THRESHOLD_TAG, parse_record
+from convvae.config import AnomalyConfig
 from convvae.errors import ConfigError
 from convvae.metrics.stats import PairedComparison, paired_bootstrap
-from convvae.model.vae import ConvVAE, load_model
+from convvae.model.vae import ConvVAE
+from convvae.tracking.registry import Registry
 from convvae.tracking.tracker import Tracker
 
 METRICS = ("neg_elbo", "iwae_nll")
@@ -71,93 +76,94 @@ class Decision:
     checks: tuple[AnomalyCheck, ...] = ()  # challenger first, then the champion
 
 
-def per_image_losses(model: ConvVAE, images: torch.Tensor, metric: str, spec: ScoreSpec):
+def per_image_losses(
+    model: ConvVAE, images: np.ndarray, metric: str, samples: int, noise_seed: int
+) -> np.ndarray:
     """Lower-is-better loss per image (float64 (N,), nats) for ``metric`` (neg_elbo or
-    iwae_nll), from the one estimator (``convvae.anomaly.scores.model_scores``) with ``spec``'s
-    samples
-    and noise seed."""
-    return model_scores(model, images, spec.samples, spec.noise_seed)[metric]
+    iwae_nll), from the scorer with ``samples`` importance samples and that noise seed."""
+    scorer = Scorer(model, None, ScoreSpec(metric, samples, noise_seed))
+    return every_score(scorer, images, (metric,))[metric]
 
 
-def anomaly_check(
-    model: ConvVAE, stored: StoredThreshold, target_fpr: float, images: np.ndarray, version: str
-) -> AnomalyCheck:
+def anomaly_check(detector: Detector, images: np.ndarray, version: str) -> AnomalyCheck:
     """The anomaly gate's figures for one version on normal ``images`` (uint8 N,C,H,W)."""
-    flagged = stored.decide(score_images(model, images, stored.spec))["is_anomaly"]
-    limit = target_fpr + 3 * math.sqrt(target_fpr * (1 - target_fpr) / len(images))
-    odd = out_of_domain_auroc(model, images, stored.spec)
+    flagged = detector.predict(images)
+    target = detector.record.target_fpr
+    limit = target + 3 * math.sqrt(target * (1 - target) / len(images))
+    odd = out_of_domain_auroc(detector.scorer, images)
     return AnomalyCheck(
-        version, stored.spec.name, float(flagged.mean()), limit, float(np.mean(list(odd.values())))
+        version,
+        detector.record.spec.name,
+        float(flagged.mean()),
+        limit,
+        float(np.mean(list(odd.values()))),
     )
 
 
 def promote(
     tracker: Tracker,
     name: str,
-    images: torch.Tensor,
+    images: np.ndarray,
     metric: str,
     dry_run: bool,
-    spec: ScoreSpec | None = None,
+    anomaly: AnomalyConfig | None = None,
 ) -> Decision:
     """Compare the newest version of ``name`` with @champion on the selection ``images``
-    (uint8 N,C,H,W, normal); per-image losses use ``spec``'s sample count and noise (default:
-    the anomaly defaults), each version's anomaly check its own stored score."""
-    spec = spec or ScoreSpec()
+    (uint8 N,C,H,W, normal); per-image losses use ``anomaly``'s sample count and noise (default:
+    the section's defaults), each version's anomaly check its own threshold record."""
+    anomaly = anomaly or AnomalyConfig()
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric} is not supported; choose one of {', '.join(METRICS)}")
+    registry = tracker.registry
     # The registry hands out versions as ints or strings depending on the store: use strings.
-    newest = str(tracker.model_versions(name)[-1].version)
-    holder = tracker.version_by_alias(name, CHAMPION)
+    newest = str(registry.model_versions(name)[-1].version)
+    holder = registry.version_by_alias(name, CHAMPION)
     champion = None if holder is None else str(holder.version)
     # Each version's model is read once, for both gates.
-    models = {v: _load(tracker, name, v) for v in (newest, champion) if v is not None}
+    loaded = {v: _load(registry, name, v) for v in (newest, champion) if v is not None}
     checks = tuple(
-        check
-        for version, model in models.items()
-        if (check := _check(tracker, name, version, model, images)) is not None
+        anomaly_check(detector, images, version)
+        for version, (_, detector) in loaded.items()
+        if detector is not None
     )
     if champion is None:
         decision = Decision(
             name, metric, newest, None, None, True, "first version: no champion yet", checks
         )
     elif champion == newest:
-        decision = Decision(
-            name,
-            metric,
-            newest,
-            champion,
-            None,
-            False,
-            "the newest version is already the champion",
-            checks,
-        )
+        reason = "the newest version is already the champion"
+        decision = Decision(name, metric, newest, champion, None, False, reason, checks)
     else:
-        comparison = paired_bootstrap(
-            per_image_losses(models[champion], images, metric, spec),
-            per_image_losses(models[newest], images, metric, spec),
-        )
-        reason = (
-            f"challenger lowers {metric} by {comparison.improvement:.3f} nats/image, 95% CI "
-            f"[{comparison.ci_low:.3f}, {comparison.ci_high:.3f}], p={comparison.p_value:.4f}"
-        )
-        failed = _anomaly_gate_failure(checks, newest)
-        if not comparison.significant:
-            reason += ": not better than noise"
-        elif failed:
-            reason += f", but {failed}"
-        decision = Decision(
-            name,
-            metric,
-            newest,
-            champion,
-            comparison,
-            comparison.significant and not failed,
-            reason,
-            checks,
-        )
+        losses = [
+            per_image_losses(loaded[v][0], images, metric, anomaly.samples, anomaly.noise_seed)
+            for v in (champion, newest)
+        ]
+        decision = _compare(name, metric, newest, champion, paired_bootstrap(*losses), checks)
     if not dry_run:
         _record(tracker, decision)
     return decision
+
+
+def _compare(
+    name: str,
+    metric: str,
+    newest: str,
+    champion: str,
+    comparison: PairedComparison,
+    checks: tuple[AnomalyCheck, ...],
+) -> Decision:
+    """The decision between two versions: better than noise, and through the anomaly gate."""
+    reason = (
+        f"challenger lowers {metric} by {comparison.improvement:.3f} nats/image, 95% CI "
+        f"[{comparison.ci_low:.3f}, {comparison.ci_high:.3f}], p={comparison.p_value:.4f}"
+    )
+    failed = _anomaly_gate_failure(checks, newest)
+    if not comparison.significant:
+        reason += ": not better than noise"
+    elif failed:
+        reason += f", but {failed}"
+    promoted = comparison.significant and not failed
+    return Decision(name, metric, newest, champion, comparison, promoted, reason, checks)
 
 
 def _anomaly_gate_failure(checks: tuple[AnomalyCheck, ...], challenger: str) -> str:
@@ -183,24 +189,20 @@ def _anomaly_gate_failure(checks: tuple[AnomalyCheck, ...], challenger: str) -> 
     return ""
 
 
-def _check(
-    tracker: Tracker, name: str, version: str, model: ConvVAE, images: torch.Tensor
-) -> AnomalyCheck | None:
-    record = tracker.version(f"models:/{name}/{version}").tags.get(THRESHOLD_TAG)
-    if record is None:  # registered before thresholds were stored: likelihood only
-        return None
-    stored = parse_threshold(record, f"models:/{name}/{version} tag {THRESHOLD_TAG}")
-    target = json.loads(record).get("target_fpr", 0.05)
-    return anomaly_check(model, stored, target, np.asarray(images), version)
-
-
-def _load(tracker: Tracker, name: str, version: str) -> ConvVAE:
-    return load_model(tracker.model_file(f"models:/{name}/{version}"))
+def _load(registry: Registry, name: str, version: str) -> tuple[ConvVAE, Detector | None]:
+    """A version's model, and its detector when it was registered with a threshold record."""
+    uri = f"models:/{name}/{version}"
+    model, reference = load_fitted_model(registry.model_file(uri))
+    tag = registry.version(uri).tags.get(THRESHOLD_TAG)
+    if tag is None:  # registered before thresholds were stored: likelihood only
+        return model, None
+    record = parse_record(tag, f"{uri} tag {THRESHOLD_TAG}")
+    return model, Detector(Scorer(model, reference, record.spec), record)
 
 
 def _record(tracker: Tracker, decision: Decision) -> None:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # tag keys allow no '+'
-    tracker.set_alias(decision.model, CHALLENGER, decision.challenger)
+    tracker.registry.set_alias(decision.model, CHALLENGER, decision.challenger)
     if decision.comparison is not None:
         tags = {
             f"gate.{decision.metric}.{key}": value
@@ -214,9 +216,9 @@ def _record(tracker: Tracker, decision: Decision) -> None:
             tags[f"{prefix}.fpr_limit"] = check.fpr_limit
             tags[f"{prefix}.out_of_domain_roc_auc"] = check.out_of_domain_roc_auc
         for version in (decision.challenger, decision.champion):
-            tracker.tag_version(decision.model, version, tags)
+            tracker.registry.tag_version(decision.model, version, tags)
     if decision.promoted:
-        tracker.set_alias(decision.model, CHAMPION, decision.challenger)
+        tracker.registry.set_alias(decision.model, CHAMPION, decision.challenger)
         audit = {
             "who": getpass.getuser(),
             "when": now,
@@ -224,8 +226,10 @@ def _record(tracker: Tracker, decision: Decision) -> None:
             "from": decision.champion,
             "to": decision.challenger,
         }
-        tracker.tag_version(
+        tracker.registry.tag_version(
             decision.model, decision.challenger, {"promotion.audit": json.dumps(audit)}
         )
         # One tag per move: the registry's history of which version was champion when.
-        tracker.tag_registered_model(decision.model, f"champion.history.{now}", json.dumps(audit))
+        tracker.registry.tag_registered_model(
+            decision.model, f"champion.history.{now}", json.dumps(audit)
+        )

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from convvae.anomaly.thresholds import THRESHOLD_TAG
+from convvae.anomaly.thresholds import THRESHOLD_TAG, ThresholdRecord
+from convvae.benchmark.oneclass import ClassFiles
 from convvae.config import Params, TrackingConfig
-from convvae.data.sources import PreparedData
-from convvae.model.vae import ConvVAE, load_model
-from convvae.runtime.files import ClassFiles
+from convvae.data.splits import PreparedData
+from convvae.model.files import load_model
+from convvae.model.vae import ConvVAE
 from convvae.tracking.provenance import provenance_tags
 from convvae.tracking.tracker import DatasetPart, Tracker, flatten
-from convvae.training.trainer import TrainResult
+from convvae.training.history import TrainResult
 
 BENCHMARK_KEY_TAG = "benchmark.key"
 CLASS_DIGEST_TAG = "benchmark.class_sha256"  # of the class's metrics and threshold files
@@ -127,7 +128,7 @@ def log_evaluation(
     model: ConvVAE,
     model_file: Path,
     example_images: np.ndarray,
-    threshold: dict,
+    record: ThresholdRecord,
     onnx_file: Path | None = None,
 ) -> str | None:
     """Test metrics, the uses' metrics (flattened) and figures into the training run; log the
@@ -160,17 +161,18 @@ def log_evaluation(
         version_tags = {k: v for k, v in metrics.items() if k.startswith("test_")}
         # Readable in the registry UI without parsing the record: what the version flags, where.
         version_tags |= {
-            "anomaly.score": threshold["score"],
-            "anomaly.threshold_value": threshold["threshold"],
-            "anomaly.target_fpr": threshold["target_fpr"],
+            "anomaly.score": record.spec.name,
+            "anomaly.threshold_value": record.threshold,
+            "anomaly.target_fpr": record.target_fpr,
         }
+        record_json = record.as_json()
         version = tracker.log_model(
             model,
             model_file,
             example_images,
             name,
-            {**version_tags, "run_id": run_id, THRESHOLD_TAG: json.dumps(threshold)},
-            threshold,
+            {**version_tags, "run_id": run_id, THRESHOLD_TAG: json.dumps(record_json)},
+            record_json,
         )
     print(f"logged to MLflow in {time.perf_counter() - started:.1f} s")
     if version is not None:

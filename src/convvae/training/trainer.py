@@ -7,56 +7,21 @@ whose states are saved in every checkpoint, so a resumed run ends where an unint
 from __future__ import annotations
 
 import copy
-import csv
-import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from convvae.anomaly.scores import fit_reference
-from convvae.anomaly.thresholds import selection_and_calibration
-from convvae.config import Params, TrainConfig
+from convvae.config import TrainConfig
 from convvae.data.images import check_pixels, to_unit_interval
-from convvae.data.sources import Splits
-from convvae.errors import CheckpointError, TrainingDivergedError
-from convvae.model.vae import ConvVAE, count_parameters, elbo_terms, resolve_architecture
-from convvae.runtime.files import atomic_path
+from convvae.errors import TrainingDivergedError
+from convvae.model.vae import ConvVAE, elbo_terms
 from convvae.runtime.progress import live_bar
-from convvae.training.checkpoint import changed_keys, load_checkpoint, save_checkpoint
+from convvae.training.checkpoint import resume_training_state, save_training_state
 from convvae.training.devices import ProcessGroup, prefers_channels_last, select_device
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """Mean per-image losses (nats) of one epoch; ``beta`` is the KL weight used in training."""
-
-    epoch: int
-    train_loss: float
-    train_recon: float
-    train_kl: float
-    val_loss: float
-    val_recon: float
-    val_kl: float
-    beta: float
-    lr: float
-    images_per_s: float
-    seconds: float
-
-
-@dataclass
-class TrainResult:
-    """The best model (by validation loss) and the history that led to it."""
-
-    model: ConvVAE
-    history: list[EpochRecord]
-    best_epoch: int
-    best_val_loss: float
-    stopped_early: bool
-    resumed_from_epoch: int | None
+from convvae.training.history import EpochRecord, TrainResult
 
 
 class Trainer:
@@ -129,7 +94,7 @@ class Trainer:
         ``on_epoch`` is called after every epoch (for tracking); the result holds the best model.
         """
         torch.manual_seed(self.cfg.seed)
-        resumed_from = self._resume()
+        resumed_from = resume_training_state(self)
         train_images = train_images.to(self.device)
         val_images = val_images.to(self.device)
         if train_images.dtype != torch.uint8:  # uint8 is in range by construction
@@ -147,7 +112,7 @@ class Trainer:
                 self.epochs_without_improvement = 0
             else:
                 self.epochs_without_improvement += 1
-            self._save_checkpoint()
+            save_training_state(self)
             if on_epoch is not None:
                 on_epoch(record)
             stopped_early = patience is not None and self.epochs_without_improvement >= patience
@@ -282,145 +247,3 @@ class Trainer:
         raise TrainingDivergedError(
             f"{what}; {kept}; lower train.lr or set train.grad_clip_norm, then re-run"
         )
-
-    def _config_fingerprint(self) -> dict:
-        train = dataclasses.asdict(self.cfg)
-        # More epochs continue the same trajectory, except where the LR schedule depends on them.
-        if self.cfg.lr_schedule == "none":
-            train["epochs"] = None
-        train["device"] = None
-        return {"train": train, "beta": self.beta, **self.fingerprint}
-
-    def _save_checkpoint(self) -> None:
-        if self.checkpoint_path is None or not self.group.is_main:
-            return
-        state = {
-            "config": self._config_fingerprint(),
-            "model": self.model.state_dict(),
-            "best_model": self.best_state,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "history": [dataclasses.asdict(r) for r in self.history],
-            "best_val_loss": self.best_val_loss,
-            "best_epoch": self.best_epoch,
-            "epochs_without_improvement": self.epochs_without_improvement,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "shuffle": self.shuffle_generator.get_state(),
-                "noise": self.noise_generator.get_state(),
-            },
-        }
-        save_checkpoint(state, self.checkpoint_path)
-
-    def _resume(self) -> int | None:
-        """Restore state from the checkpoint, if one exists; returns the epoch resumed after."""
-        state = load_checkpoint(self.checkpoint_path, self.device)
-        if state is None:
-            return None
-        changed = changed_keys(state["config"], self._config_fingerprint())
-        if changed:
-            self.log(
-                f"{self.checkpoint_path}: made for other inputs ({', '.join(changed)}); "
-                "training afresh"
-            )
-            return None
-        # More epochs extend the run (epochs is not in the fingerprint); fewer than the
-        # checkpoint already holds would end elsewhere than an uninterrupted run.
-        if len(state["history"]) > self.cfg.epochs:
-            self.log(
-                f"{self.checkpoint_path}: holds {len(state['history'])} epochs, more than "
-                f"train.epochs ({self.cfg.epochs}); training afresh"
-            )
-            return None
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError:
-            raise CheckpointError(
-                f"{self.checkpoint_path}: checkpoint weights do not fit the model in "
-                "params.yaml; delete it to start afresh"
-            ) from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        # Adam's moments come back in the layout they were saved in; a run resumed on another
-        # device can hold its weights in the other layout (prefers_channels_last), and fused
-        # Adam would then pair up the wrong elements. Each moment takes its weight's layout.
-        for param, moments in self.optimizer.state.items():
-            for key, value in moments.items():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    moments[key] = torch.empty_like(param).copy_(value)
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.best_state = state["best_model"]
-        self.history = [EpochRecord(**r) for r in state["history"]]
-        self.best_val_loss = state["best_val_loss"]
-        self.best_epoch = state["best_epoch"]
-        self.epochs_without_improvement = state["epochs_without_improvement"]
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        self.shuffle_generator.set_state(state["rng"]["shuffle"].cpu())
-        try:
-            self.noise_generator.set_state(state["rng"]["noise"].cpu())
-        except RuntimeError:  # a CPU and a CUDA generator's states do not convert
-            self.noise_generator.manual_seed(self.cfg.seed + 1 + len(self.history))
-            self.log(
-                f"{self.checkpoint_path}: saved on another kind of device; resuming with fresh "
-                "posterior noise, so the run will not match an uninterrupted one exactly"
-            )
-        return len(self.history)
-
-
-def train_model(
-    params: Params,
-    splits: Splits,
-    data_sha256: str,
-    checkpoint_path: Path,
-    group: ProcessGroup | None = None,
-) -> TrainResult:
-    """The pipeline's model: ``params.model``'s architecture trained with ``params.train`` on
-    the training split, early stopping on the validation split. Resumes from
-    ``checkpoint_path`` when it holds a checkpoint of the same params and data."""
-    group = group or ProcessGroup()
-    arch = resolve_architecture(params.model, splits.train.images.shape[1:])
-    torch.manual_seed(params.train.seed)
-    model = ConvVAE(arch)
-    trainer = Trainer(
-        model,
-        params.train,
-        beta=params.model.beta,
-        checkpoint_path=checkpoint_path,
-        fingerprint={"architecture": dataclasses.asdict(arch), "data_sha256": data_sha256},
-        group=group,
-    )
-    if group.is_main:
-        processes = f" x {group.world_size} processes" if group.world_size > 1 else ""
-        print(f"training {count_parameters(model):,} parameters on {trainer.device}{processes}")
-    # Early stopping sees the selection half of the validation images; the calibration half
-    # sets the anomaly threshold in the evaluate stage.
-    selection, _ = selection_and_calibration(splits.val.images)
-    result = trainer.fit(torch.from_numpy(splits.train.images), torch.from_numpy(selection))
-    if group.is_main:  # what the fused anomaly score compares with, saved in the model file
-        anomaly = params.anomaly
-        fit_reference(
-            result.model, splits.train.images, selection, anomaly.samples, anomaly.noise_seed
-        )
-    return result
-
-
-def training_metrics(result: TrainResult) -> dict[str, float | int | bool]:
-    """metrics/train.json: the best epoch, whether early stopping fired, size and speed."""
-    return {
-        "best_val_loss": result.best_val_loss,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "stopped_early": result.stopped_early,
-        "parameters": count_parameters(result.model),
-        "images_per_s": sum(r.images_per_s for r in result.history) / len(result.history),
-        "train_seconds": sum(r.seconds for r in result.history),
-    }
-
-
-def save_loss_curve(history: list[EpochRecord], path: Path) -> None:
-    """One CSV row per epoch, for `dvc plots show` (x: epoch, y: train_loss and val_loss)."""
-    fields = [f.name for f in dataclasses.fields(EpochRecord)]
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(dataclasses.asdict(r) for r in history)

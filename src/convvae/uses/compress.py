@@ -30,7 +30,8 @@ from PIL import Image
 
 from convvae.data.images import to_unit_interval
 from convvae.errors import DataError
-from convvae.model.vae import ConvVAE, architecture_diff, architecture_from_dict
+from convvae.model.architecture import architecture_diff, architecture_from_dict
+from convvae.model.vae import ConvVAE
 from convvae.runtime.files import atomic_path
 from convvae.uses.evaluation import reconstruct
 

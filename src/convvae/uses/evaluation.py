@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from convvae.anomaly.scores import model_scores
+from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scores import ScoreSpec
+from convvae.anomaly.scoring import every_score
 from convvae.config import EvaluateConfig
 from convvae.data.images import to_unit_interval
 from convvae.data.sources import LabelledImages
@@ -23,11 +25,12 @@ from convvae.model.vae import ConvVAE
 from convvae.runtime.files import atomic_path
 
 
-def likelihood_metrics(model: ConvVAE, images: torch.Tensor, k: int, seed: int = 0) -> dict:
+def likelihood_metrics(model: ConvVAE, images: np.ndarray, k: int, seed: int = 0) -> dict:
     """Mean test negative ELBO (with its reconstruction and KL terms) and IWAE NLL over
-    uint8 images (N, C, H, W), in nats per image, from the one estimator of
-    ``convvae.anomaly.scores.model_scores`` with ``k`` importance samples."""
-    terms = model_scores(model, images, k, seed)
+    uint8 images (N, C, H, W), in nats per image, from the scorer's likelihood terms with ``k``
+    importance samples (noise seed ``seed``)."""
+    scorer = Scorer(model, None, ScoreSpec("iwae_nll", k, seed))
+    terms = every_score(scorer, images, ("neg_elbo", "recon_nll", "kl", "iwae_nll"))
     likelihood = model.arch.likelihood
     discrete = {}
     if likelihood == "discretized_logistic":  # a probability of the 8-bit image: bits/dim

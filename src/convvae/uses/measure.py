@@ -13,7 +13,7 @@ import torch
 
 from convvae.config import EvaluateConfig
 from convvae.data.images import image_grid, save_png
-from convvae.data.sources import Splits
+from convvae.data.splits import Splits
 from convvae.model.vae import ConvVAE
 from convvae.runtime.files import atomic_path
 from convvae.uses.compress import rate_distortion, save_rate_distortion_plot

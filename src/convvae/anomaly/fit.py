@@ -1,0 +1,87 @@
+"""Train, then fit the reference: the one recipe behind the pipeline's model (train stage) and
+every class model of the benchmark."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convvae.anomaly.reference import Reference
+from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scores import FUSED_COMPONENTS, ScoreSpec
+from convvae.anomaly.scoring import every_score
+from convvae.config import AnomalyConfig, ModelConfig, TrainConfig
+from convvae.data.splits import selection_and_calibration
+from convvae.model.vae import ConvVAE
+from convvae.training.devices import ProcessGroup
+from convvae.training.history import TrainResult
+from convvae.training.recipe import train_vae
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """A trained model and what its distance scores compare with (None on workers of a
+    distributed run: only the main process fits it)."""
+
+    training: TrainResult
+    reference: Reference | None
+
+
+def fit_reference(
+    model: ConvVAE,
+    train_images: np.ndarray,
+    held_out_normal: np.ndarray,
+    samples: int,
+    noise_seed: int,
+) -> Reference:
+    """The model's reference: its normal training images (uint8 (N, C, H, W)), and each fused
+    component's mean and standard deviation on ``held_out_normal`` images, which must be neither
+    training nor calibration images. ``samples`` and ``noise_seed``: those of the stored score."""
+    unscaled = Reference(np.ascontiguousarray(train_images), {}, {})
+    scorer = Scorer(model, unscaled, ScoreSpec("excess_nll", samples, noise_seed))
+    raw = every_score(scorer, held_out_normal, FUSED_COMPONENTS)
+    return Reference(
+        unscaled.images,
+        {name: float(raw[name].mean()) for name in FUSED_COMPONENTS},
+        {name: float(raw[name].std() + 1e-12) for name in FUSED_COMPONENTS},
+    )
+
+
+def train_and_fit(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    anomaly: AnomalyConfig,
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    *,
+    checkpoint_path: Path | None = None,
+    fingerprint: dict | None = None,
+    group: ProcessGroup | None = None,
+    log: Callable[[str], None] = print,
+) -> FittedModel:
+    """A ConvVAE trained on ``train_images`` (uint8 (N, C, H, W)), early stopping on the
+    selection half of the normal ``val_images``, then its reference fitted on that same half:
+    the calibration half is left for the threshold. Keyword arguments go to the trainer
+    (``convvae.training.recipe.train_vae``)."""
+    group = group or ProcessGroup()
+    selection, _ = selection_and_calibration(val_images)
+    result = train_vae(
+        model_cfg,
+        train_cfg,
+        torch.from_numpy(train_images),
+        torch.from_numpy(selection),
+        checkpoint_path=checkpoint_path,
+        fingerprint=fingerprint,
+        group=group,
+        log=log,
+    )
+    if not group.is_main:
+        return FittedModel(result, None)
+    reference = fit_reference(
+        result.model, train_images, selection, anomaly.samples, anomaly.noise_seed
+    )
+    return FittedModel(result, reference)

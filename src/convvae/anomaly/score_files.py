@@ -1,0 +1,51 @@
+"""`convvae score`'s output: a CSV row per image (and, on request, each image's map files)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TextIO
+
+from convvae.anomaly.detector import Detector
+from convvae.anomaly.map_images import map_scale, write_maps
+from convvae.data.image_files import ImageBatch
+
+# normalized_score is p_value's name before 0.2, written beside it for one release.
+CSV_COLUMNS = ("file", "score", "p_value", "normalized_score", "is_anomaly")
+
+
+def write_scores(
+    detector: Detector,
+    batches: Iterable[ImageBatch],
+    table: TextIO,
+    maps: str | Path | None = None,
+    on_batch=None,
+) -> int:
+    """Score and decide every batch, one CSV row per image into ``table``; with ``maps``, each
+    image's map files into that folder (one colour scale for all). ``on_batch`` is called with
+    each batch's size (a progress bar). Returns the number of images flagged."""
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    high = map_scale(detector.scorer) if maps is not None else 1.0
+    flagged = 0
+    for batch in batches:  # bounded memory: one batch of images at a time
+        if maps is None:
+            decided = detector.decide(batch.images)
+        else:
+            decided, batch_maps = detector.decide_and_map(batch.images)
+            write_maps(batch.images, batch_maps, batch.names, maps, high)
+        writer.writerows(
+            (name, f"{score:.4f}", f"{p_value:.4f}", f"{p_value:.4f}", int(flag))
+            for name, score, p_value, flag in zip(
+                batch.names,
+                decided["score"],
+                decided["p_value"],
+                decided["is_anomaly"],
+                strict=True,
+            )
+        )
+        flagged += int(decided["is_anomaly"].sum())
+        if on_batch is not None:
+            on_batch(len(batch.names))
+    return flagged

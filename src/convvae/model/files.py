@@ -1,0 +1,87 @@
+"""Model files: a ConvVAE's weights, architecture and preprocessing record, written atomically
+and read without unpickling code; other layers store what they fitted beside them (extras)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convvae.errors import CheckpointError
+from convvae.model.architecture import Architecture, architecture_diff, architecture_from_dict
+from convvae.model.vae import ConvVAE
+from convvae.runtime.files import atomic_path
+
+MODEL_FILE_FORMAT = 1
+_MODEL_KEYS = frozenset({"format", "architecture", "state_dict", "preprocessing"})
+
+
+def save_model(model: ConvVAE, path: str | Path, extras: Mapping[str, Any] | None = None) -> None:
+    """Write weights, architecture and ``extras`` (tensors, numbers and strings under names of
+    their own: the anomaly layer's reference) atomically (temporary name, then rename)."""
+    payload = {
+        "format": MODEL_FILE_FORMAT,
+        "architecture": dataclasses.asdict(model.arch),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if model.preprocessing is not None:
+        payload["preprocessing"] = dict(model.preprocessing)
+    clash = set(extras or {}) & _MODEL_KEYS
+    if clash:
+        raise ValueError(f"extras may not use the model file's own keys: {sorted(clash)}")
+    payload.update(extras or {})
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What a model file holds: the model, and the extras saved beside it by name."""
+
+    model: ConvVAE
+    extras: dict[str, Any]
+
+
+def load_model(path: str | Path, expected: Architecture | None = None) -> ConvVAE:
+    """The model of a model file written by ``save_model`` (``load_model_file``)."""
+    return load_model_file(path, expected).model
+
+
+def load_model_file(path: str | Path, expected: Architecture | None = None) -> ModelFile:
+    """Load a model file written by ``save_model`` (``weights_only=True``: no pickled code).
+
+    With ``expected``, a file whose architecture differs is a CheckpointError naming the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: model file not found; run the train stage (dvc repro train)"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        arch = architecture_from_dict(payload["architecture"])
+        state = payload["state_dict"]
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise CheckpointError(
+            f"{path}: not a convvae model file ({type(err).__name__}); re-run the train stage"
+        ) from None
+    if expected is not None and arch != expected:
+        raise CheckpointError(
+            f"{path}: model shape does not match the config: "
+            f"{architecture_diff(arch, expected, 'config wants')}; "
+            "retrain or restore the params it was trained with"
+        )
+    model = ConvVAE(arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored architecture: {first}"
+        ) from None
+    model.preprocessing = payload.get("preprocessing")
+    return ModelFile(model, {k: v for k, v in payload.items() if k not in _MODEL_KEYS})

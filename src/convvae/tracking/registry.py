@@ -1,0 +1,93 @@
+"""The MLflow model registry: versions, aliases (``@champion``) and tags, read and set with
+one-line errors that list what exists."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from convvae.errors import TrackingError
+from convvae.tracking.store import store_errors, without_password
+
+
+class Registry:
+    """The registry of the store at ``uri``, through an open ``MlflowClient``."""
+
+    def __init__(self, client: Any, uri: str) -> None:
+        self.client = client
+        self.uri = uri
+        self.shown_uri = without_password(uri)  # for messages
+
+    def model_versions(self, name: str) -> list[Any]:
+        """All versions of a registered model, oldest first; an unknown name lists the known."""
+        with store_errors(self.uri, "list model versions"):
+            versions = self.client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                known = sorted(m.name for m in self.client.search_registered_models())
+                raise TrackingError(
+                    f"no registered model named {name!r} in {self.shown_uri}; registered models: "
+                    f"{', '.join(known) or 'none (run `make run` to train and register one)'}"
+                )
+        return sorted(versions, key=lambda v: int(v.version))
+
+    def version_by_alias(self, name: str, alias: str) -> Any | None:
+        """The version holding ``@alias``, or None when no version holds it; a store that
+        fails to answer is a TrackingError (promote must not take it for "no champion")."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            with store_errors(self.uri, f"read @{alias} of {name}"):
+                raise
+
+    def version(self, uri: str) -> Any:
+        """The model version that ``models:/NAME@alias`` or ``models:/NAME/VERSION`` names;
+        an unknown name, alias or version is a one-line error listing what exists."""
+        name, sep, alias = uri.removeprefix("models:/").partition("@")
+        if not sep:
+            name, _, alias = name.partition("/")
+        versions = self.model_versions(name)
+        if sep:
+            found = self.version_by_alias(name, alias)
+            with store_errors(self.uri, f"read the aliases of {name}"):
+                known = sorted(self.client.get_registered_model(name).aliases)
+        else:  # MLflow's "latest" is the highest version
+            wanted = str(versions[-1].version) if alias == "latest" else alias
+            found = next((v for v in versions if str(v.version) == wanted), None)
+            known = [str(v.version) for v in versions]
+        if found is None:
+            what = "aliases" if sep else "versions"
+            raise TrackingError(
+                f"{uri}: no such {'alias' if sep else 'version'} of {name} in {self.shown_uri}; "
+                f"{what}: {', '.join(f'@{k}' if sep else k for k in known) or 'none'} (use "
+                "models:/NAME@alias or models:/NAME/VERSION; `convvae promote` sets @champion)"
+            )
+        return found
+
+    def model_file(self, uri: str) -> Path:
+        """Local path of the weights of ``models:/NAME/VERSION`` or ``models:/NAME@alias``."""
+        import mlflow
+
+        with store_errors(self.uri, f"download {uri}"):
+            folder = Path(mlflow.artifacts.download_artifacts(uri))
+        return folder / "data" / "model.pt"
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point ``@alias`` of ``name`` at ``version``."""
+        with store_errors(self.uri, f"set @{alias}"):
+            self.client.set_registered_model_alias(name, alias, version)
+
+    def tag_version(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Set ``tags`` on one version of ``name``."""
+        with store_errors(self.uri, f"tag {name} version {version}"):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, version, key, str(value))
+
+    def tag_registered_model(self, name: str, key: str, value: str) -> None:
+        """Set one tag on the registered model ``name`` (not on a version)."""
+        with store_errors(self.uri, f"tag {name}"):
+            self.client.set_registered_model_tag(name, key, value)
