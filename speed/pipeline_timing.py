@@ -40,6 +40,7 @@ def main(args: list[str]) -> int:
     command = [str(dvc), "repro", *(args or ["-f"])]
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     seconds: dict[str, float] = {}
+    load_before = os.getloadavg()[0]  # what else the machine was doing, 1-minute average
     current, started = None, time.perf_counter()
     mark = started
     with subprocess.Popen(
@@ -64,7 +65,7 @@ def main(args: list[str]) -> int:
     today = dt.date.today().isoformat()
     print(f"{today}, {machine}; exit code {process.returncode}")
     if not args and process.returncode == 0:
-        write_timings(seconds, end - started, today, machine)
+        write_timings(seconds, end - started, today, f"{machine}, load {load_before:.2f} before")
         print(f"written to {TIMINGS}")
     return process.returncode
 
@@ -81,7 +82,7 @@ def write_timings(seconds: dict[str, float], total: float, today: str, machine: 
         'on the embedded default data, from its "Running stage" line to the next (process '
         "start, imports, the work and DVC's bookkeeping included). Regenerate it after a change "
         "that moves these numbers; nothing else in the project quotes them.\n\n"
-        f"Last run: {today}, commit {commit or 'unknown'}, {machine}, nothing else running.\n\n"
+        f"Last run: {today}, commit {commit or 'unknown'}, {machine}.\n\n"
         f"| stage | seconds |\n|---|---:|\n{rows}| **total (dvc repro -f)** | **{total:.1f}** |\n"
     )
 

@@ -49,7 +49,7 @@ def test_frames_noise_and_inverted_digits_are_flagged_by_the_fused_score(
 
 
 def test_the_likelihood_alone_takes_blank_frames_for_normal_digits(trained, reference, mnist_slice):
-    """Why the default is fused: the Bernoulli deviance of an empty frame is small."""
+    """Why the default is fused: the deviance of an empty frame (Bernoulli here) is small."""
     scorer = Scorer(trained, reference, ScoreSpec("excess_nll", samples=4, noise_seed=0))
     aurocs = out_of_domain_auroc(scorer, mnist_slice.test.images)
     assert aurocs["blank"] < 0.5 and aurocs["uniform_noise"] > 0.9
