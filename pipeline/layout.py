@@ -2,8 +2,7 @@
 
 from pathlib import Path
 
-from convvae.anomaly.detector import THRESHOLD_FILE
-from convvae.benchmark.oneclass import ClassFiles
+from convvae.runtime.files import THRESHOLD_FILE, ClassFiles
 
 PARAMS = Path("params.yaml")
 # The data source's file list (sizes, times): prepare's dep, so changed images re-run it.
@@ -24,7 +23,7 @@ EVALUATE_PLOTS = Path("plots/evaluate")
 MLFLOW_RUN = Path("models/mlflow_run.json")
 # Beside the checkpoint: the run to continue when an interrupted train stage is re-run.
 TRAIN_CHECKPOINT_RUN = Path("checkpoints/train.mlflow_run")
-# Generation, compression and imputation measured on the test split (README: the other uses).
+# Generation, compression and imputation measured on the test split (docs/uses.md).
 USES_METRICS = Path("metrics/uses.json")
 RATE_DISTORTION = EVALUATE_PLOTS / "rate_distortion.csv"
 # Image and pixel anomaly metrics against a folder's defects (a note for the class sources).
@@ -46,6 +45,7 @@ def class_files(normal_class: int) -> ClassFiles:
     return ClassFiles(
         model=model_dir / "model.pt",
         threshold=model_dir / THRESHOLD_FILE,
+        replicates=model_dir / "auc_replicates.npz",
         metrics=BENCHMARK_METRICS / f"class_{normal_class}.json",
         roc=BENCHMARK_PLOTS / f"roc_class_{normal_class}.json",
     )

@@ -7,6 +7,7 @@ process (`convvae.tracking.runs`).
 """
 
 from convvae.anomaly.scores import SCORES
+from convvae.benchmark.differences import difference_summary, mean_differences, read_replicates
 from convvae.benchmark.oneclass import NO_CLASSES
 from convvae.benchmark.report import (
     ReportContext,
@@ -43,6 +44,8 @@ def main() -> None:
     }
     primary = params.anomaly.score
     summary = summarize(per_class, params.data.source, params.benchmark.seeds, primary)
+    replicates = {c: read_replicates(layout.class_files(c).replicates) for c in per_class}
+    summary |= difference_summary(mean_differences(per_class, replicates, primary))
     roc_curves = {c: read_json(layout.class_files(c).roc, RERUN_BENCHMARK) for c in per_class}
     aucs = {c: m["scores"][primary]["roc_auc"] for c, m in per_class.items()}
     save_roc_figure(roc_curves, aucs, primary, layout.ANOMALY_ROC_PNG)

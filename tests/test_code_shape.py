@@ -1,6 +1,6 @@
-"""The shape of the code, as issue 25 fixed it: short units, and imports that only run down the
-layers of src/convvae (STYLE.md: data < model < training < anomaly < benchmark/serving < tracking
-< cli and pipeline)."""
+"""The shape of the code: short units (modules up to 400 lines, functions 60, classes 250), and
+imports that only run down the layers of src/convvae: the foundation (errors, config, runtime)
+< data < model < training < anomaly < uses, benchmark, serving < tracking < cli."""
 
 from __future__ import annotations
 
@@ -112,3 +112,11 @@ def test_package_folders_have_empty_init_files():
     for init in PACKAGE.rglob("__init__.py"):
         if init.parent != PACKAGE:
             assert init.read_text().strip() == "", f"{init.relative_to(REPO)} is not empty"
+
+
+def test_the_stages_shared_layout_imports_only_the_foundation():
+    """pipeline/layout.py is imported by every stage, so every module it reaches is a dep of
+    every stage in dvc.yaml: a scoring module there would make `prepare` rerun (and the whole
+    pipeline after it) whenever scoring code changes."""
+    reached = imported_parts(REPO / "pipeline" / "layout.py")
+    assert reached <= FOUNDATION, f"pipeline/layout.py imports {sorted(reached - FOUNDATION)}"

@@ -118,6 +118,31 @@ def test_anomaly_maps_are_per_pixel_and_do_not_depend_on_the_batch(scorer, split
     np.testing.assert_allclose(anomaly_maps(scorer, floats), maps, rtol=1e-6)
 
 
+def test_the_patch_map_is_the_nearest_reference_patch_upsampled_and_smoothed(scorer, splits):
+    """The default map written out with other tools than the scorer's: each patch feature's
+    distance to its nearest reference patch (torch.cdist over every reference patch),
+    upsampled by F.interpolate and smoothed by scipy's gaussian_filter."""
+    from scipy import ndimage
+
+    from convvae.anomaly.scorer import map_sigma
+
+    images = splits.test.images[:3]
+    to_float = lambda a: torch.from_numpy(a).float() / 255  # noqa: E731
+    with torch.no_grad():
+        features = scorer.model.encoder[:2](to_float(images)).double()  # Conv2d, ReLU
+        bank = scorer.model.encoder[:2](to_float(scorer.reference.images)).double()
+    n, channels, height, width = features.shape
+    bank_rows = bank.permute(0, 2, 3, 1).reshape(-1, channels)
+    assert len(bank_rows) <= 65536  # the whole reference, no subset, for this small folder
+    nearest = torch.cdist(features.permute(0, 2, 3, 1).reshape(-1, channels), bank_rows)
+    grid = nearest.min(1).values.reshape(n, 1, height, width)
+    upsampled = torch.nn.functional.interpolate(grid, size=(32, 32), mode="bilinear")[:, 0]
+    expected = np.stack(
+        [ndimage.gaussian_filter(m, map_sigma((32, 32))) for m in upsampled.numpy()]
+    )
+    np.testing.assert_allclose(anomaly_maps(scorer, images), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_smoothing_is_scipys_gaussian_filter(scorer, splits):
     """The maps are blurred by matrices built from scipy's filter of the identity: the same as
     filtering each map with scipy.ndimage.gaussian_filter (mode reflect, truncate 4)."""

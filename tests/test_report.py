@@ -16,13 +16,13 @@ import pytest
 import yaml
 
 from convvae.anomaly.scores import SCORES
+from convvae.benchmark.published import published_results
 from convvae.benchmark.report import (
     METRIC_KEYS,
     PEER_TITLES,
     SCORE_TITLES,
     ReportContext,
     class_methods,
-    published_results,
     render_report,
     summarize,
 )

@@ -105,7 +105,7 @@ def size_pair(value: Any, key: str, smallest: int = 1) -> tuple[int, int] | None
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture overrides on top of a preset (see ``convvae.model.vae.PRESETS``)."""
+    """Architecture overrides on top of a preset (see ``convvae.model.architecture.PRESETS``)."""
 
     preset: Literal["default", "seed"] = "default"
     channels: list[int] | None = None
@@ -239,6 +239,8 @@ AnomalyScore = Literal[
     "fused",
     "patch_knn",
 ]
+# Score names that older params files, threshold records and model cards may hold -> today's.
+RENAMED_SCORES = {"recon_bce": "recon_nll_at_mean"}
 # anomaly.score: auto → this per data source (docs/anomaly-detection.md: how each was chosen).
 DEFAULT_SCORE: dict[str, AnomalyScore] = {
     "mnist-5k": "fused",
@@ -271,6 +273,8 @@ class AnomalyConfig:
         _check(0 < self.target_fpr <= 0.5, "anomaly.target_fpr", "must be in (0, 0.5]")
 
 
+# The per-image likelihood losses `convvae promote` compares versions on (lower is better).
+PromoteMetric = Literal["neg_elbo", "iwae_nll"]
 PeerName = Literal["pyod_knn", "pyod_iforest", "pyod_autoencoder", "pyod_vae"]
 
 
@@ -369,6 +373,12 @@ def load_tracking(path: str | Path) -> TrackingConfig:
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate a nested mapping (as read from YAML) into ``Params``."""
     try:
+        anomaly = raw.get("anomaly") if isinstance(raw, dict) else None
+        score = anomaly.get("score") if isinstance(anomaly, dict) else None
+        if isinstance(score, str) and score in RENAMED_SCORES:
+            raise ConfigError(
+                f"anomaly.score {score} was renamed {RENAMED_SCORES[score]}; write that instead"
+            )
         return build(Params, raw, prefix="")
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None

@@ -13,11 +13,11 @@ import json
 import numpy as np
 import torch
 
-from convvae.anomaly.detector import Detector
+from convvae.anomaly.detector import Detector, detector_from
 from convvae.anomaly.reference import load_fitted_model
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ScoreSpec
-from convvae.anomaly.scoring import anomaly_maps, score_images
+from convvae.anomaly.scoring import score_and_map
 from convvae.anomaly.thresholds import parse_record
 from convvae.data.images import check_pixels
 from convvae.runtime.allocator import keep_freed_memory
@@ -53,15 +53,20 @@ class ScoringModel:
         """
         wanted = {k for k, v in (params or {}).items() if k in OPTIONAL_OUTPUTS and v}
         images = self._as_images(model_input)
+        name = self.scorer.spec.name
+        # The score and the map from one pass (patch_knn is read off the map).
+        scores, maps = score_and_map(
+            self.scorer, images.numpy(), (name,), with_map="return_anomaly_map" in wanted
+        )
         if self.detector is not None:
-            out = self.detector.decide(images.numpy())
+            out = self.detector.record.decide(scores[name])
         else:
-            out = {"score": score_images(self.scorer, images.numpy())}
+            out = {"score": scores[name]}
         out |= {old: out[new] for new, old in OLD_NAMES.items() if new in out}
         if "return_reconstruction" in wanted:
             out["reconstruction"] = reconstruct(self.scorer.model, images).numpy()
-        if "return_anomaly_map" in wanted:
-            out["anomaly_map"] = anomaly_maps(self.scorer, images.numpy())
+        if maps is not None:
+            out["anomaly_map"] = maps
         return out
 
     def _as_images(self, model_input) -> torch.Tensor:
@@ -87,9 +92,12 @@ class ScoringModel:
 
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ScoringModel:
     keep_freed_memory()  # the server scores in this process (convvae.runtime.allocator)
+    if model_config:
+        record = parse_record(json.dumps(dict(model_config)), "the model's threshold record")
+        detector = detector_from(data_path, record)
+        return ScoringModel(detector.scorer, detector)
+    # Registered before threshold records: scores only, as such versions were served then
+    # (fused where the model file has a reference, else the likelihood's deviance).
     model, reference = load_fitted_model(data_path)
-    if not model_config:  # registered before threshold records: the likelihood's deviance
-        return ScoringModel(Scorer(model, reference, ScoreSpec("excess_nll")))
-    record = parse_record(json.dumps(dict(model_config)), "the model's threshold record")
-    scorer = Scorer(model, reference, record.spec)
-    return ScoringModel(scorer, Detector(scorer, record))
+    name = "fused" if reference is not None else "excess_nll"
+    return ScoringModel(Scorer(model, reference, ScoreSpec(name)))

@@ -84,6 +84,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if all(typing.get_origin(a) is Literal for a in inner):  # Literal["auto"] | Likelihood
+            inner = [Literal[tuple(v for a in inner for v in typing.get_args(a))]]
         for candidate in inner[:-1]:  # int | list[int]: the first type that fits
             with contextlib.suppress(ConfigError):
                 return _coerce(candidate, value, key)

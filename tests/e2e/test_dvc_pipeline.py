@@ -74,7 +74,7 @@ def test_the_registered_model_scores_images_at_its_validation_threshold(project,
         )
         assert "normal: every class" in result.stdout
         rows = out.read_text().splitlines()
-        assert rows[0] == "file,score,p_value,normalized_score,is_anomaly"
+        assert rows[0] == "file,score,normalized_score,is_anomaly,p_value"
         flagged[half] = [row.rsplit(",", 1)[1] == "1" for row in rows[1:]]
     n = len(flagged["calibration"])
     assert n == len(threshold["calibration_scores"]) > 20

@@ -90,7 +90,7 @@ def test_score_resizes_new_photos_as_prepare_did(project, tmp_path):
     result = run([str(BIN / "convvae"), "score", "--model", "models/model.pt",
                   *[str(p) for p in photos[:1]], "--resize"], project)  # fmt: skip
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "file,score,p_value,normalized_score,is_anomaly" and len(lines) == 2
+    assert lines[0] == "file,score,normalized_score,is_anomaly,p_value" and len(lines) == 2
     refused = run([str(BIN / "convvae"), "score", "--model", "models/model.pt", str(photos[0])],
                   project, check=False)  # fmt: skip
     assert refused.returncode == 2 and "--resize" in refused.stderr

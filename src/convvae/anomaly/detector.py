@@ -1,6 +1,6 @@
 """A detector: a scorer paired with its threshold record, as PyOD pairs ``decision_function``
-and ``predict`` on one object. `convvae score`, the served model and promotion load one and ask
-it to ``decide``."""
+and ``predict`` on one object. `convvae score`, the served model and promotion build theirs
+here (``detector_from``, ``load_detector``) and ask it to ``decide``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from convvae.anomaly.reference import load_fitted_model
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scoring import score_and_map, score_images
 from convvae.anomaly.thresholds import ThresholdRecord, read_record
-
-THRESHOLD_FILE = "threshold.json"  # beside the model file: its threshold record
+from convvae.runtime.files import THRESHOLD_FILE
 
 
 @dataclass(frozen=True)
@@ -50,5 +49,8 @@ def detector_from(model_file: str | Path, record: ThresholdRecord) -> Detector:
 
 
 def load_detector(model_file: str | Path) -> Detector:
-    """The detector of a model file and the threshold.json beside it."""
-    return detector_from(model_file, read_record(Path(model_file).with_name(THRESHOLD_FILE)))
+    """The detector of a model file and the threshold.json beside it (the model file is read
+    first: a missing one is reported as such, not as a missing threshold)."""
+    model, reference = load_fitted_model(model_file)
+    record = read_record(Path(model_file).with_name(THRESHOLD_FILE))
+    return Detector(Scorer(model, reference, record.spec), record)

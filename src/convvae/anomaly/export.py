@@ -29,6 +29,7 @@ def export_onnx(scorer: Scorer, out: Path, opset: int | None = None) -> None:
     export never leaves half a file). ``opset``: the ONNX opset, default the exporter's."""
     example = torch.rand(2, *scorer.model.arch.image_shape)
     with torch.no_grad():
+        scorer.eval()(example)  # builds the reference banks the graph holds as constants
         # strict (TorchDynamo) tracing keeps the batch size symbolic; the default non-strict
         # trace would fix it to the example's.
         program = torch.export.export(

@@ -9,7 +9,8 @@ KNN_NEIGHBOURS = 5
 # times faster than one distance matrix), and a row block is cast to float64 at most 16 MB.
 _BANK_BLOCK_ROWS = 1024
 _BLOCK_ELEMENTS = 1 << 21
-# Queries per pass in eager mode; an exported graph takes all of its batch's at once.
+# Queries per pass in eager mode (fewer for wide vectors: at most 16 MB of float64 each); an
+# exported graph takes all of its batch's at once.
 _QUERY_CHUNK = 512
 
 
@@ -24,9 +25,10 @@ def knn_distance(
     on the other queries of its batch; the bank is searched block by block.
     """
     k = min(k, len(bank))
-    if torch.compiler.is_exporting() or len(queries) <= _QUERY_CHUNK:
+    chunk = max(1, min(_QUERY_CHUNK, _BLOCK_ELEMENTS // max(queries.shape[1], 1)))
+    if torch.compiler.is_exporting() or len(queries) <= chunk:
         return _kth_distance(queries, bank, k)
-    return torch.cat([_kth_distance(part, bank, k) for part in queries.split(_QUERY_CHUNK)])
+    return torch.cat([_kth_distance(part, bank, k) for part in queries.split(chunk)])
 
 
 def _kth_distance(queries: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,8 +11,9 @@ from convvae.anomaly.detector import Detector
 from convvae.anomaly.map_images import map_scale, write_maps
 from convvae.data.image_files import ImageBatch
 
-# normalized_score is p_value's name before 0.2, written beside it for one release.
-CSV_COLUMNS = ("file", "score", "p_value", "normalized_score", "is_anomaly")
+# normalized_score is p_value's name before 0.2, written for one release more where it stood
+# (p_value comes last, so a reader by position finds the old columns where they were).
+CSV_COLUMNS = ("file", "score", "normalized_score", "is_anomaly", "p_value")
 
 
 def write_scores(
@@ -36,7 +37,7 @@ def write_scores(
             decided, batch_maps = detector.decide_and_map(batch.images)
             write_maps(batch.images, batch_maps, batch.names, maps, high)
         writer.writerows(
-            (name, f"{score:.4f}", f"{p_value:.4f}", f"{p_value:.4f}", int(flag))
+            (name, f"{score:.4f}", f"{p_value:.4f}", int(flag), f"{p_value:.4f}")
             for name, score, p_value, flag in zip(
                 batch.names,
                 decided["score"],

@@ -69,9 +69,6 @@ class Scorer(nn.Module):
         self.register_buffer("log_q_eps", -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(1))
         self.center = dict(reference.center) if reference is not None else {}
         self.scale = dict(reference.scale) if reference is not None else {}
-        if reference is not None:
-            for name, bank in _reference_banks(model, reference.images).items():
-                self.register_buffer(name, bank)
         height, width = model.arch.image_size
         sigma = map_sigma(model.arch.image_size)
         self.register_buffer("blur_rows", blur_matrix(height, sigma))
@@ -146,8 +143,8 @@ class Scorer(nn.Module):
     def distance_scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``hidden_knn`` and ``cosine_knn`` against the reference images, float64 (N,)."""
         return {
-            "hidden_knn": knn_distance(self.model.encoder(x), self.hidden_bank),
-            "cosine_knn": knn_distance(unit_vectors(x), self.unit_bank),
+            "hidden_knn": knn_distance(self.model.encoder(x), self.bank("hidden_bank")),
+            "cosine_knn": knn_distance(unit_vectors(x), self.bank("unit_bank")),
         }
 
     def anomaly_map(self, x: torch.Tensor, kind: str | None = None) -> torch.Tensor:
@@ -172,13 +169,27 @@ class Scorer(nn.Module):
         nll = self.model.pixel_nll(self.model.decode(mu), x)
         return (nll - pixel_floor(self.model.arch.likelihood, x)).sum(1).clamp_min(0)
 
+    def bank(self, name: str) -> torch.Tensor:
+        """A reference bank (``hidden_bank``, ``unit_bank`` or ``patch_bank``), float32, one
+        row per reference image (patch): built from the reference images when first needed,
+        then kept as a buffer (what an export stores as a constant)."""
+        if name not in self._buffers:
+            builders = {
+                "hidden_bank": _hidden_bank,
+                "unit_bank": _unit_bank,
+                "patch_bank": _patch_bank,
+            }
+            require_reference(self.reference, f"the {name.removesuffix('_bank')} distances")
+            self.register_buffer(name, builders[name](self.model, self.reference.images))
+        return self._buffers[name]
+
     def feature_knn_map(self, x: torch.Tensor) -> torch.Tensor:
         """Each patch feature's distance to its nearest reference patch (float64), upsampled
         bilinearly to the image size: float32 (N, H, W). Position-free, so textures work."""
         features = self.model.patch_features(x)
         n, channels, height, width = features.shape
         queries = features.permute(0, 2, 3, 1).reshape(-1, channels)
-        grid = knn_distance(queries, self.patch_bank, k=1).reshape(n, height, width)
+        grid = knn_distance(queries, self.bank("patch_bank"), k=1).reshape(n, height, width)
         # Bilinear resizing as two matrix products: ONNX Runtime has no float64 Resize.
         return (self.upsample_rows @ grid @ self.upsample_cols).float()
 
@@ -212,26 +223,43 @@ def require_reference(
     return reference
 
 
-@torch.no_grad()
-def _reference_banks(model: ConvVAE, images: np.ndarray) -> dict[str, torch.Tensor]:
-    """The reference images' encoder features, unit pixel vectors and patch features (a seeded
-    random subset of at most FEATURE_BANK_SIZE), float32, one row each."""
-    hidden, unit, patches = [], [], []
+def _passes(images: np.ndarray):
+    """The reference images as float32 in [0, 1], a bounded number at a time."""
     for start in range(0, len(images), _BANK_IMAGES_PER_PASS):
-        x = to_unit_interval(torch.from_numpy(images[start : start + _BANK_IMAGES_PER_PASS]))
-        hidden.append(model.encoder(x))
-        unit.append(unit_vectors(x))
+        yield to_unit_interval(torch.from_numpy(images[start : start + _BANK_IMAGES_PER_PASS]))
+
+
+@torch.no_grad()
+def _hidden_bank(model: ConvVAE, images: np.ndarray) -> torch.Tensor:
+    """The encoder's last hidden layer of every reference image: (N, hidden)."""
+    return torch.cat([model.encoder(x) for x in _passes(images)]).contiguous()
+
+
+def _unit_bank(model: ConvVAE, images: np.ndarray) -> torch.Tensor:
+    """Every reference image's unit pixel vector: (N, C*H*W)."""
+    return torch.cat([unit_vectors(x) for x in _passes(images)]).contiguous()
+
+
+@torch.no_grad()
+def _patch_bank(model: ConvVAE, images: np.ndarray) -> torch.Tensor:
+    """The patch features of the reference images, (rows, C'): all of them, or a seeded random
+    subset of FEATURE_BANK_SIZE, gathered pass by pass (the full set of a large folder's
+    patches never sits in memory at once)."""
+    height, width = model.patch_grid
+    total = len(images) * height * width
+    keep = torch.arange(total)
+    if total > FEATURE_BANK_SIZE:
+        keep = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:FEATURE_BANK_SIZE]
+    bank, first = None, 0
+    for x in _passes(images):
         features = model.patch_features(x)
-        patches.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]))
-    patch_bank = torch.cat(patches)
-    if len(patch_bank) > FEATURE_BANK_SIZE:
-        keep = torch.randperm(len(patch_bank), generator=torch.Generator().manual_seed(0))
-        patch_bank = patch_bank[keep[:FEATURE_BANK_SIZE]]
-    return {
-        "hidden_bank": torch.cat(hidden).contiguous(),
-        "unit_bank": torch.cat(unit).contiguous(),
-        "patch_bank": patch_bank.contiguous(),
-    }
+        rows = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+        if bank is None:
+            bank = torch.empty(len(keep), rows.shape[1])
+        here = (keep >= first) & (keep < first + len(rows))
+        bank[here] = rows[keep[here] - first]
+        first += len(rows)
+    return bank
 
 
 def quantise(pixels: torch.Tensor) -> torch.Tensor:

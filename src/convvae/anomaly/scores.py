@@ -33,7 +33,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 
-from convvae.config import AnomalyConfig, AnomalyScore
+from convvae.config import RENAMED_SCORES, AnomalyConfig, AnomalyScore
 
 # Every score's name: the values `anomaly.score` accepts.
 ALL_SCORES: tuple[str, ...] = typing.get_args(AnomalyScore)
@@ -49,8 +49,6 @@ ELBO_TERMS = ("recon_nll", "kl")
 DISTANCE_SCORES = ("hidden_knn", "cosine_knn")
 FUSED_COMPONENTS = ("excess_nll", "hidden_knn", "cosine_knn")
 MAP_KINDS = ("deviance", "feature_knn")
-# Names that old threshold records and model cards may hold, and what they are called now.
-RENAMED_SCORES = {"recon_bce": "recon_nll_at_mean"}
 
 
 @dataclass(frozen=True)

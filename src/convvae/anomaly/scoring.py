@@ -1,8 +1,10 @@
 """Scores and maps of numpy images: ``convvae.anomaly.scorer.Scorer`` fed in batches.
 
 Images are uint8 (N, C, H, W), or float in [0, 1] (rounded to 8 bits first). Batches bound
-memory: a likelihood decodes ``samples + 1`` codes per image, at most ``_DECODES_PER_BATCH`` at
-once (about 200 MB at the default model); a map holds a few full-size float64 planes per image.
+memory by pixels, whatever the image size: a likelihood decodes ``samples + 1`` images per
+image (at most ``_DECODED_VALUES`` pixel values at once, about 200 MB of decoder activations);
+a map holds a few full-size float64 planes per image; every batch holds at most
+``_INPUT_VALUES`` input pixel values.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from convvae.anomaly.scores import ELBO_TERMS, LIKELIHOOD_SCORES
 from convvae.data.images import as_uint8_images, to_unit_interval
 from convvae.runtime.progress import live_bar
 
-_DECODES_PER_BATCH = 8192
-_MAP_PIXELS_PER_BATCH = 1 << 20
+_DECODED_VALUES = 8192 * 28 * 28  # 8,192 decodes of a 28x28 grey image
+_MAP_PIXELS = 1 << 20
+_INPUT_VALUES = 1 << 24
 _MAX_IMAGES_PER_BATCH = 1024
 
 
@@ -75,10 +78,11 @@ def anomaly_maps(scorer: Scorer, images: np.ndarray, kind: str | None = None) ->
 
 def _batch_size(scorer: Scorer, decodes: bool, maps: bool) -> int:
     """Images per batch: the smallest bound of what the batch computes."""
-    bounds = [_MAX_IMAGES_PER_BATCH]
+    channels, height, width = scorer.model.arch.image_shape
+    values = channels * height * width
+    bounds = [_MAX_IMAGES_PER_BATCH, _INPUT_VALUES // values]
     if decodes:
-        bounds.append(_DECODES_PER_BATCH // (scorer.spec.samples + 1))
+        bounds.append(_DECODED_VALUES // ((scorer.spec.samples + 1) * values))
     if maps:
-        height, width = scorer.model.arch.image_size
-        bounds.append(_MAP_PIXELS_PER_BATCH // (height * width))
+        bounds.append(_MAP_PIXELS // (height * width))
     return max(1, min(bounds))

@@ -25,6 +25,7 @@ import numpy as np
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ALL_SCORES, ScoreSpec, current_name
 from convvae.anomaly.scoring import score_images
+from convvae.config import AnomalyConfig
 from convvae.errors import DataError
 
 THRESHOLD_TAG = "anomaly.threshold"
@@ -146,7 +147,8 @@ def parse_record(text: str, where: str) -> ThresholdRecord:
                 current_name(str(raw.pop("score"))), int(samples), int(raw.pop("noise_seed"))
             ),
             threshold=float(raw.pop("threshold")),
-            target_fpr=float(raw.pop("target_fpr", 0.05)),
+            # Records written before the target was stored were cut at the default.
+            target_fpr=float(raw.pop("target_fpr", AnomalyConfig.target_fpr)),
             normal_class=None if normal_class is None else int(normal_class),
             calibration_scores=np.sort(np.asarray(raw.pop("calibration_scores"), dtype=np.float64)),
             context=raw,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -27,36 +26,31 @@ from convvae.data.sources import LabelledImages
 from convvae.data.splits import Splits, selection_and_calibration
 from convvae.errors import DataError
 from convvae.metrics.detection import detection_metrics, roc_points
+from convvae.metrics.stats import AucDifference, roc_auc_replicates
 from convvae.model.vae import ConvVAE
-from convvae.runtime.files import write_json
-
-
-@dataclass(frozen=True)
-class ClassFiles:
-    """Where one class of the one-class benchmark writes its results (a DVC stage's outputs)."""
-
-    model: Path
-    threshold: Path  # beside the model: convvae.anomaly.detector.THRESHOLD_FILE
-    metrics: Path
-    roc: Path
+from convvae.runtime.files import ClassFiles, atomic_path, write_json
 
 
 @dataclass(frozen=True)
 class ClassResult:
     """One class's benchmark: metrics (JSON-ready), the seed-0 model with its reference and
-    threshold record, and the ROC curve of the primary score (seed 0)."""
+    threshold record, the ROC curve of the primary score (seed 0), and the bootstrap replicates
+    behind every interval (the report averages them over classes)."""
 
     metrics: dict
     model: ConvVAE
     reference: Reference
     record: ThresholdRecord
     roc: list[dict[str, float]]
+    auc_replicates: dict[str, np.ndarray]  # method -> its ROC-AUC's bootstrap replicates
 
     def save(self, files: ClassFiles) -> None:
-        """Write the model, threshold record, ROC rows and metrics, each atomically."""
+        """Write the model, threshold record, ROC rows, replicates and metrics, atomically."""
         save_fitted_model(self.model, self.reference, files.model)
         write_json(self.record.as_json(), files.threshold)
         write_json(self.roc, files.roc)
+        with atomic_path(files.replicates) as tmp, tmp.open("wb") as handle:
+            np.savez_compressed(handle, **self.auc_replicates)
         write_json(self.metrics, files.metrics)
 
 
@@ -143,49 +137,43 @@ def _benchmark_scores(spec: ScoreSpec) -> tuple[str, ...]:
     return (*SCORES, *(name for name in MAP_SCORES if name == spec.name))
 
 
+@dataclass(frozen=True)
+class _PeerRun:
+    test_scores: np.ndarray  # (N, seeds)
+    thresholds: np.ndarray  # (seeds,)
+    fit_seconds: float
+    score_seconds: float
+
+
 def run_peers(
-    params: Params,
-    train_normal: np.ndarray,
-    val_normal: np.ndarray,
-    test_images: np.ndarray,
-    labels: np.ndarray,
-    bootstrap_seed: int,
-) -> dict[str, dict]:
+    params: Params, train_normal: np.ndarray, val_normal: np.ndarray, test_images: np.ndarray
+) -> dict[str, _PeerRun]:
     """The practitioner's detectors of ``benchmark.peers`` (PyOD, default settings) on the same
-    images as ours, one fit per benchmark seed: detection metrics as ours (threshold on the
-    calibration half of the validation images), plus fit and scoring seconds summed over seeds."""
-    results = {}
+    images as ours, one fit per benchmark seed: test scores, thresholds set as ours (on the
+    calibration half of the validation images), and fit and scoring seconds summed over seeds."""
+    runs = {}
     _, calibration = selection_and_calibration(val_normal)
     sets = {"test": test_images, "calibration": calibration}
     for name in params.benchmark.peers:
-        test_scores, thresholds, fit_seconds, score_seconds = [], [], 0.0, 0.0
-        for seed in range(params.benchmark.seeds):
-            peer = run_peer(name, train_normal, sets, seed)
-            test_scores.append(peer.scores["test"])
-            target = params.anomaly.target_fpr
-            thresholds.append(conformal_threshold(peer.scores["calibration"], target))
-            fit_seconds += peer.fit_seconds
-            score_seconds += peer.score_seconds
-        metrics = detection_metrics(
-            labels,
-            np.stack(test_scores, axis=1),
-            np.array(thresholds),
-            params.benchmark.bootstrap_resamples,
-            seed=bootstrap_seed,  # the resamples of our scores: paired intervals
+        found = [run_peer(name, train_normal, sets, seed) for seed in range(params.benchmark.seeds)]
+        runs[name] = _PeerRun(
+            np.stack([peer.scores["test"] for peer in found], axis=1),
+            np.array(
+                [
+                    conformal_threshold(p.scores["calibration"], params.anomaly.target_fpr)
+                    for p in found
+                ]
+            ),
+            sum(peer.fit_seconds for peer in found),
+            sum(peer.score_seconds for peer in found),
         )
-        metrics.update(
-            fit_seconds=fit_seconds,
-            score_seconds=score_seconds,
-            seconds=fit_seconds + score_seconds,
-        )
-        results[name] = metrics
-        print(f"  {name}: ROC-AUC {metrics['roc_auc']:.3f} in {metrics['seconds']:.1f} s")
-    return results
+    return runs
 
 
 def run_class(params: Params, splits: Splits, normal_class: int, class_name: str) -> ClassResult:
     """Train, score and measure the one-class task of ``normal_class``; prints one line per
-    seed. Detection metrics are the mean over seeds (see ``detection_metrics``)."""
+    seed. Detection metrics are the mean over seeds (see ``detection_metrics``); every method's
+    difference from the default score has a paired bootstrap interval."""
     spec = ScoreSpec.from_config(params.anomaly)
     train_normal = class_images(splits.train, normal_class, "training")
     val_normal = class_images(splits.val, normal_class, "validation")
@@ -210,6 +198,8 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         name: [conformal_threshold(run.calibration_scores[name], target) for run in runs]
         for name in _benchmark_scores(spec)
     }
+    peers = run_peers(params, train_normal, val_normal, test.images)
+    measured = _Measured.of(params, labels, runs, thresholds, peers, normal_class)
     metrics = {
         "normal_class": normal_class,
         "class_name": class_name,
@@ -218,8 +208,9 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         "val_normal_images": len(val_normal),  # half select the epoch, half calibrate
         "test_images": len(labels),
         "test_anomalous": int(labels.sum()),
-        **_run_metrics(params, runs, labels, thresholds, normal_class),
-        "peers": run_peers(params, train_normal, val_normal, test.images, labels, normal_class),
+        **_run_metrics(runs, measured),
+        "peers": measured.peer_metrics(peers),
+        "differences": measured.differences(spec.name),
     }
     record = make_record(
         spec,
@@ -231,31 +222,69 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         thresholds={name: values[0] for name, values in thresholds.items()},
     )
     roc = roc_points(labels, runs[0].test_scores[spec.name])
-    return ClassResult(metrics, runs[0].model, runs[0].reference, record, roc)
+    model, reference = runs[0].model, runs[0].reference
+    return ClassResult(metrics, model, reference, record, roc, measured.replicates)
 
 
-def _run_metrics(
-    params: Params,
-    runs: list[_SeedRun],
-    labels: np.ndarray,
-    thresholds: dict[str, list[float]],
-    normal_class: int,
-) -> dict:
-    """Seeds, epochs, seconds and every score's detection metrics (mean over seeds)."""
-    per_score = {
-        name: detection_metrics(
-            labels,
-            np.stack([run.test_scores[name] for run in runs], axis=1),
-            np.array(cuts),
-            params.benchmark.bootstrap_resamples,
-            seed=normal_class,
-        )
-        for name, cuts in thresholds.items()
-    }
+@dataclass(frozen=True)
+class _Measured:
+    """Every method's detection metrics on the class's test images (ours and the peers), and
+    the bootstrap replicates of its ROC-AUC: drawn once, with the class's seed, so that the
+    same resamples serve every method's interval and every paired difference."""
+
+    metrics: dict[str, dict]
+    replicates: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, params, labels, runs, thresholds, peers, normal_class) -> _Measured:
+        scores = {n: np.stack([run.test_scores[n] for run in runs], axis=1) for n in thresholds}
+        cuts = {name: np.array(values) for name, values in thresholds.items()}
+        scores |= {name: peer.test_scores for name, peer in peers.items()}
+        cuts |= {name: peer.thresholds for name, peer in peers.items()}
+        resamples = params.benchmark.bootstrap_resamples
+        replicates = {
+            name: roc_auc_replicates(labels, values, resamples, seed=normal_class)
+            for name, values in scores.items()
+        }
+        metrics = {
+            name: detection_metrics(
+                labels, values, cuts[name], resamples, normal_class, auc_replicates=replicates[name]
+            )  # fmt: skip
+            for name, values in scores.items()
+        }
+        return cls(metrics, replicates)
+
+    def peer_metrics(self, peers: dict[str, _PeerRun]) -> dict[str, dict]:
+        """The peers' metrics with their fit and scoring seconds; one line each printed."""
+        found = {}
+        for name, peer in peers.items():
+            seconds = peer.fit_seconds + peer.score_seconds
+            found[name] = {**self.metrics[name], "fit_seconds": peer.fit_seconds,
+                           "score_seconds": peer.score_seconds, "seconds": seconds}  # fmt: skip
+            print(f"  {name}: ROC-AUC {found[name]['roc_auc']:.3f} in {seconds:.1f} s")
+        return found
+
+    def differences(self, default: str) -> dict[str, dict[str, float]]:
+        """The default score's ROC-AUC minus every other method's, with a paired interval."""
+        ours = self.metrics[default]["roc_auc"]
+        return {
+            name: AucDifference.of(
+                ours - metric["roc_auc"], self.replicates[default] - self.replicates[name]
+            ).as_dict()
+            for name, metric in self.metrics.items()
+            if name != default
+        }
+
+
+def _run_metrics(runs: list[_SeedRun], measured: _Measured) -> dict:
+    """Seeds, epochs, seconds and our scores' detection metrics (mean over seeds)."""
     seconds_scoring = sum(run.score_seconds for run in runs)
     seconds_ours = sum(run.train_seconds for run in runs) + seconds_scoring
-    for metric in per_score.values():
-        metric["seconds"] = seconds_ours  # every score comes from the same training and pass
+    per_score = {
+        # every score comes from the same training and pass
+        name: {**measured.metrics[name], "seconds": seconds_ours}
+        for name in runs[0].test_scores
+    }
     return {
         "seeds": len(runs),
         "epochs_run_mean": float(np.mean([run.epochs for run in runs])),

@@ -2,17 +2,16 @@
 
 Rendering only: the caller reads the per-class metrics (one dict per normal class, as the
 benchmark stage writes them), logs to MLflow and decides where files go. The published results
-the report quotes live in ``published_results.yaml`` beside this module.
+the report quotes: ``convvae.benchmark.published``.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
 from dataclasses import dataclass
 
 import numpy as np
-import yaml
+
+from convvae.benchmark.published import published_section
 
 SCORE_TITLES = {
     "recon_mse": "reconstruction MSE",
@@ -40,37 +39,6 @@ METRIC_KEYS = (
     "f1",
     "realised_fpr",
 )
-# Published tables always cover the ten classes of MNIST and Fashion-MNIST.
-PUBLISHED_CLASSES = 10
-
-
-@dataclass(frozen=True)
-class PublishedRow:
-    """One published result: ROC-AUC in % per normal class 0..9 (None when only the mean is
-    published), the mean (a number, or quoted text such as "96.3 ± 2.5"), and where it comes
-    from with its protocol."""
-
-    method: str
-    per_class: list[float] | None
-    mean: float | str
-    source: str
-
-
-@functools.cache
-def _published_table() -> dict[str, tuple[PublishedRow, ...]]:
-    """Every data source's published rows, read once from the packaged YAML file."""
-    text = (importlib.resources.files("convvae.benchmark") / "published_results.yaml").read_text(
-        "utf-8"
-    )
-    return {
-        data_source: tuple(PublishedRow(**row) for row in rows)
-        for data_source, rows in yaml.safe_load(text).items()
-    }
-
-
-def published_results(data_source: str) -> list[PublishedRow]:
-    """The published rows to compare ``data_source``'s benchmark with; empty when there are none."""
-    return list(_published_table().get(data_source, ()))
 
 
 def class_methods(metrics: dict) -> dict[str, dict]:
@@ -129,8 +97,9 @@ def render_report(context: ReportContext, per_class: dict[int, dict], summary: d
         *_caveats(context, per_class),
         *_roc_auc_table(context, per_class),
         *_bootstrap_table(context, per_class),
+        *_difference_table(context, per_class, summary),
         *_seed_table(per_class),
-        *_published_section(context.data_source),
+        *published_section(context.data_source),
         *_per_class_table(context, per_class, summary),
     ]
     return "\n".join(lines)
@@ -261,6 +230,40 @@ def _bootstrap_table(context: ReportContext, per_class: dict[int, dict]) -> list
     return lines
 
 
+def _difference_table(
+    context: ReportContext, per_class: dict[int, dict], summary: dict
+) -> list[str]:
+    """Our default's ROC-AUC minus every other method's (points of %), per class and the mean
+    over classes, with paired 95% bootstrap intervals; * where the interval excludes 0."""
+    default = context.primary_score
+    first = next(iter(per_class.values()))
+    if "differences" not in first:  # class results written before differences were measured
+        return []
+    lines = [
+        "",
+        f"Our default ({default}) minus each method, ROC-AUC points: paired bootstrap (both "
+        "scored on the same resamples of the test images); the mean over classes averages the "
+        "classes' paired resamples. `*`: the 95% interval excludes 0, a difference beyond "
+        "resampling noise of the test images (not of training: see the seed table).",
+        "",
+        *_class_table_head(per_class, " 95% interval of the mean |"),
+    ]
+    for method in first["differences"]:
+        cells = []
+        for metrics in per_class.values():
+            found = metrics["differences"][method]
+            beyond = found["ci_low"] > 0 or found["ci_high"] < 0
+            cells.append(f"{100 * found['difference']:+.1f}{'*' if beyond else ''}")
+        mean = summary[f"diff.{method}.roc_auc_mean"]
+        low, high = summary[f"diff.{method}.ci_low"], summary[f"diff.{method}.ci_high"]
+        star = "*" if low > 0 or high < 0 else ""
+        lines.append(
+            f"| {METHOD_TITLES.get(method, method)} | {' | '.join(cells)} | "
+            f"{100 * mean:+.1f}{star} | {100 * low:+.1f} to {100 * high:+.1f} |"
+        )
+    return lines
+
+
 def _seed_table(per_class: dict[int, dict]) -> list[str]:
     """With several seeds: each ROC-AUC's standard deviation over seeds (ddof=1) and the 95%
     Student-t interval of its seed mean (%); nothing with one seed."""
@@ -286,34 +289,6 @@ def _seed_table(per_class: dict[int, dict]) -> list[str]:
         )
         mean_sd = 100 * np.mean([m["roc_auc_seed_sd"] for m in rows])
         lines.append(f"| {METHOD_TITLES.get(method, method)} | {cells} | {mean_sd:.2f} |")
-    return lines
-
-
-def _published_section(data_source: str) -> list[str]:
-    """The published results for ``data_source``, with their caveats; nothing when none."""
-    rows = published_results(data_source)
-    if not rows:
-        return []
-    columns = " | ".join(map(str, range(PUBLISHED_CLASSES)))
-    lines = [
-        "",
-        "## Published ROC-AUC (%), standard one-class protocol",
-        "",
-        f"| method | {columns} | mean | source, protocol |",
-        "|---" * (PUBLISHED_CLASSES + 3) + "|",
-    ]
-    for row in rows:
-        values = row.per_class if row.per_class is not None else []
-        cells = [f"{value:.1f}" for value in values] or [""] * PUBLISHED_CLASSES
-        mean = row.mean if isinstance(row.mean, str) else f"{row.mean:.1f}"
-        lines.append(f"| {row.method} | {' | '.join(cells)} | {mean} | {row.source} |")
-    lines += [
-        "",
-        "All rows are quoted from later papers' tables (AGAD = Cheng et al. 2020, "
-        "Adversarial Generative Anomaly Detection), not checked against the original "
-        "papers. Baselines are sensitive to preprocessing (a rerun of Isolation Forest got "
-        "0.93 on MNIST class 0 where Deep SVDD's paper says 0.98, lukasruff/Deep-SVDD#14).",
-    ]
     return lines
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 
 from convvae.cli.common import (
     IMAGES_HELP,
@@ -12,6 +13,7 @@ from convvae.cli.common import (
     registry_tracking,
     resize_option,
 )
+from convvae.config import PromoteMetric
 
 
 def _promote(args: argparse.Namespace) -> None:
@@ -116,7 +118,9 @@ def add_promote(commands, common, registry) -> None:
         parents=[common],
     )
     promote.add_argument("--model", required=True, help="registered model, e.g. convvae-mnist-5k")
-    promote.add_argument("--metric", default="neg_elbo", help="neg_elbo | iwae_nll")
+    promote.add_argument(
+        "--metric", default="neg_elbo", help=" | ".join(typing.get_args(PromoteMetric))
+    )
     promote.add_argument("--dry-run", action="store_true", help="compare only; change nothing")
     promote.add_argument("--params", default="params.yaml", help="tracking and anomaly sections")
     promote.add_argument(
@@ -142,8 +146,8 @@ def add_score(commands, common, registry) -> None:
     scorer.add_argument("images", help=IMAGES_HELP)
     scorer.add_argument(
         "--out",
-        help="CSV file (file, score, p_value = conformal p-value, is_anomaly; normalized_score "
-        "repeats p_value for one release); default: stdout",
+        help="CSV file (file, score, normalized_score, is_anomaly, p_value = conformal p-value; "
+        "normalized_score repeats p_value for one release); default: stdout",
     )
     scorer.add_argument("--resize", action="store_true", help=RESIZE_HELP)
     scorer.add_argument(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from convvae.metrics.stats import bootstrap_roc_auc
+from convvae.metrics.stats import percentile_interval, roc_auc_replicates
 
 
 def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
@@ -77,6 +77,7 @@ def detection_metrics(
     threshold: float,
     n_resamples: int = 1000,
     seed: int = 0,
+    auc_replicates: np.ndarray | None = None,
 ) -> dict[str, float | None]:
     """ROC-AUC with a bootstrap 95% interval over test images and an interval over seeds,
     average precision with anomalies positive (AUPR-out) and with normal images positive
@@ -86,6 +87,8 @@ def detection_metrics(
     labels: (N,) 1 anomalous, 0 normal. scores: (N,) or (N, S) for S seeds; with several
     columns every metric is the mean over seeds, and the bootstrap interval resamples test
     images (rows) for that mean. ``threshold``: a scalar, or (S,) one per seed.
+    ``auc_replicates``: the bootstrap replicates of these scores' ROC-AUC when already drawn
+    (``roc_auc_replicates`` with the same ``n_resamples`` and ``seed``).
     """
     labels = np.asarray(labels)
     columns = np.asarray(scores, dtype=np.float64).reshape(len(labels), -1)
@@ -95,7 +98,9 @@ def detection_metrics(
         return lambda y, s: float(np.mean([metric(y, column) for column in s.T]))
 
     mean_auc = mean_over_seeds(roc_auc_score)
-    low, high = bootstrap_roc_auc(labels, columns, n_resamples, seed)
+    if auc_replicates is None:
+        auc_replicates = roc_auc_replicates(labels, columns, n_resamples, seed)
+    low, high = percentile_interval(auc_replicates)
     per_seed = [f1_at_threshold(labels, c, t) for c, t in zip(columns.T, thresholds, strict=True)]
     aucs = [roc_auc_score(labels, column) for column in columns.T]
     return {

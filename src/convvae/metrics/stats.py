@@ -1,8 +1,9 @@
-"""Bootstrap statistics: paired comparisons of two models, intervals of the ROC-AUC."""
+"""Bootstrap statistics: paired comparisons of two models, intervals of the ROC-AUC and of the
+difference between two methods' ROC-AUC."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -81,14 +82,35 @@ def bootstrap_roc_auc(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the ROC-AUC (the mean over seed columns).
+    """Percentile bootstrap interval of the ROC-AUC (the mean over seed columns): the interval
+    of ``roc_auc_replicates``. Returns (low, high)."""
+    if not 0 < level < 1:
+        raise ValueError(f"need 0 < level < 1, got {level}")
+    return percentile_interval(roc_auc_replicates(labels, scores, n_resamples, seed), level)
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap replicates: (low, high)."""
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def roc_auc_replicates(
+    labels: np.ndarray, scores: np.ndarray, n_resamples: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """The ROC-AUC (the mean over seed columns) of ``n_resamples`` bootstrap resamples of the
+    test images, float64 (n_resamples,).
 
     Test images are drawn with replacement within each label (a stratified bootstrap), so every
-    resample keeps the class counts. A resample only reweights the images, so its ROC-AUC (the
-    Mann-Whitney statistic, ties counted half) comes from how often each distinct score value
-    was drawn: one sort per column, then O(N) per resample instead of ranking every resample.
+    resample keeps the class counts. The draws depend only on the labels and ``seed``: two
+    methods scored on the same images get the same resamples, so the difference of their
+    replicates is a paired bootstrap of the difference. A resample only reweights the images,
+    so its ROC-AUC (the Mann-Whitney statistic, ties counted half) comes from how often each
+    distinct score value was drawn: one sort per column, then O(N) per resample instead of
+    ranking every resample.
 
-    labels: (N,) 0 normal / 1 anomalous, both present; scores: (N,) or (N, S). Returns (low, high).
+    labels: (N,) 0 normal / 1 anomalous, both present; scores: (N,) or (N, S).
     """
     labels = np.asarray(labels)
     columns = np.asarray(scores, dtype=np.float64).reshape(len(labels), -1)
@@ -98,8 +120,8 @@ def bootstrap_roc_auc(
             f"need labels (N,) with both 0 and 1 and scores (N, ...), got {labels.shape} and "
             f"{np.shape(scores)}"
         )
-    if n_resamples < 1 or not 0 < level < 1:
-        raise ValueError(f"need n_resamples >= 1 and 0 < level < 1, got {n_resamples}, {level}")
+    if n_resamples < 1:
+        raise ValueError(f"need n_resamples >= 1, got {n_resamples}")
     if np.isnan(columns).any():  # np.unique would rank every NaN as one highest value
         raise ValueError("scores contain NaN: a ROC-AUC needs every test image scored")
     rng = np.random.default_rng(seed)
@@ -122,10 +144,7 @@ def bootstrap_roc_auc(
             # Negatives below each value, plus half of those tied with it.
             below = np.cumsum(neg_counts, axis=1) - 0.5 * neg_counts
             values[start : start + len(draws)] += (pos_counts * below).sum(1) / (n_pos * n_neg)
-    values /= columns.shape[1]
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    return values / columns.shape[1]
 
 
 def _counts_per_group(groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -133,3 +152,60 @@ def _counts_per_group(groups: np.ndarray, n_groups: int) -> np.ndarray:
     offsets = np.arange(len(groups))[:, None] * n_groups
     counts = np.bincount((groups + offsets).ravel(), minlength=len(groups) * n_groups)
     return counts.reshape(len(groups), n_groups)
+
+
+@dataclass(frozen=True)
+class AucDifference:
+    """ROC-AUC of one method minus another's on the same test images, with a paired bootstrap
+    interval (``level``, percentile); positive: the first ranks anomalies better."""
+
+    difference: float
+    ci_low: float
+    ci_high: float
+    replicates: np.ndarray = field(repr=False, compare=False)  # (n_resamples,)
+
+    @property
+    def excludes_zero(self) -> bool:
+        """The interval lies wholly on one side of 0: a difference beyond resampling noise."""
+        return self.ci_low > 0 or self.ci_high < 0
+
+    @classmethod
+    def of(cls, point: float, replicates: np.ndarray, level: float = 0.95) -> AucDifference:
+        """The difference ``point`` with the percentile interval of its bootstrap replicates."""
+        return cls(float(point), *percentile_interval(replicates, level), replicates)
+
+    def as_dict(self) -> dict[str, float]:
+        """JSON-ready: difference, ci_low, ci_high."""
+        return {"difference": self.difference, "ci_low": self.ci_low, "ci_high": self.ci_high}
+
+
+def roc_auc_difference(
+    labels: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> AucDifference:
+    """ROC-AUC of ``first`` minus ``second`` (each (N,) or (N, S): the mean over seed columns)
+    on the same labels (N,), paired: both are resampled with the same draws."""
+    replicates = roc_auc_replicates(labels, first, n_resamples, seed) - roc_auc_replicates(
+        labels, second, n_resamples, seed
+    )
+    point = _mean_roc_auc(labels, first) - _mean_roc_auc(labels, second)
+    return AucDifference.of(point, replicates, level)
+
+
+def mean_difference(differences: list[AucDifference], level: float = 0.95) -> AucDifference:
+    """The mean of several differences (e.g. over the normal classes, each scored on its own
+    test labels and resampled independently), with the interval of the mean of their
+    replicates."""
+    replicates = np.mean([d.replicates for d in differences], axis=0)
+    return AucDifference.of(np.mean([d.difference for d in differences]), replicates, level)
+
+
+def _mean_roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    columns = np.asarray(scores, dtype=np.float64).reshape(len(labels), -1)
+    return float(np.mean([roc_auc_score(labels, column) for column in columns.T]))

@@ -255,7 +255,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# Image sizes whose default preset the README tables (`convvae presets` prints them).
+# Image sizes whose default preset docs/configuration.md tables (`convvae presets` prints them).
 PRESET_SIZES = ((1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 128, 128), (3, 256, 256))
 
 

@@ -5,7 +5,7 @@ allocated and freed many times a second. glibc serves blocks that large with a f
 each time and gives them back on ``free``, so every use faults in (and zeroes) its pages again;
 on the 2-core machines that was a fifth of `convvae score`'s time. Serving every block from the
 heap and never trimming it scores 25-30% more images per second (fused and ``excess_nll`` at
-the default 8 samples, measured in separate processes, README "Speed"); training, whose tensors
+the default 8 samples, measured in separate processes, docs/speed.md); training, whose tensors
 are small, does not change. The cost: memory freed after a peak stays with the process (its
 resident size stays at the peak, which it reached anyway). ``CONVVAE_MALLOC=system`` keeps
 glibc's defaults.

@@ -15,7 +15,7 @@ from typing import Any
 
 from convvae.errors import DataError
 
-# Beside a model file: its threshold record (convvae.anomaly.thresholds), read by `convvae score`.
+# Beside a model file: its threshold record (convvae.anomaly.thresholds).
 THRESHOLD_FILE = "threshold.json"
 
 
@@ -25,6 +25,7 @@ class ClassFiles:
 
     model: Path
     threshold: Path  # beside the model: THRESHOLD_FILE
+    replicates: Path  # beside the model: every method's ROC-AUC bootstrap replicates (.npz)
     metrics: Path
     roc: Path
 

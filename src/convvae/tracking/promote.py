@@ -23,25 +23,26 @@ import datetime as dt
 import getpass
 import json
 import math
+import typing
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from convvae.anomaly.detector import Detector
+from convvae.anomaly.detector import Detector, detector_from
 from convvae.anomaly.outofdomain import out_of_domain_auroc
-from convvae.anomaly.reference import load_fitted_model
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ScoreSpec
 from convvae.anomaly.scoring import every_score
 from convvae.anomaly.thresholds import THRESHOLD_TAG, parse_record
-from convvae.config import AnomalyConfig
+from convvae.config import AnomalyConfig, PromoteMetric
 from convvae.errors import ConfigError
 from convvae.metrics.stats import PairedComparison, paired_bootstrap
+from convvae.model.files import load_model
 from convvae.model.vae import ConvVAE
 from convvae.tracking.registry import Registry
 from convvae.tracking.tracker import Tracker
 
-METRICS = ("neg_elbo", "iwae_nll")
+METRICS: tuple[str, ...] = typing.get_args(PromoteMetric)
 CHAMPION, CHALLENGER = "champion", "challenger"
 # A challenger may lose this much mean out-of-domain ROC-AUC to the champion and still pass.
 OUT_OF_DOMAIN_MARGIN = 0.01
@@ -192,12 +193,12 @@ def _anomaly_gate_failure(checks: tuple[AnomalyCheck, ...], challenger: str) -> 
 def _load(registry: Registry, name: str, version: str) -> tuple[ConvVAE, Detector | None]:
     """A version's model, and its detector when it was registered with a threshold record."""
     uri = f"models:/{name}/{version}"
-    model, reference = load_fitted_model(registry.model_file(uri))
+    model_file = registry.model_file(uri)
     tag = registry.version(uri).tags.get(THRESHOLD_TAG)
     if tag is None:  # registered before thresholds were stored: likelihood only
-        return model, None
-    record = parse_record(tag, f"{uri} tag {THRESHOLD_TAG}")
-    return model, Detector(Scorer(model, reference, record.spec), record)
+        return load_model(model_file), None
+    detector = detector_from(model_file, parse_record(tag, f"{uri} tag {THRESHOLD_TAG}"))
+    return detector.scorer.model, detector
 
 
 def _record(tracker: Tracker, decision: Decision) -> None:

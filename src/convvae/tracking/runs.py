@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from convvae.anomaly.thresholds import THRESHOLD_TAG, ThresholdRecord
-from convvae.benchmark.oneclass import ClassFiles
 from convvae.config import Params, TrackingConfig
 from convvae.data.splits import PreparedData
 from convvae.model.files import load_model
 from convvae.model.vae import ConvVAE
+from convvae.runtime.files import ClassFiles
 from convvae.tracking.provenance import provenance_tags
 from convvae.tracking.tracker import DatasetPart, Tracker, flatten
 from convvae.training.history import TrainResult
