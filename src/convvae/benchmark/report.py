@@ -248,7 +248,7 @@ def _difference_table(
         "",
         *_class_table_head(per_class, " 95% interval of the mean |"),
     ]
-    for method in first["differences"]:
+    for method in (m for m in class_methods(first) if m in first["differences"]):
         cells = []
         for metrics in per_class.values():
             found = metrics["differences"][method]
