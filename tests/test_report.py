@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from convvae.anomaly.scores import SCORES
+from convvae.benchmark.differences import difference_summary, mean_differences
 from convvae.benchmark.published import published_results
 from convvae.benchmark.report import (
     METRIC_KEYS,
@@ -32,6 +33,7 @@ from convvae.config import parse_params
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK_METRICS = REPO / "metrics" / "benchmark"
 REPORT = "reports/anomaly.md"
+SUMMARY = "metrics/benchmark_summary.json"
 PRIMARY = "excess_nll"
 METHODS_FIGURE = "anomaly_methods.png"
 
@@ -102,10 +104,19 @@ def context_for(data_source: str, max_train_images: int | None = None) -> Report
     )
 
 
+def summary_with_differences(per_class: dict[int, dict], default: str, seeds: int = 1) -> dict:
+    """summarize(), plus the mean differences as the report stage adds them, from stand-in
+    replicates (every resample at the class's own ROC-AUC: intervals of zero width)."""
+    summary = summarize(per_class, "mnist-5k", seeds=seeds, default_score=default)
+    replicates = {
+        c: {name: np.full(20, m["roc_auc"]) for name, m in class_methods(metrics).items()}
+        for c, metrics in per_class.items()
+    }
+    return summary | difference_summary(mean_differences(per_class, replicates, default))
+
+
 def render(per_class: dict[int, dict], context: ReportContext) -> str:
-    summary = summarize(
-        per_class, context.data_source, seeds=1, default_score=context.primary_score
-    )
+    summary = summary_with_differences(per_class, context.primary_score)
     return render_report(context, per_class, summary)
 
 
@@ -367,6 +378,11 @@ def test_render_reproduces_the_committed_report():
     all_classes = committed_per_class()
     per_class = {c: all_classes[c] for c in benchmark["classes"]}
     summary = summarize(per_class, data["source"], benchmark["seeds"], default_score=primary)
+    # The mean differences come from the class stages' replicates (DVC outputs, not in git):
+    # the committed summary, written by the same run, holds them.
+    assert_committed_as_locked(SUMMARY, stages)
+    committed_summary = json.loads((REPO / SUMMARY).read_text())
+    summary |= {k: v for k, v in committed_summary.items() if k.startswith("diff.")}
     assert render_report(context, per_class, summary) == (REPO / REPORT).read_text("utf-8")
 
 
@@ -390,3 +406,28 @@ def test_several_seeds_add_the_spread_over_seeds_beside_the_bootstrap(per_class_
     low, high = 100 * first["roc_auc"] - 0.2, 100 * first["roc_auc"] + 0.3
     assert f"| 0.10 ({low:.1f}–{high:.1f}) |" in table[2]
     assert table[2].endswith("| 0.55 |")  # mean of 0.1 .. 1.0 points
+
+
+def test_the_difference_table_has_a_row_per_other_method_with_its_interval(per_class):
+    """Against every other method: per-class differences (* where the class's interval excludes
+    0) and the mean over classes with its interval."""
+    data = copy.deepcopy(per_class)
+    for metrics in data.values():  # as a class stage measured them from the default
+        metrics["default_score"] = PRIMARY
+        aucs = {name: m["roc_auc"] for name, m in class_methods(metrics).items()}
+        metrics["differences"] = {
+            name: {"difference": aucs[PRIMARY] - auc, "ci_low": 0.01, "ci_high": 0.02}
+            for name, auc in aucs.items()
+            if name != PRIMARY
+        }
+    report = render(data, context_for("mnist-5k"))
+    table = report.split("minus each method")[1].split("\n\n")[1].splitlines()
+    others = [m for m in methods_of(data) if m != PRIMARY]
+    assert len(table) == 2 + len(others)
+    first = others[0]
+    mean = np.mean([m["differences"][first]["difference"] for m in data.values()])
+    assert table[2].startswith(f"| {SCORE_TITLES.get(first, first)} |")
+    assert f"| {100 * mean:+.1f}" in table[2] and "*" in table[2]
+    # Measured from another score than the report's default: no table rather than a wrong one.
+    other_default = dataclasses.replace(context_for("mnist-5k"), primary_score="iwae_nll")
+    assert "minus each method" not in render(data, other_default)

@@ -210,6 +210,7 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         "test_anomalous": int(labels.sum()),
         **_run_metrics(runs, measured),
         "peers": measured.peer_metrics(peers),
+        "default_score": spec.name,  # what the differences are measured from
         "differences": measured.differences(spec.name),
     }
     record = make_record(

@@ -237,7 +237,7 @@ def _difference_table(
     over classes, with paired 95% bootstrap intervals; * where the interval excludes 0."""
     default = context.primary_score
     first = next(iter(per_class.values()))
-    if "differences" not in first:  # class results written before differences were measured
+    if first.get("default_score") != default:  # measured from another score, or not at all
         return []
     lines = [
         "",
