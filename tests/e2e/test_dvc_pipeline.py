@@ -55,6 +55,7 @@ def test_the_registered_model_scores_images_at_its_validation_threshold(project,
     """evaluate stores the model's conformal threshold (file and version tag); `convvae score`
     with models:/ flags exactly the calibration images above the cut, and about the target rate
     of the other validation images (normal by definition, never used to calibrate)."""
+    import csv
     import math
 
     import numpy as np
@@ -75,7 +76,7 @@ def test_the_registered_model_scores_images_at_its_validation_threshold(project,
         assert "normal: every class" in result.stdout
         rows = out.read_text().splitlines()
         assert rows[0] == "file,score,normalized_score,is_anomaly,p_value"
-        flagged[half] = [row.rsplit(",", 1)[1] == "1" for row in rows[1:]]
+        flagged[half] = [row["is_anomaly"] == "1" for row in csv.DictReader(rows)]
     n = len(flagged["calibration"])
     assert n == len(threshold["calibration_scores"]) > 20
     rank = math.ceil((n + 1) * (1 - threshold["target_fpr"]))
