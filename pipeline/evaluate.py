@@ -7,18 +7,25 @@ and serving, and logs everything into
 the MLflow run that `train` opened, registering the model with its threshold.
 """
 
+import sys
+
+from convvae.anomaly.calibration import (
+    calibrate_split_or_cross_fit,
+    plan_calibration,
+    reachability_warning,
+)
 from convvae.anomaly.export import export_onnx
+from convvae.anomaly.model_card import model_card
 from convvae.anomaly.outofdomain import out_of_domain_auroc
 from convvae.anomaly.reference import load_fitted_model
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ScoreSpec
-from convvae.anomaly.thresholds import calibrate
 from convvae.benchmark.defects import measure_defects
 from convvae.config import load_params
-from convvae.data.splits import load_splits, read_manifest, selection_and_calibration
+from convvae.data.splits import load_splits, read_manifest
 from convvae.errors import run_stage
 from convvae.model.architecture import resolve_architecture
-from convvae.runtime.files import read_json, write_json
+from convvae.runtime.files import atomic_path, read_json, write_json
 from convvae.runtime.progress import StageSteps
 from convvae.tracking.runs import log_evaluation
 from convvae.tracking.tracker import open_tracker
@@ -57,17 +64,7 @@ def main() -> None:
     with steps.step("generation, compression, imputation"):
         uses = measure_uses(model, splits, cfg, layout.EVALUATE_PLOTS, layout.RATE_DISTORTION)
     scorer = Scorer(model, reference, ScoreSpec.from_config(params.anomaly))
-    with steps.step("threshold"):
-        _, calibration = selection_and_calibration(splits.val.images)
-        record = calibrate(scorer, calibration, params.anomaly.target_fpr)
-        write_json(record.as_json(), layout.MODEL_THRESHOLD)
-    with steps.step("ONNX export"):
-        export_onnx(scorer, layout.MODEL_ONNX)
-    with steps.step("out-of-domain sets"):
-        # Flipped or inverted digits, noise and blank frames against the normal test images.
-        metrics["out_of_domain_roc_auc"] = out_of_domain_auroc(scorer, test_images)
-    with steps.step("defects"):
-        defects = measure_defects(scorer, splits, class_names, layout.ANOMALY_MAPS_PNG)
+    record, defects = detector_steps(steps, params, scorer, splits, test_images, metrics)
     run_id = read_json(layout.MLFLOW_RUN, "re-run the train stage (dvc repro train)")["run_id"]
     if tracker is None:
         steps.skip("MLflow", "tracking.enabled is false")
@@ -79,7 +76,7 @@ def main() -> None:
             example = splits.test.images[:2].astype("float32") / 255
             run_id = log_evaluation(
                 tracker, run_id, params, logged, layout.EVALUATE_PLOTS, model, layout.MODEL,
-                example, record, layout.MODEL_ONNX,
+                example, record, layout.MODEL_ONNX, layout.MODEL_CARD,
             )  # fmt: skip
             metrics["mlflow_run_id"] = uses["mlflow_run_id"] = run_id
     write_json(metrics, layout.EVALUATE_METRICS)
@@ -92,6 +89,38 @@ def main() -> None:
     if "image_roc_auc" in defects:
         pixel = f", pixel AUPRO {defects['pixel_aupro']:.3f}" if "pixel_aupro" in defects else ""
         print(f"defects: image ROC-AUC {defects['image_roc_auc']:.3f}{pixel}")
+
+
+def detector_steps(steps, params, scorer, splits, normal_test_images, metrics) -> tuple:
+    """The threshold record (written), the ONNX export, the out-of-domain sets against the
+    normal test images (into ``metrics``), the defect metrics and the model card; returns
+    (record, defects)."""
+    with steps.step("threshold"):
+        normal = len(splits.train) + len(splits.val)
+        plan = plan_calibration(params.anomaly, len(splits.val), normal)
+        warning = reachability_warning(params.anomaly, plan, params.data.val_fraction)
+        if warning:
+            print(warning, file=sys.stderr)
+        recipe = (params.model, params.train, params.anomaly)
+        record = calibrate_split_or_cross_fit(
+            scorer, plan, recipe, splits.train.images, splits.val.images, params.data.val_fraction
+        )
+        write_json(record.as_json(), layout.MODEL_THRESHOLD)
+    with steps.step("ONNX export"):
+        export_onnx(scorer, layout.MODEL_ONNX)
+    with steps.step("out-of-domain sets"):
+        # Flipped or inverted digits, noise and blank frames against the normal test images.
+        normal_test = splits.test.labels == 0 if params.data.source == "folder" else slice(None)
+        metrics["out_of_domain_roc_auc"] = out_of_domain_auroc(
+            scorer, splits.test.images[normal_test]
+        )
+    with steps.step("defects"):
+        class_names = read_manifest(layout.MANIFEST)["class_names"]
+        defects = measure_defects(scorer, splits, class_names, layout.ANOMALY_MAPS_PNG)
+    card = model_card(record, params.data.source, metrics["out_of_domain_roc_auc"], defects)
+    with atomic_path(layout.MODEL_CARD) as tmp:
+        tmp.write_text(card)
+    return record, defects
 
 
 if __name__ == "__main__":

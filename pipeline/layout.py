@@ -13,6 +13,8 @@ MODEL = Path("models/model.pt")
 MODEL_THRESHOLD = MODEL.with_name(THRESHOLD_FILE)
 # The same score and map as an ONNX graph (convvae export), for runtimes without PyTorch.
 MODEL_ONNX = MODEL.with_suffix(".onnx")
+# What the model flags, what its threshold promises, and which data chose its defaults.
+MODEL_CARD = MODEL.with_name("model_card.md")
 # Outside DVC's outputs (which DVC deletes before a stage runs), so an interrupted run resumes.
 TRAIN_CHECKPOINT = Path("checkpoints/train.pt")
 TRAIN_METRICS = Path("metrics/train.json")

@@ -47,8 +47,7 @@ def main() -> None:
     replicates = {c: read_replicates(layout.class_files(c).replicates) for c in per_class}
     summary |= difference_summary(mean_differences(per_class, replicates, primary))
     roc_curves = {c: read_json(layout.class_files(c).roc, RERUN_BENCHMARK) for c in per_class}
-    aucs = {c: m["scores"][primary]["roc_auc"] for c, m in per_class.items()}
-    save_roc_figure(roc_curves, aucs, primary, layout.ANOMALY_ROC_PNG)
+    save_roc_figure(roc_curves, primary, layout.ANOMALY_ROC_PNG)
     save_methods_figure(summary, primary, layout.ANOMALY_METHODS_PNG)
     context = ReportContext(
         data_source=params.data.source,

@@ -5,6 +5,9 @@ written to a small output that `evaluate` reads. The checkpoint is deleted only 
 saved and logged: an interrupted stage, or one whose tracking store was unreachable, resumes.
 """
 
+import sys
+
+from convvae.anomaly.calibration import plan_calibration, reachability_warning
 from convvae.anomaly.fit import train_and_fit
 from convvae.anomaly.reference import save_fitted_model
 from convvae.config import load_params
@@ -25,6 +28,10 @@ def main() -> None:
     tracker = open_tracker(params.tracking) if group.is_main else None
     data = load_prepared(layout.PREPARED_SPLITS, layout.MANIFEST)
     splits = data.splits
+    plan = plan_calibration(params.anomaly, len(splits.val), len(splits.train) + len(splits.val))
+    warning = reachability_warning(params.anomaly, plan, params.data.val_fraction)
+    if warning and group.is_main:
+        print(warning, file=sys.stderr)
     fitted = train_and_fit(
         params.model,
         params.train,

@@ -66,8 +66,10 @@ def test_roc_auc_of_a_perfect_score_is_one_and_of_a_reversed_one_zero():
     perfect = detection_metrics(labels, scores, threshold=0.5, n_resamples=100)
     reversed_ = detection_metrics(labels, -scores, threshold=0.0, n_resamples=100)
     assert perfect["roc_auc"] == 1.0 and perfect["average_precision"] == 1.0
-    assert perfect["fpr_at_95_tpr"] == 0.0 and perfect["f1"] == 1.0
-    assert reversed_["roc_auc"] == 0.0 and reversed_["fpr_at_95_tpr"] == 1.0
+    assert perfect["normal_flagged_at_95_recall"] == 0.0 and perfect["f1"] == 1.0
+    assert perfect["anomalies_passed_at_95_normal"] == 0.0
+    assert reversed_["roc_auc"] == 0.0 and reversed_["normal_flagged_at_95_recall"] == 1.0
+    assert reversed_["anomalies_passed_at_95_normal"] == 1.0
 
 
 def test_fpr_at_95_tpr_against_a_hand_computed_case():
@@ -78,6 +80,9 @@ def test_fpr_at_95_tpr_against_a_hand_computed_case():
     # 3 of 4 anomalies (TPR 0.75) are caught above 0.5, with the normal 0.9: still 1 of 4.
     assert fpr_at_tpr(labels, scores, 0.75) == 0.25
     assert fpr_at_tpr(labels, scores, 0.25) == 0.25  # 0.9 ranks above every anomaly
+    # The OOD convention (normal images positive): letting 95% of the normal images pass (all
+    # 4: the cut sits above 0.9) passes every anomaly.
+    assert fpr_at_tpr(1 - labels, -scores, 0.95) == 1.0
 
 
 def test_f1_at_a_threshold():
@@ -431,6 +436,30 @@ def test_the_reference_travels_in_the_model_file_and_scores_agree(
     np.testing.assert_allclose(score_images(scorer, floats), ours, rtol=1e-5)
 
 
+def test_the_contrast_distance_is_the_fifth_neighbour_in_scaled_contrast_statistics(
+    digit_one_with_reference,
+):
+    """contrast_knn written out in numpy: log pixel spread and log mean neighbour difference,
+    each divided by its spread over the training images; flat frames are far from every one."""
+    model, test, reference, _ = digit_one_with_reference
+    images = np.concatenate([test.images[:6], np.full((3, 1, 28, 28), 90, np.uint8)])
+    scorer = Scorer(model, reference, ScoreSpec("contrast_knn"))
+
+    def statistics(a):
+        x = a.astype(np.float64) / 255
+        across = np.abs(np.diff(x, axis=-1)).mean((1, 2, 3))
+        down = np.abs(np.diff(x, axis=-2)).mean((1, 2, 3))
+        spread = x.reshape(len(x), -1).std(1)
+        return np.stack([np.log(spread + 1 / 255), np.log((across + down) / 2 + 1 / 255)], 1)
+
+    bank = statistics(reference.images)
+    scale = bank.std(0) + 1e-6
+    distances = np.sqrt((((statistics(images) / scale)[:, None] - bank / scale) ** 2).sum(-1))
+    expected = np.sort(distances, 1)[:, 4]
+    np.testing.assert_allclose(score_images(scorer, images), expected, rtol=1e-6)
+    assert expected[6:].min() > 3 * expected[:6].max()  # the flat frames
+
+
 def test_model_files_written_before_the_split_still_load_their_reference(
     digit_one_with_reference, tmp_path
 ):
@@ -450,6 +479,14 @@ def test_model_files_written_before_the_split_still_load_their_reference(
     _, loaded = load_fitted_model(tmp_path / "old.pt")
     np.testing.assert_array_equal(loaded.images, reference.images)
     assert loaded.scale == reference.scale
+    # A reference fitted before contrast_knn existed fuses the three other parts, as then.
+    three = {name: value for name, value in reference.scale.items() if name != "contrast_knn"}
+    older = Reference(reference.images, {k: reference.center[k] for k in three}, three)
+    scorer = Scorer(model, older, ScoreSpec("fused", 4, 0))
+    assert scorer.fused_parts == ("excess_nll", "hidden_knn", "cosine_knn")
+    parts = every_score(scorer, reference.images[:5], (*scorer.fused_parts, "fused"))
+    expected = np.mean([(parts[n] - older.center[n]) / three[n] for n in three], axis=0)
+    np.testing.assert_allclose(parts["fused"], expected)
 
 
 def test_scores_that_need_a_reference_are_one_line_without_one(trained):

@@ -17,6 +17,8 @@ def test_the_sets_are_shaped_like_the_images_and_made_as_named(mnist_slice):
     assert set(sets) == {
         "blank",
         "saturated",
+        "flat",
+        "nearly_flat",
         "uniform_noise",
         "inverted",
         "flipped_left_right",
@@ -30,6 +32,13 @@ def test_the_sets_are_shaped_like_the_images_and_made_as_named(mnist_slice):
     np.testing.assert_array_equal(sets["flipped_upside_down"][:, :, 0], images[:50, :, -1])
     again = out_of_domain_sets(images, n=50, seed=3)["uniform_noise"]
     np.testing.assert_array_equal(again, sets["uniform_noise"])
+    # Flat frames: one level per frame, several levels across the set; nearly flat ones stay
+    # within a few tens of grey levels of flat.
+    flat = sets["flat"].reshape(50, -1)
+    assert (flat.min(1) == flat.max(1)).all() and len(np.unique(flat[:, 0])) > 10
+    near = sets["nearly_flat"].reshape(50, -1).astype(int)
+    spread = near.max(1) - near.min(1)
+    assert (spread > 0).any() and (spread <= 45).all()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +53,7 @@ def test_frames_noise_and_inverted_digits_are_flagged_by_the_fused_score(
     scorer = Scorer(trained, reference, ScoreSpec("fused", samples=4, noise_seed=0))
     aurocs = out_of_domain_auroc(scorer, mnist_slice.test.images)
     assert all(0 <= value <= 1 for value in aurocs.values())
-    for name in ("blank", "saturated", "uniform_noise", "inverted"):
+    for name in ("blank", "saturated", "flat", "nearly_flat", "uniform_noise", "inverted"):
         assert aurocs[name] > 0.9, (name, aurocs)
 
 

@@ -6,6 +6,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from convvae.data.splits import selection_and_calibration
 from convvae.errors import TrackingError
 from convvae.metrics.stats import paired_bootstrap
 from convvae.model.files import save_model
@@ -21,7 +22,9 @@ def test_bootstrap_finds_a_real_improvement_and_ignores_noise():
     better = champion - 1 + rng.normal(0, 0.5, 500)
     same = champion + rng.normal(0, 0.5, 500)
     clear = paired_bootstrap(champion, better)
-    assert clear.significant and clear.ci_low < 1 < clear.ci_high and clear.p_value < 0.01
+    assert (
+        clear.significant and clear.ci_low < 1 < clear.ci_high and clear.no_improvement_share < 0.01
+    )
     noise = paired_bootstrap(champion, same)
     assert not noise.significant and noise.ci_low < 0 < noise.ci_high
     assert paired_bootstrap(champion, better) == clear  # seeded: reproducible
@@ -37,8 +40,8 @@ def register(local_tracker, model, tmp_path, example) -> str:
 
 
 def test_promotion_gate(local_tracker, tmp_path, trained, mnist_slice):
-    images = mnist_slice.val.images  # normal images, never the test split
-    example = images[:2].astype(np.float32) / 255
+    images = selection_and_calibration(mnist_slice.val.images)  # never the test split
+    example = mnist_slice.val.images[:2].astype(np.float32) / 255
     register(local_tracker, tiny_model(seed=5), tmp_path, example)  # v1: untrained
 
     first = promote(local_tracker, NAME, images, "neg_elbo", dry_run=False)
@@ -57,7 +60,7 @@ def test_promotion_gate(local_tracker, tmp_path, trained, mnist_slice):
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     tags = client.get_model_version(NAME, "2").tags
     assert json.loads(tags["promotion.audit"])["from"] == "1"
-    assert float(tags["gate.neg_elbo.p_value"]) < 0.01
+    assert float(tags["gate.neg_elbo.no_improvement_share"]) < 0.01
     assert "gate.compared" in client.get_model_version(NAME, "1").tags
 
     register(local_tracker, trained, tmp_path, example)  # v3: the same weights again
@@ -70,8 +73,9 @@ def test_promotion_gate(local_tracker, tmp_path, trained, mnist_slice):
 
 
 def test_unknown_model_lists_what_exists(local_tracker, tmp_path, mnist_slice):
-    images = mnist_slice.val.images
-    register(local_tracker, tiny_model(), tmp_path, images[:2].astype(np.float32) / 255)
+    images = selection_and_calibration(mnist_slice.val.images)
+    example = mnist_slice.val.images[:2].astype(np.float32) / 255
+    register(local_tracker, tiny_model(), tmp_path, example)
     with pytest.raises(TrackingError, match=f"registered models: {NAME}"):
         promote(local_tracker, "convvae-nope", images, "neg_elbo", dry_run=True)
 
@@ -100,17 +104,16 @@ def register_scorer(local_tracker, model, tmp_path, example, calibration, thresh
 def test_the_anomaly_gate_refuses_a_threshold_that_flags_normal_images(
     local_tracker, tmp_path, trained, mnist_slice
 ):
-    from convvae.data.splits import selection_and_calibration
-
     selection, calibration = selection_and_calibration(mnist_slice.val.images)
     halves = {"train": mnist_slice.train.images, "selection": selection,
               "calibration": calibration}  # fmt: skip
     example = selection[:2].astype(np.float32) / 255
     register_scorer(local_tracker, tiny_model(seed=5), tmp_path, example, halves)  # v1
-    assert promote(local_tracker, NAME, selection, "neg_elbo", False).promoted
+    validation = (selection, calibration)
+    assert promote(local_tracker, NAME, validation, "neg_elbo", False).promoted
     # v2: much better likelihood, but a threshold below every score: flags every normal image.
     register_scorer(local_tracker, trained, tmp_path, example, halves, threshold=-1e9)
-    decision = promote(local_tracker, NAME, selection, "neg_elbo", False)
+    decision = promote(local_tracker, NAME, validation, "neg_elbo", False)
     assert decision.comparison.significant and not decision.promoted
     assert "flags 100.0% of normal selection images" in decision.reason
     challenger = next(c for c in decision.checks if c.version == "2")
@@ -118,10 +121,10 @@ def test_the_anomaly_gate_refuses_a_threshold_that_flags_normal_images(
     assert 0.5 <= challenger.out_of_domain_roc_auc <= 1
     tags = mlflow.MlflowClient().get_model_version(NAME, "2").tags
     assert tags["gate.anomaly.v2.realised_fpr"] == "1.0"
-    assert tags["gate.split"] == "validation selection half"
+    assert tags["gate.split"].startswith("likelihood: validation calibration half")
     # v3: the same trained model with its honest conformal threshold passes both gates.
     register_scorer(local_tracker, trained, tmp_path, example, halves)
-    third = promote(local_tracker, NAME, selection, "neg_elbo", False)
+    third = promote(local_tracker, NAME, validation, "neg_elbo", False)
     assert third.promoted, third.reason
     mine = next(c for c in third.checks if c.version == "3")
     assert mine.fpr_ok and mine.realised_fpr <= mine.fpr_limit

@@ -69,7 +69,8 @@ def with_peers(per_class: dict[int, dict]) -> dict[int, dict]:
                 "roc_auc_ci_low": auc - 0.021,
                 "roc_auc_ci_high": auc + 0.017,
                 "average_precision": 0.9 + 0.01 * i - 0.002 * c,
-                "fpr_at_95_tpr": 0.6 - 0.1 * i + 0.01 * c,
+                "normal_flagged_at_95_recall": 0.6 - 0.1 * i + 0.01 * c,
+                "anomalies_passed_at_95_normal": 0.5 - 0.1 * i + 0.01 * c,
                 "f1": 0.4 + 0.05 * i + 0.003 * c,
                 "fit_seconds": fit,
                 "score_seconds": score_time,
@@ -252,7 +253,8 @@ def test_render_per_class_table_uses_the_primary_means(per_class_peers):
     }
     assert (
         f"| mean | {means['roc_auc']:.3f} | {means['average_precision']:.3f} | "
-        f"{means['average_precision_in']:.3f} | {means['fpr_at_95_tpr']:.3f} | | "
+        f"{means['average_precision_in']:.3f} | {means['normal_flagged_at_95_recall']:.3f} | "
+        f"{means['anomalies_passed_at_95_normal']:.3f} | | "
         f"{means['realised_fpr']:.3f} | {means['f1']:.3f} | |"
     ) in markdown
     assert f"![ROC curves per normal class, score {PRIMARY}](anomaly_roc.png)" in markdown
@@ -313,9 +315,8 @@ def test_save_roc_figure_writes_a_png_atomically(per_class, tmp_path):
         c: [{"fpr": 0.0, "tpr": 0.0}, {"fpr": 0.1, "tpr": 0.8}, {"fpr": 1.0, "tpr": 1.0}]
         for c in per_class
     }
-    aucs = {c: metrics["scores"][PRIMARY]["roc_auc"] for c, metrics in per_class.items()}
     path = tmp_path / "figures" / "roc.png"
-    save_roc_figure(curves, aucs, PRIMARY, path)
+    save_roc_figure(curves, PRIMARY, path)
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert [p.name for p in path.parent.iterdir()] == ["roc.png"]
 

@@ -7,13 +7,12 @@ type or out of range is a ``ConfigError`` that names the key (``train.lr``) and 
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from convvae.errors import ConfigError
-from convvae.yamlconfig import build, read_yaml
+from convvae.yamlconfig import build, read_yaml, size_pair
 
 # The vocabularies of params.yaml, each listed once: the modules that implement them take their
 # names from here (typing.get_args).
@@ -85,22 +84,6 @@ class DataConfig:
     def size_pair(self, key: str) -> tuple[int, int] | None:
         """data.image_size or data.crop as (height, width), or None."""
         return size_pair(getattr(self, key), f"data.{key}")
-
-
-def size_pair(value: Any, key: str, smallest: int = 1) -> tuple[int, int] | None:
-    """An image size as written in params.yaml or a model file's preprocessing record (None,
-    an int for a square, [side] or [height, width]) as (height, width); else a ConfigError.
-    Each side must be at least ``smallest`` pixels."""
-    if value is None:
-        return None
-    pair = tuple(value) if isinstance(value, list | tuple) else (value, value)
-    pair = pair * 2 if len(pair) == 1 else pair
-    valid = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)
-    if len(pair) != 2 or not valid or min(pair) < smallest:
-        raise ConfigError(
-            f"{key} is {value!r}; use null, an integer >= {smallest}, [side] or [height, width]"
-        )
-    return int(pair[0]), int(pair[1])
 
 
 @dataclass(frozen=True)
@@ -228,6 +211,7 @@ class TrackingConfig:
         _check(1 <= self.timeout_s <= 30, "tracking.timeout_s", "must be between 1 and 30")
 
 
+Calibration = Literal["auto", "split", "cross_fit"]
 AnomalyScore = Literal[
     "recon_mse",
     "recon_nll_at_mean",
@@ -236,6 +220,7 @@ AnomalyScore = Literal[
     "excess_nll",
     "hidden_knn",
     "cosine_knn",
+    "contrast_knn",
     "fused",
     "patch_knn",
 ]
@@ -266,11 +251,18 @@ class AnomalyConfig:
     # The false-positive rate the threshold targets: the conformal quantile of the scores of
     # normal calibration images (held out from training and from early stopping).
     target_fpr: float = 0.05
+    # Which normal images calibrate (convvae.anomaly.calibration): split (the half of the
+    # validation images early stopping never sees), cross_fit (every normal image, each scored
+    # by a model trained without it, in `folds` parts), auto (split where that half can reach
+    # target_fpr, else cross_fit).
+    calibration: Calibration = "auto"
+    folds: int = 10
 
     def __post_init__(self) -> None:
         _check(1 <= self.samples <= 4096, "anomaly.samples", "must be between 1 and 4096")
         _check_seed(self.noise_seed, "anomaly.noise_seed")
         _check(0 < self.target_fpr <= 0.5, "anomaly.target_fpr", "must be in (0, 0.5]")
+        _check(2 <= self.folds <= 20, "anomaly.folds", "must be between 2 and 20")
 
 
 # The per-image likelihood losses `convvae promote` compares versions on (lower is better).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -127,3 +128,19 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+def size_pair(value: Any, key: str, smallest: int = 1) -> tuple[int, int] | None:
+    """An image size as written in params.yaml or a model file's preprocessing record (None,
+    an int for a square, [side] or [height, width]) as (height, width); else a ConfigError.
+    Each side must be at least ``smallest`` pixels."""
+    if value is None:
+        return None
+    pair = tuple(value) if isinstance(value, list | tuple) else (value, value)
+    pair = pair * 2 if len(pair) == 1 else pair
+    valid = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)
+    if len(pair) != 2 or not valid or min(pair) < smallest:
+        raise ConfigError(
+            f"{key} is {value!r}; use null, an integer >= {smallest}, [side] or [height, width]"
+        )
+    return int(pair[0]), int(pair[1])

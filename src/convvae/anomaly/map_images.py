@@ -67,9 +67,10 @@ def save_map_figure(
 
 
 def map_scale(scorer: Scorer) -> float:
-    """The map value drawn fully hot in overlays: the 99.9th percentile of the maps of (up to
-    256 of) the model's normal reference images, so colour means "hotter than almost every
-    normal pixel", the same for every image."""
+    """The overlays' colour scale for a threshold record written before 0.2 (which holds none;
+    newer records hold the 99.9th percentile of held-out normal images' maps): the 99.9th
+    percentile of the maps of (up to 256 of) the model's reference images, biased low by their
+    self-matches."""
     if scorer.reference is None:
         return 1.0
     return float(np.quantile(anomaly_maps(scorer, scorer.reference.images[:256]), 0.999))

@@ -28,7 +28,8 @@ def write_scores(
     each batch's size (a progress bar). Returns the number of images flagged."""
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    high = map_scale(detector.scorer) if maps is not None else 1.0
+    # Records written before 0.2 hold no scale: then the reference images' own maps set it.
+    high = detector.record.context.get("map_scale") or map_scale(detector.scorer)
     flagged = 0
     for batch in batches:  # bounded memory: one batch of images at a time
         if maps is None:

@@ -69,6 +69,9 @@ class Scorer(nn.Module):
         self.register_buffer("log_q_eps", -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(1))
         self.center = dict(reference.center) if reference is not None else {}
         self.scale = dict(reference.scale) if reference is not None else {}
+        # The parts the reference standardised: a reference fitted before contrast_knn existed
+        # fuses the other three, as it did then.
+        self.fused_parts = tuple(part for part in FUSED_COMPONENTS if part in self.scale)
         height, width = model.arch.image_size
         sigma = map_sigma(model.arch.image_size)
         self.register_buffer("blur_rows", blur_matrix(height, sigma))
@@ -101,11 +104,14 @@ class Scorer(nn.Module):
         found: dict[str, torch.Tensor] = {}
         if wanted & {*LIKELIHOOD_SCORES, *ELBO_TERMS, "fused"}:
             found.update(self.likelihood_terms(x))
-        if wanted & {*DISTANCE_SCORES, "fused"}:
-            found.update(self.distance_scores(x))
+        distances = wanted & set(DISTANCE_SCORES)
         if "fused" in wanted:
-            standardised = [(found[c] - self.center[c]) / self.scale[c] for c in FUSED_COMPONENTS]
-            found["fused"] = torch.stack(standardised).mean(0)
+            distances |= set(self.fused_parts) & set(DISTANCE_SCORES)
+        if distances:
+            found.update(self.distance_scores(x, tuple(sorted(distances))))
+        if "fused" in wanted:
+            parts = [(found[c] - self.center[c]) / self.scale[c] for c in self.fused_parts]
+            found["fused"] = torch.stack(parts).mean(0)
         if "patch_knn" in wanted:
             maps = default_map if default_map is not None else self.anomaly_map(x, "feature_knn")
             found["patch_knn"] = maps.flatten(1).amax(1).double()
@@ -140,12 +146,19 @@ class Scorer(nn.Module):
             "excess_nll": iwae_nll - floor,
         }
 
-    def distance_scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``hidden_knn`` and ``cosine_knn`` against the reference images, float64 (N,)."""
-        return {
-            "hidden_knn": knn_distance(self.model.encoder(x), self.bank("hidden_bank")),
-            "cosine_knn": knn_distance(unit_vectors(x), self.bank("unit_bank")),
-        }
+    def distance_scores(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The distance scores ``names`` (of DISTANCE_SCORES) to the reference images, float64
+        (N,) each: the 5th nearest reference image in each score's space."""
+        found = {}
+        if "hidden_knn" in names:
+            found["hidden_knn"] = knn_distance(self.model.encoder(x), self.bank("hidden_bank"))
+        if "cosine_knn" in names:
+            found["cosine_knn"] = knn_distance(unit_vectors(x), self.bank("unit_bank"))
+        if "contrast_knn" in names:
+            bank = self.bank("contrast_bank")  # each statistic in units of its spread
+            spread = bank.std(0, unbiased=False) + 1e-6
+            found["contrast_knn"] = knn_distance(image_contrast(x) / spread, bank / spread)
+        return found
 
     def anomaly_map(self, x: torch.Tensor, kind: str | None = None) -> torch.Tensor:
         """The map ``kind`` (default: ``feature_knn`` with a reference, else ``deviance``) of
@@ -170,13 +183,14 @@ class Scorer(nn.Module):
         return (nll - pixel_floor(self.model.arch.likelihood, x)).sum(1).clamp_min(0)
 
     def bank(self, name: str) -> torch.Tensor:
-        """A reference bank (``hidden_bank``, ``unit_bank`` or ``patch_bank``), float32, one
-        row per reference image (patch): built from the reference images when first needed,
-        then kept as a buffer (what an export stores as a constant)."""
+        """A reference bank (``hidden_bank``, ``unit_bank``, ``contrast_bank`` or
+        ``patch_bank``), one row per reference image (patch): built from the reference images
+        when first needed, then kept as a buffer (what an export stores as a constant)."""
         if name not in self._buffers:
             builders = {
                 "hidden_bank": _hidden_bank,
                 "unit_bank": _unit_bank,
+                "contrast_bank": _contrast_bank,
                 "patch_bank": _patch_bank,
             }
             require_reference(self.reference, f"the {name.removesuffix('_bank')} distances")
@@ -201,7 +215,7 @@ def _check_spec(spec: ScoreSpec, reference: Reference | None) -> None:
         raise ConfigError(f"the score's samples must be >= 1, got {spec.samples}")
     if spec.name not in LIKELIHOOD_SCORES:
         require_reference(reference, f"the {spec.name} score")
-    if spec.name == "fused" and not set(FUSED_COMPONENTS) <= set(reference.scale):
+    if spec.name == "fused" and not set(FUSED_COMPONENTS[:3]) <= set(reference.scale):
         raise CheckpointError(
             "this model file's reference has no fused statistics; re-run the stage that wrote "
             "it (dvc repro -f train / benchmark)"
@@ -265,6 +279,25 @@ def _patch_bank(model: ConvVAE, images: np.ndarray) -> torch.Tensor:
 def quantise(pixels: torch.Tensor) -> torch.Tensor:
     """Float pixels rounded to the nearest of the 256 grey levels, float32 in [0, 1]."""
     return torch.round(pixels.float().clamp(0, 1) * 255) / 255
+
+
+def _contrast_bank(model: ConvVAE, images: np.ndarray) -> torch.Tensor:
+    """Every reference image's contrast statistics: (N, 2) float64."""
+    return torch.cat([image_contrast(x) for x in _passes(images)]).contiguous()
+
+
+def image_contrast(x: torch.Tensor) -> torch.Tensor:
+    """Two statistics per image, float64 (N, 2): the log of the pixels' standard deviation and
+    of the mean absolute difference between neighbouring pixels (across rows and columns,
+    averaged), each plus one grey level so that a flat frame stays finite."""
+    x = x.double()
+    std = x.flatten(1).std(1, unbiased=False)
+    across = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+    down = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+    grey_level = 1 / 255
+    return torch.stack(
+        [torch.log(std + grey_level), torch.log((across + down) / 2 + grey_level)], 1
+    )
 
 
 def unit_vectors(x: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,15 @@ Higher always means more anomalous. ``convvae.anomaly.scorer`` computes every on
   training image.
 - ``cosine_knn``: distance between unit-length pixel vectors to the 5th nearest training image
   (a blank or saturated frame is far from every normal image's direction). Needs no VAE.
-- ``fused``: the mean of ``excess_nll``, ``hidden_knn`` and ``cosine_knn``, each standardised by
-  its mean and standard deviation on held-out normal images (the reference's statistics).
+- ``contrast_knn``: distance, in the plane of two image statistics (the log of the pixels'
+  standard deviation and of the mean difference between neighbouring pixels, each scaled by
+  its spread over the training images), to the 5th nearest training image: flat and nearly
+  flat frames at any brightness (a covered or failed camera) sit far below every normal
+  image's contrast. Needs no VAE (docs/benchmark/degenerate-selection: why it is fused).
+- ``fused``: the mean of ``excess_nll``, ``hidden_knn``, ``cosine_knn`` and ``contrast_knn``,
+  each standardised by its mean and standard deviation on held-out normal images (the
+  reference's statistics; a reference fitted before ``contrast_knn`` existed fuses the three
+  others).
 - ``patch_knn``: the largest value of the smoothed ``feature_knn`` map (an image is as unusual
   as its most unusual patch, as PatchCore scores it).
 
@@ -46,8 +53,8 @@ SCORES: tuple[str, ...] = tuple(name for name in ALL_SCORES if name not in MAP_S
 LIKELIHOOD_SCORES = ("recon_mse", "recon_nll_at_mean", "neg_elbo", "iwae_nll", "excess_nll")
 # The ELBO's two terms (k-sample estimates), computed with the likelihood scores.
 ELBO_TERMS = ("recon_nll", "kl")
-DISTANCE_SCORES = ("hidden_knn", "cosine_knn")
-FUSED_COMPONENTS = ("excess_nll", "hidden_knn", "cosine_knn")
+DISTANCE_SCORES = ("hidden_knn", "cosine_knn", "contrast_knn")
+FUSED_COMPONENTS = ("excess_nll", "hidden_knn", "cosine_knn", "contrast_knn")
 MAP_KINDS = ("deviance", "feature_knn")
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ALL_SCORES, ScoreSpec, current_name
-from convvae.anomaly.scoring import score_images
+from convvae.anomaly.scoring import score_and_map
 from convvae.config import AnomalyConfig
 from convvae.errors import DataError
 
@@ -47,6 +47,26 @@ def conformal_threshold(calibration_scores: np.ndarray, target_fpr: float) -> fl
 def achievable_fpr(n_calibration: int) -> float:
     """The smallest false-positive rate n calibration images can guarantee: 1 / (n + 1)."""
     return 1 / (n_calibration + 1)
+
+
+def fpr_spread(n_calibration: int, target_fpr: float, level: float = 0.9) -> tuple[float, float]:
+    """Where one deployed threshold's false-positive rate falls, ``level`` of the time: cut at
+    the r-th smallest of n exchangeable calibration scores, the share of new normal images above
+    it follows Beta(n + 1 - r, r) over calibration sets (its mean is the marginal guarantee).
+    Returns the central interval (low, high)."""
+    from scipy.stats import beta
+
+    rank = min(math.ceil((n_calibration + 1) * (1 - target_fpr)), n_calibration)
+    spread = beta(n_calibration + 1 - rank, rank)
+    return float(spread.ppf((1 - level) / 2)), float(spread.ppf((1 + level) / 2))
+
+
+# What the threshold promises, in the record and the model card.
+GUARANTEE = (
+    "marginal: over calibration sets, a new normal image is flagged with probability at most "
+    "target_fpr (when it is exchangeable with the calibration images); one deployed threshold's "
+    "rate varies around that (expected_fpr_90)"
+)
 
 
 def p_values(scores: np.ndarray, calibration_scores: np.ndarray) -> np.ndarray:
@@ -78,15 +98,25 @@ class ThresholdRecord:
             "is_anomaly": scores > self.threshold,
         }
 
+    @property
+    def calibration(self) -> str:
+        """How the calibration scores were found: split or cross_fit (older records: split)."""
+        return str(self.context.get("calibration", "split"))
+
     def as_json(self) -> dict:
         """The record as threshold.json holds it. ``iwae_samples`` repeats ``samples`` for one
         release, so that older readers load newer records."""
+        n = len(self.calibration_scores)
         return {
             **self.context,
             "score": self.spec.name,
             "threshold": self.threshold,
             "target_fpr": self.target_fpr,
-            "achievable_fpr": achievable_fpr(len(self.calibration_scores)),
+            "calibration": self.calibration,
+            "calibration_images": n,
+            "achievable_fpr": achievable_fpr(n),
+            "expected_fpr_90": list(fpr_spread(n, self.target_fpr)),
+            "guarantee": GUARANTEE,
             "samples": self.spec.samples,
             "iwae_samples": self.spec.samples,
             "noise_seed": self.spec.noise_seed,
@@ -112,9 +142,19 @@ def make_record(
 def calibrate(
     scorer: Scorer, calibration_images: np.ndarray, target_fpr: float, **context: object
 ) -> ThresholdRecord:
-    """The record of ``scorer``'s score on ``calibration_images`` (uint8 (N, C, H, W) normal
-    images held out from training and from early stopping)."""
-    return make_record(scorer.spec, score_images(scorer, calibration_images), target_fpr, **context)
+    """The split-conformal record of ``scorer``'s score on ``calibration_images`` (uint8
+    (N, C, H, W) normal images held out from training and from early stopping), with the map
+    value overlays draw fully hot: the 99.9th percentile of those images' maps."""
+    scores, maps = score_and_map(scorer, calibration_images, (scorer.spec.name,))
+    context.setdefault("map_scale", map_scale_of(maps))
+    return make_record(scorer.spec, scores[scorer.spec.name], target_fpr, **context)
+
+
+def map_scale_of(maps: np.ndarray) -> float:
+    """The value of held-out normal images' maps drawn fully hot: their 99.9th percentile, so
+    colour means "hotter than almost every normal pixel" (never images of the reference bank,
+    whose self-matches are 0)."""
+    return float(np.quantile(maps, 0.999)) if maps.size else 1.0
 
 
 def read_record(path: str | Path) -> ThresholdRecord:
@@ -140,8 +180,9 @@ def parse_record(text: str, where: str) -> ThresholdRecord:
         normal_class = raw.pop("normal_class", None)
         samples = raw.pop("samples", None)
         samples = raw.pop("iwae_samples") if samples is None else samples
-        raw.pop("iwae_samples", None)
-        raw.pop("achievable_fpr", None)
+        for derived in ("iwae_samples", "achievable_fpr", "calibration_images",
+                        "expected_fpr_90", "guarantee"):  # fmt: skip
+            raw.pop(derived, None)
         record = ThresholdRecord(
             spec=ScoreSpec(
                 current_name(str(raw.pop("score"))), int(samples), int(raw.pop("noise_seed"))

@@ -14,12 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from convvae.anomaly.calibration import cross_fitted, plan_calibration
 from convvae.anomaly.fit import train_and_fit
 from convvae.anomaly.reference import Reference, save_fitted_model
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import MAP_SCORES, SCORES, ScoreSpec
-from convvae.anomaly.scoring import every_score
-from convvae.anomaly.thresholds import ThresholdRecord, conformal_threshold, make_record
+from convvae.anomaly.scoring import every_score, score_and_map
+from convvae.anomaly.thresholds import (
+    ThresholdRecord,
+    conformal_threshold,
+    make_record,
+    map_scale_of,
+)
 from convvae.benchmark.peers import run_peer
 from convvae.config import Params
 from convvae.data.sources import LabelledImages
@@ -90,6 +96,9 @@ class _SeedRun:
     train_seconds: float
     score_seconds: float
     images_scored: int  # test and calibration images
+    calibration: str  # split | cross_fit
+    calibration_images: int
+    map_scale: float  # the 99.9th percentile of held-out normal images' maps
 
 
 def _no_epoch_lines(line: str) -> None:
@@ -117,9 +126,19 @@ def _train_and_score(
     spec = ScoreSpec.from_config(params.anomaly)
     scorer = Scorer(fitted.training.model, fitted.reference, spec)
     names = _benchmark_scores(spec)
-    _, calibration = selection_and_calibration(val_normal)
     on_test = every_score(scorer, test_images, names, progress=True)
-    on_calibration = every_score(scorer, calibration, names)
+    plan = plan_calibration(params.anomaly, len(val_normal), len(train_normal) + len(val_normal))
+    if plan.method == "split":
+        _, calibration = selection_and_calibration(val_normal)
+        on_calibration, maps = score_and_map(scorer, calibration, names)
+        map_scale = map_scale_of(maps)
+    else:  # every normal image, each scored by a fold model trained without it
+        normal = np.concatenate([train_normal, val_normal])
+        recipe = (params.model, train_cfg, params.anomaly)
+        fraction = params.data.val_fraction
+        on_calibration, map_scale = cross_fitted(
+            recipe, normal, spec, names, fraction, _no_epoch_lines
+        )
     return _SeedRun(
         fitted.training.model,
         fitted.reference,
@@ -128,7 +147,10 @@ def _train_and_score(
         on_calibration,
         trained - started,
         time.perf_counter() - trained,
-        len(test_images) + len(calibration),
+        len(test_images) + plan.images,
+        plan.method,
+        plan.images,
+        map_scale,
     )
 
 
@@ -210,6 +232,7 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         "test_anomalous": int(labels.sum()),
         **_run_metrics(runs, measured),
         "peers": measured.peer_metrics(peers),
+        "calibration": {"method": runs[0].calibration, "images": runs[0].calibration_images},
         "default_score": spec.name,  # what the differences are measured from
         "differences": measured.differences(spec.name),
     }
@@ -221,6 +244,8 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         class_name=class_name,
         data_source=params.data.source,
         thresholds={name: values[0] for name, values in thresholds.items()},
+        calibration=runs[0].calibration,
+        map_scale=runs[0].map_scale,
     )
     roc = roc_points(labels, runs[0].test_scores[spec.name])
     model, reference = runs[0].model, runs[0].reference

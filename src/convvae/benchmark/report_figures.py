@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from convvae.benchmark.report import METHOD_TITLES, SCORE_TITLES
 from convvae.runtime.files import atomic_path
 
 
-def save_roc_figure(
-    curves: dict[int, list[dict]], aucs: dict[int, float], score: str, path: Path
-) -> None:
-    """One ROC curve per normal class as a PNG at ``path``, written atomically.
+def save_roc_figure(curves: dict[int, list[dict]], score: str, path: Path) -> None:
+    """One ROC curve per normal class (seed 0's) as a PNG at ``path``, written atomically.
 
     ``curves`` maps each normal class to its curve's points, rows {"fpr", "tpr"} (rates in
-    [0, 1]); ``aucs`` maps it to its ROC-AUC in [0, 1], shown in the legend; ``score`` names the
-    score the curves are of.
+    [0, 1]); the legend shows the area under the curve drawn (seed 0's, not the seed mean the
+    tables report); ``score`` names the score the curves are of.
     """
     import matplotlib  # here, not at the top: only the report stage draws
 
@@ -25,16 +25,13 @@ def save_roc_figure(
 
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
     for normal_class, rows in curves.items():
-        ax.plot(
-            [row["fpr"] for row in rows],
-            [row["tpr"] for row in rows],
-            label=f"{normal_class}: {aucs[normal_class]:.3f}",
-        )
+        fpr, tpr = [row["fpr"] for row in rows], [row["tpr"] for row in rows]
+        ax.plot(fpr, tpr, label=f"{normal_class}: {np.trapezoid(tpr, fpr):.3f}")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("false positive rate (normal flagged)")
     ax.set_ylabel("true positive rate (anomalies flagged)")
-    ax.set_title(f"One-class ROC per normal class, score {score}")
-    ax.legend(title="normal class: ROC-AUC", fontsize=7, loc="lower right")
+    ax.set_title(f"One-class ROC per normal class (seed 0), score {score}")
+    ax.legend(title="normal class: area of this curve", fontsize=7, loc="lower right")
     _save_figure(fig, path)
 
 

@@ -23,11 +23,11 @@ def _promote(args: argparse.Namespace) -> None:
     from convvae.tracking.tracker import Tracker
 
     params = load_params(args.params)
-    # The validation images that chose epochs: never the test split, never calibration images.
-    selection, _ = selection_and_calibration(load_splits(args.data).val.images)
+    # The validation images, never the test split (each check on the half that did not shape it).
+    halves = selection_and_calibration(load_splits(args.data).val.images)
     tracker = Tracker(params.tracking)
     # One sample count everywhere: the anomaly section's, which the served score uses too.
-    decision = promote(tracker, args.model, selection, args.metric, args.dry_run, params.anomaly)
+    decision = promote(tracker, args.model, halves, args.metric, args.dry_run, params.anomaly)
     print(
         f"model {decision.model} ({tracker.shown_uri}), metric {decision.metric} (lower is better)"
     )
@@ -37,7 +37,7 @@ def _promote(args: argparse.Namespace) -> None:
         print(f"{'champion  v' + decision.champion:<22}{comparison.champion_mean:>12.3f}")
         print(f"{'challenger v' + decision.challenger:<22}{comparison.challenger_mean:>12.3f}")
         n_images, n_resamples = comparison.n_images, comparison.n_resamples
-        print(f"paired bootstrap over {n_images} selection images, {n_resamples} resamples")
+        print(f"paired bootstrap over {n_images} calibration images, {n_resamples} resamples")
     for check in decision.checks:
         print(
             f"v{check.version} {check.score}: flags {check.realised_fpr:.1%} of normal selection "
@@ -126,7 +126,7 @@ def add_promote(commands, common, registry) -> None:
     promote.add_argument(
         "--data",
         default="data/prepared/splits.npz",
-        help="prepared splits: versions are compared on the selection half of validation",
+        help="prepared splits: versions are compared on the halves of its validation images",
     )
     promote.set_defaults(action=_promote)
 

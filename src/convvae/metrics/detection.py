@@ -16,9 +16,12 @@ from convvae.metrics.stats import percentile_interval, roc_auc_replicates
 
 
 def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
-    """False positive rate at the lowest threshold that flags at least ``tpr`` of the anomalies.
+    """False-positive rate at the lowest threshold that flags at least ``tpr`` of the positives.
 
-    labels: (N,) 1 anomalous, 0 normal; scores: (N,) higher = more anomalous.
+    labels: (N,) 1 positive, 0 negative; scores: (N,) higher = more positive. With anomalies
+    positive this is the share of normal images flagged when ``tpr`` of the anomalies are
+    caught; the OOD literature's FPR95 takes the normal images as positive (``labels`` 1 - y,
+    ``scores`` -s): the share of anomalies passed when 95% of normal images pass.
     """
     fprs, tprs, _ = roc_curve(labels, scores)
     return float(fprs[np.searchsorted(tprs, tpr, side="left")])
@@ -81,7 +84,9 @@ def detection_metrics(
 ) -> dict[str, float | None]:
     """ROC-AUC with a bootstrap 95% interval over test images and an interval over seeds,
     average precision with anomalies positive (AUPR-out) and with normal images positive
-    (AUPR-in) beside their chance levels, FPR at 95% TPR, and precision, recall, F1 and the
+    (AUPR-in) beside their chance levels, the share of normal images flagged when 95% of the
+    anomalies are (anomalies positive) and the share of anomalies passed when 95% of the normal
+    images pass (the OOD literature's FPR95), and precision, recall, F1 and the
     realised false-positive rate at ``threshold``, beside the F1 of flagging everything.
 
     labels: (N,) 1 anomalous, 0 normal. scores: (N,) or (N, S) for S seeds; with several
@@ -110,7 +115,9 @@ def detection_metrics(
         **seed_interval(aucs),
         "average_precision": mean_over_seeds(average_precision_score)(labels, columns),
         "average_precision_in": mean_over_seeds(average_precision_score)(1 - labels, -columns),
-        "fpr_at_95_tpr": mean_over_seeds(fpr_at_tpr)(labels, columns),
+        # Both conventions, named so neither is misread (fpr_at_tpr's docstring).
+        "normal_flagged_at_95_recall": mean_over_seeds(fpr_at_tpr)(labels, columns),
+        "anomalies_passed_at_95_normal": mean_over_seeds(fpr_at_tpr)(1 - labels, -columns),
         "threshold": float(np.mean(thresholds)),
         **{key: float(np.mean([m[key] for m in per_seed])) for key in per_seed[0]},
         **chance_levels(labels),

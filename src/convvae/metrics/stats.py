@@ -12,8 +12,9 @@ import numpy as np
 class PairedComparison:
     """challenger minus champion improvement in a lower-is-better per-image loss.
 
-    ``improvement`` > 0 means the challenger's mean loss is lower; the 95% interval and the
-    one-sided p-value (H0: no improvement) come from a paired bootstrap over images.
+    ``improvement`` > 0 means the challenger's mean loss is lower; the 95% interval and
+    ``no_improvement_share`` (the share of resamples in which the challenger is not better, a
+    bootstrap tail, not a p-value of a test) come from a paired bootstrap over images.
     """
 
     champion_mean: float
@@ -21,7 +22,7 @@ class PairedComparison:
     improvement: float
     ci_low: float
     ci_high: float
-    p_value: float
+    no_improvement_share: float
     n_images: int
     n_resamples: int
 
@@ -58,14 +59,14 @@ def paired_bootstrap(
         ]
     )
     low, high = np.percentile(means, [2.5, 97.5])
-    p_value = (np.count_nonzero(means <= 0) + 1) / (n_resamples + 1)
+    no_improvement = (np.count_nonzero(means <= 0) + 1) / (n_resamples + 1)
     return PairedComparison(
         champion_mean=float(champion.mean()),
         challenger_mean=float(challenger.mean()),
         improvement=float(improvement.mean()),
         ci_low=float(low),
         ci_high=float(high),
-        p_value=float(p_value),
+        no_improvement_share=float(no_improvement),
         n_images=len(improvement),
         n_resamples=n_resamples,
     )
@@ -209,3 +210,14 @@ def _mean_roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
     columns = np.asarray(scores, dtype=np.float64).reshape(len(labels), -1)
     return float(np.mean([roc_auc_score(labels, column) for column in columns.T]))
+
+
+def clopper_pearson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact binomial interval of a rate seen ``successes`` times in ``trials`` (e.g. the
+    normal test images a threshold flags): (low, high)."""
+    from scipy.stats import beta
+
+    tail = (1 - level) / 2
+    low = beta.ppf(tail, successes, trials - successes + 1) if successes > 0 else 0.0
+    high = beta.ppf(1 - tail, successes + 1, trials - successes) if successes < trials else 1.0
+    return float(low), float(high)

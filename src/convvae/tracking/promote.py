@@ -1,11 +1,12 @@
 """Promotion with a quality gate: move @champion only when the challenger is better than noise
 and its anomaly decisions hold.
 
-The newest registered version is the challenger. Both it and the champion score the same
-*selection* images (the half of the validation split that chose epochs; never the test split,
-so repeated promotion does not select on test); a paired bootstrap of the per-image likelihood
-over those images decides, and the challenger must also pass the anomaly gate on the score it
-serves (its stored score, samples and threshold):
+The newest registered version is the challenger. Each check runs on the half of the validation
+split that did not shape what it checks (never the test split, so repeated promotion does not
+select on test): a paired bootstrap of the per-image likelihood over the *calibration* half
+(never trained on, nor used to choose an epoch) decides, and the challenger must also pass the
+anomaly gate on the score it serves (its stored score, samples and threshold), on the
+*selection* half (which did not set the threshold):
 
 - its realised false-positive rate on those normal images is at most its target plus three
   binomial standard errors (a threshold that flags 20% of normal images at a 5% target fails);
@@ -104,14 +105,16 @@ def anomaly_check(detector: Detector, images: np.ndarray, version: str) -> Anoma
 def promote(
     tracker: Tracker,
     name: str,
-    images: np.ndarray,
+    halves: tuple[np.ndarray, np.ndarray],
     metric: str,
     dry_run: bool,
     anomaly: AnomalyConfig | None = None,
 ) -> Decision:
-    """Compare the newest version of ``name`` with @champion on the selection ``images``
-    (uint8 N,C,H,W, normal); per-image losses use ``anomaly``'s sample count and noise (default:
-    the section's defaults), each version's anomaly check its own threshold record."""
+    """Compare the newest version of ``name`` with @champion on ``halves``, the selection and
+    calibration halves of the validation images (uint8 N,C,H,W, normal; module docstring);
+    per-image losses use ``anomaly``'s sample count and noise (default: the section's
+    defaults), each version's anomaly check its own threshold record."""
+    selection, calibration = halves
     anomaly = anomaly or AnomalyConfig()
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric} is not supported; choose one of {', '.join(METRICS)}")
@@ -123,7 +126,7 @@ def promote(
     # Each version's model is read once, for both gates.
     loaded = {v: _load(registry, name, v) for v in (newest, champion) if v is not None}
     checks = tuple(
-        anomaly_check(detector, images, version)
+        anomaly_check(detector, selection, version)
         for version, (_, detector) in loaded.items()
         if detector is not None
     )
@@ -136,7 +139,7 @@ def promote(
         decision = Decision(name, metric, newest, champion, None, False, reason, checks)
     else:
         losses = [
-            per_image_losses(loaded[v][0], images, metric, anomaly.samples, anomaly.noise_seed)
+            per_image_losses(loaded[v][0], calibration, metric, anomaly.samples, anomaly.noise_seed)
             for v in (champion, newest)
         ]
         decision = _compare(name, metric, newest, champion, paired_bootstrap(*losses), checks)
@@ -156,7 +159,8 @@ def _compare(
     """The decision between two versions: better than noise, and through the anomaly gate."""
     reason = (
         f"challenger lowers {metric} by {comparison.improvement:.3f} nats/image, 95% CI "
-        f"[{comparison.ci_low:.3f}, {comparison.ci_high:.3f}], p={comparison.p_value:.4f}"
+        f"[{comparison.ci_low:.3f}, {comparison.ci_high:.3f}], not better in "
+        f"{comparison.no_improvement_share:.2%} of resamples"
     )
     failed = _anomaly_gate_failure(checks, newest)
     if not comparison.significant:
@@ -210,7 +214,9 @@ def _record(tracker: Tracker, decision: Decision) -> None:
             for key, value in asdict(decision.comparison).items()
         }
         tags["gate.compared"] = f"v{decision.challenger} vs v{decision.champion} at {now}"
-        tags["gate.split"] = "validation selection half"
+        tags["gate.split"] = (
+            "likelihood: validation calibration half; anomaly gate: validation selection half"
+        )
         for check in decision.checks:
             prefix = f"gate.anomaly.v{check.version}"
             tags[f"{prefix}.realised_fpr"] = check.realised_fpr

@@ -91,3 +91,8 @@ class Registry:
         """Set one tag on the registered model ``name`` (not on a version)."""
         with store_errors(self.uri, f"tag {name}"):
             self.client.set_registered_model_tag(name, key, value)
+
+    def describe_version(self, name: str, version: str, description: str) -> None:
+        """Set the description the registry UI shows for one version (its model card)."""
+        with store_errors(self.uri, f"describe {name} version {version}"):
+            self.client.update_model_version(name, version, description=description)

@@ -130,9 +130,11 @@ def log_evaluation(
     example_images: np.ndarray,
     record: ThresholdRecord,
     onnx_file: Path | None = None,
+    model_card: Path | None = None,
 ) -> str | None:
     """Test metrics, the uses' metrics (flattened) and figures into the training run; log the
-    model and register it (with its test metrics and threshold) unless registration is off.
+    model and register it (with its test metrics and threshold) unless registration is off; the
+    model card is an artifact and the registered version's description.
     ``example_images``: float32 (2+, C, H, W) in [0, 1]. Returns the id of the run logged to.
 
     evaluate re-runs alone when only its own params changed (anomaly, evaluate): the training
@@ -158,26 +160,31 @@ def log_evaluation(
         tracker.log_artifacts([plots], "evaluate")
         if onnx_file is not None:  # the same score and map for runtimes without PyTorch
             tracker.log_artifacts([onnx_file], "onnx")
-        version_tags = {k: v for k, v in metrics.items() if k.startswith("test_")}
-        # Readable in the registry UI without parsing the record: what the version flags, where.
-        version_tags |= {
-            "anomaly.score": record.spec.name,
-            "anomaly.threshold_value": record.threshold,
-            "anomaly.target_fpr": record.target_fpr,
-        }
-        record_json = record.as_json()
-        version = tracker.log_model(
-            model,
-            model_file,
-            example_images,
-            name,
-            {**version_tags, "run_id": run_id, THRESHOLD_TAG: json.dumps(record_json)},
-            record_json,
-        )
+        if model_card is not None:
+            tracker.log_artifacts([model_card])
+        version = _register(tracker, name, run_id, metrics, model, model_file, example_images,
+                            record)  # fmt: skip
+    if version is not None and model_card is not None:
+        tracker.registry.describe_version(name, version, model_card.read_text())
     print(f"logged to MLflow in {time.perf_counter() - started:.1f} s")
     if version is not None:
         print(f"registered {name} version {version}")
     return run_id
+
+
+def _register(tracker, name, run_id, metrics, model, model_file, example_images, record):
+    """Log the model and register it as a version of ``name`` (None: log only), tagged with
+    its test metrics and threshold record; the new version, or None."""
+    version_tags = {k: v for k, v in metrics.items() if k.startswith("test_")}
+    # Readable in the registry UI without parsing the record: what the version flags, where.
+    version_tags |= {
+        "anomaly.score": record.spec.name,
+        "anomaly.threshold_value": record.threshold,
+        "anomaly.target_fpr": record.target_fpr,
+    }
+    record_json = record.as_json()
+    tags = {**version_tags, "run_id": run_id, THRESHOLD_TAG: json.dumps(record_json)}
+    return tracker.log_model(model, model_file, example_images, name, tags, record_json)
 
 
 def _first_few(names: list[str]) -> str:

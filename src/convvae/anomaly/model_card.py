@@ -1,0 +1,62 @@
+"""The model card: what a trained model flags, what its threshold promises (and what kind of
+promise it is), how it did on the checks run beside it, and which data chose its defaults.
+The evaluate stage writes it beside the model and it travels with the registered version."""
+
+from __future__ import annotations
+
+from convvae.anomaly.thresholds import GUARANTEE, ThresholdRecord, achievable_fpr, fpr_spread
+
+# Where each default was chosen, and on which data (never test images).
+DEFAULTS_CHOSEN = (
+    "the fused score and its parts: held-out training images of Fashion-MNIST and mnist-5k "
+    "(docs/benchmark.md), its contrast part on their validation images and generated "
+    "degenerate frames (docs/benchmark/degenerate-selection); the folder map, score and "
+    "likelihood: held-out tiles of four scikit-image photographs with synthetic defects "
+    "(docs/benchmark/folder-selection); the class models' epochs and the sample count: "
+    "validation images of both class sources (docs/benchmark/speed-selection); cross-fitted "
+    "calibration for small folders: 22 folders of other photographs "
+    "(docs/benchmark/calibration)"
+)
+
+
+def model_card(
+    record: ThresholdRecord,
+    data_source: str,
+    out_of_domain: dict[str, float],
+    defects: dict,
+) -> str:
+    """Markdown: the score and threshold, the calibration and its guarantee, the expected spread
+    of this threshold's rate, the out-of-domain and defect checks, and where defaults come from."""
+    n = len(record.calibration_scores)
+    low, high = fpr_spread(n, record.target_fpr)
+    how = {
+        "split": "the half of the validation images that training and early stopping never saw",
+        "cross_fit": f"every normal image, each scored by one of {record.context.get('folds')} "
+        "models trained without it (cross-fitted: approximate, measured in "
+        "docs/benchmark/calibration)",
+    }.get(record.calibration, record.calibration)
+    lines = [
+        f"# Model card: ConvVAE anomaly detector ({data_source})",
+        "",
+        f"- **Flags** images whose `{record.spec.name}` score ({record.spec.samples} posterior "
+        f"samples, noise seed {record.spec.noise_seed}) is above **{record.threshold:.4g}**; "
+        "higher means more unusual. Each image also gets a conformal p-value (small = unusual).",
+        f"- **Calibrated** on {n} normal images: {how}.",
+        f"- **Target false-positive rate** {record.target_fpr:.1%}; the smallest these images can "
+        f"promise is {achievable_fpr(n):.1%}.",
+        f"- **Guarantee**: {GUARANTEE}.",
+        f"- **This threshold's own rate** on new normal images lies between {low:.1%} and "
+        f"{high:.1%} for 90% of calibration sets of this size (Beta spread of the rank).",
+    ]
+    if out_of_domain:
+        checks = ", ".join(f"{name} {value:.3f}" for name, value in out_of_domain.items())
+        lines.append(f"- **Out-of-domain checks** (ROC-AUC against normal test images): {checks}.")
+    if "image_roc_auc" in defects:
+        pixel = defects.get("pixel_roc_auc")
+        pixel_text = f", pixel ROC-AUC {pixel:.3f}" if pixel is not None else ""
+        lines.append(
+            f"- **Defects in the folder's test part**: image ROC-AUC "
+            f"{defects['image_roc_auc']:.3f}{pixel_text} (metrics/defects.json)."
+        )
+    lines += [f"- **Defaults chosen on**: {DEFAULTS_CHOSEN}.", ""]
+    return "\n".join(lines)
