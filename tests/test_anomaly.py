@@ -480,7 +480,7 @@ def test_model_files_written_before_the_split_still_load_their_reference(
     np.testing.assert_array_equal(loaded.images, reference.images)
     assert loaded.scale == reference.scale
     # A reference fitted before contrast_knn existed fuses the three other parts, as then.
-    three = {name: value for name, value in reference.scale.items() if name != "contrast_knn"}
+    three = {name: reference.scale[name] for name in ("excess_nll", "hidden_knn", "cosine_knn")}
     older = Reference(reference.images, {k: reference.center[k] for k in three}, three)
     scorer = Scorer(model, older, ScoreSpec("fused", 4, 0))
     assert scorer.fused_parts == ("excess_nll", "hidden_knn", "cosine_knn")

@@ -35,7 +35,7 @@ from tests.conftest import quick_train_config
 from tests.mvtec import DEFECTS, build_mvtec_folder
 from tests.test_cli import assert_one_line_error, convvae
 
-SPEC = ScoreSpec("patch_knn", 4, 0)  # a folder's default score
+SPEC = ScoreSpec("patch_knn_guarded", 4, 0)  # a folder's default score
 NAMES = ["good", *sorted(DEFECTS)]  # label order: good, then the defect folders sorted
 
 
@@ -99,7 +99,8 @@ def test_defect_metrics_beat_chance_and_maps_point_at_the_defects(scorer, splits
         assert 0 <= metrics[key] <= 1, key
     # The most unusual patch finds pasted photo patches and scratches in a texture, where a
     # whole-image distance (PyOD's KNN on pixels) barely beats chance.
-    assert metrics["image_roc_auc"] == metrics["patch_knn.image_roc_auc"] > 0.75
+    assert metrics["image_roc_auc"] == metrics["patch_knn_guarded.image_roc_auc"] > 0.75
+    assert metrics["patch_knn.image_roc_auc"] > 0.75
     assert metrics["image_roc_auc"] > metrics["pyod_knn.image_roc_auc"]
     for peer in ("pyod_knn", "pyod_iforest", "gaussian_zscore"):
         assert 0 <= metrics[f"{peer}.image_roc_auc"] <= 1, peer
@@ -213,3 +214,29 @@ def test_score_resizes_only_when_asked_and_writes_maps(model_file, scorer, folde
     expected = anomaly_maps(scorer, resized.transpose(2, 0, 1)[None].copy())[0]
     np.testing.assert_allclose(np.load(maps / f"{Path(names[0]).stem}_map.npy"), expected,
                                rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_the_guarded_patch_score_adds_only_the_contrast_distances_far_tail(scorer, splits):
+    """patch_knn_guarded: patch_knn in held-out standard deviations, plus the standardised
+    contrast distance beyond 4; flat frames, whose patches a texture can resemble, rank above
+    every normal tile, while normal tiles keep their patch ranking."""
+    from sklearn.metrics import roc_auc_score
+
+    from convvae.anomaly.scoring import every_score
+
+    reference = scorer.reference
+    assert {"patch_knn", "contrast_knn"} <= set(reference.scale)  # fitted by fit_reference
+    good = splits.test.images[splits.test.labels == 0]
+    flat = np.broadcast_to(
+        np.arange(0, 256, 32, dtype=np.uint8)[:, None, None, None], (8, *good.shape[1:])
+    ).copy()
+    names = ("patch_knn", "contrast_knn", "patch_knn_guarded")
+    for images in (good, flat):
+        found = every_score(scorer, images, names)
+        z = {n: (found[n] - reference.center[n]) / reference.scale[n] for n in names[:2]}
+        expected = z["patch_knn"] + np.clip(z["contrast_knn"] - 4, 0, None)
+        np.testing.assert_allclose(found["patch_knn_guarded"], expected, rtol=1e-9, atol=1e-12)
+    normal = every_score(scorer, good, names)["patch_knn_guarded"]
+    odd = every_score(scorer, flat, names)["patch_knn_guarded"]
+    labels = np.r_[np.zeros(len(normal)), np.ones(len(odd))]
+    assert roc_auc_score(labels, np.r_[normal, odd]) == 1.0

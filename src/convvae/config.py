@@ -223,6 +223,7 @@ AnomalyScore = Literal[
     "contrast_knn",
     "fused",
     "patch_knn",
+    "patch_knn_guarded",
 ]
 # Score names that older params files, threshold records and model cards may hold -> today's.
 RENAMED_SCORES = {"recon_bce": "recon_nll_at_mean"}
@@ -231,7 +232,7 @@ DEFAULT_SCORE: dict[str, AnomalyScore] = {
     "mnist-5k": "fused",
     "fashion-mnist": "fused",
     "mnist": "fused",
-    "folder": "patch_knn",
+    "folder": "patch_knn_guarded",
 }
 
 

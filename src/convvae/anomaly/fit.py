@@ -12,7 +12,7 @@ import torch
 
 from convvae.anomaly.reference import Reference
 from convvae.anomaly.scorer import Scorer
-from convvae.anomaly.scores import FUSED_COMPONENTS, ScoreSpec
+from convvae.anomaly.scores import STANDARDISED, ScoreSpec
 from convvae.anomaly.scoring import every_score
 from convvae.config import AnomalyConfig, ModelConfig, TrainConfig
 from convvae.data.splits import selection_and_calibration
@@ -38,16 +38,17 @@ def fit_reference(
     samples: int,
     noise_seed: int,
 ) -> Reference:
-    """The model's reference: its normal training images (uint8 (N, C, H, W)), and each fused
-    component's mean and standard deviation on ``held_out_normal`` images, which must be neither
-    training nor calibration images. ``samples`` and ``noise_seed``: those of the stored score."""
+    """The model's reference: its normal training images (uint8 (N, C, H, W)), and the mean and
+    standard deviation of each standardised score (the fused parts, patch_knn) on
+    ``held_out_normal`` images, which must be neither training nor calibration images.
+    ``samples`` and ``noise_seed``: those of the stored score."""
     unscaled = Reference(np.ascontiguousarray(train_images), {}, {})
     scorer = Scorer(model, unscaled, ScoreSpec("excess_nll", samples, noise_seed))
-    raw = every_score(scorer, held_out_normal, FUSED_COMPONENTS)
+    raw = every_score(scorer, held_out_normal, STANDARDISED)
     return Reference(
         unscaled.images,
-        {name: float(raw[name].mean()) for name in FUSED_COMPONENTS},
-        {name: float(raw[name].std() + 1e-12) for name in FUSED_COMPONENTS},
+        {name: float(raw[name].mean()) for name in STANDARDISED},
+        {name: float(raw[name].std() + 1e-12) for name in STANDARDISED},
     )
 
 

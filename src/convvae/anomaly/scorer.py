@@ -26,11 +26,13 @@ from convvae.anomaly.knn import knn_distance
 from convvae.anomaly.reference import Reference
 from convvae.anomaly.scores import (
     ALL_SCORES,
+    CONTRAST_GUARD,
     DISTANCE_SCORES,
     ELBO_TERMS,
     FUSED_COMPONENTS,
     LIKELIHOOD_SCORES,
     MAP_KINDS,
+    MAP_SCORES,
     ScoreSpec,
 )
 from convvae.data.images import to_unit_interval
@@ -112,10 +114,20 @@ class Scorer(nn.Module):
         if "fused" in wanted:
             parts = [(found[c] - self.center[c]) / self.scale[c] for c in self.fused_parts]
             found["fused"] = torch.stack(parts).mean(0)
-        if "patch_knn" in wanted:
+        if wanted & set(MAP_SCORES):
             maps = default_map if default_map is not None else self.anomaly_map(x, "feature_knn")
             found["patch_knn"] = maps.flatten(1).amax(1).double()
+        if "patch_knn_guarded" in wanted:
+            found["patch_knn_guarded"] = self._guarded(found["patch_knn"], x)
         return {name: found[name] for name in names}
+
+    def _guarded(self, patch_knn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """patch_knn in standard deviations of held-out normal images, plus the contrast
+        distance's excess over CONTRAST_GUARD standard deviations (scores' docstring)."""
+        contrast = self.distance_scores(x, ("contrast_knn",))["contrast_knn"]
+        z_patch = (patch_knn - self.center["patch_knn"]) / self.scale["patch_knn"]
+        z_contrast = (contrast - self.center["contrast_knn"]) / self.scale["contrast_knn"]
+        return z_patch + (z_contrast - CONTRAST_GUARD).clamp_min(0)
 
     def likelihood_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The likelihood scores and the ELBO's terms, float64 (N,) nats, from one decoder pass
@@ -213,12 +225,14 @@ def _check_spec(spec: ScoreSpec, reference: Reference | None) -> None:
         raise ConfigError(f"unknown score {spec.name!r}; one of {', '.join(ALL_SCORES)}")
     if spec.samples < 1:
         raise ConfigError(f"the score's samples must be >= 1, got {spec.samples}")
-    if spec.name not in LIKELIHOOD_SCORES:
-        require_reference(reference, f"the {spec.name} score")
-    if spec.name == "fused" and not set(FUSED_COMPONENTS[:3]) <= set(reference.scale):
+    if spec.name in LIKELIHOOD_SCORES:
+        return
+    require_reference(reference, f"the {spec.name} score")
+    needs = {"fused": set(FUSED_COMPONENTS[:3]), "patch_knn_guarded": {"patch_knn", "contrast_knn"}}
+    if not needs.get(spec.name, set()) <= set(reference.scale):
         raise CheckpointError(
-            "this model file's reference has no fused statistics; re-run the stage that wrote "
-            "it (dvc repro -f train / benchmark)"
+            f"this model file's reference has no statistics for the {spec.name} score; re-run "
+            "the stage that wrote it (dvc repro -f train / benchmark)"
         )
 
 

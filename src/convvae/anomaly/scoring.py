@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from convvae.anomaly.scorer import Scorer
-from convvae.anomaly.scores import ELBO_TERMS, LIKELIHOOD_SCORES
+from convvae.anomaly.scores import ELBO_TERMS, LIKELIHOOD_SCORES, MAP_SCORES
 from convvae.data.images import as_uint8_images, to_unit_interval
 from convvae.runtime.progress import live_bar
 
@@ -48,7 +48,8 @@ def score_and_map(
     image (float32 (N, H, W)), from one pass: ``patch_knn`` is read off that map."""
     images = as_uint8_images(images)
     likelihood = set(names) & {*LIKELIHOOD_SCORES, *ELBO_TERMS, "fused"}
-    batch = _batch_size(scorer, decodes=bool(likelihood), maps=with_map or "patch_knn" in names)
+    maps_needed = with_map or bool(set(names) & set(MAP_SCORES))
+    batch = _batch_size(scorer, decodes=bool(likelihood), maps=maps_needed)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     maps = [np.zeros((0, *scorer.model.arch.image_size), dtype=np.float32)]
     with live_bar(len(images), "scoring", enabled=progress) as bar:

@@ -19,7 +19,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from convvae.anomaly.map_images import save_map_figure
 from convvae.anomaly.scorer import Scorer, require_reference
-from convvae.anomaly.scores import SCORES
+from convvae.anomaly.scores import MAP_SCORES, SCORES
 from convvae.anomaly.scoring import anomaly_maps, score_and_map
 from convvae.benchmark.peers import run_peer
 from convvae.data.sources import LabelledImages
@@ -64,7 +64,7 @@ def defect_metrics(
     # Every score and the default map below compare with it, whatever the model's score.
     require_reference(scorer.reference, "the defect maps (feature_knn)", likelihood_will_do=False)
     # The default map (feature kNN), computed once: patch_knn is its maximum.
-    every, maps = score_and_map(scorer, test.images, (*SCORES, "patch_knn"))
+    every, maps = score_and_map(scorer, test.images, (*SCORES, *MAP_SCORES))
     scores = every[scorer.spec.name]
     metrics: dict = {
         "score": scorer.spec.name,
