@@ -8,6 +8,7 @@ the MLflow run that `train` opened, registering the model with its threshold.
 """
 
 import sys
+from functools import partial
 
 from convvae.anomaly.calibration import (
     calibrate_split_or_cross_fit,
@@ -20,6 +21,7 @@ from convvae.anomaly.outofdomain import out_of_domain_auroc
 from convvae.anomaly.reference import load_fitted_model
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ScoreSpec
+from convvae.benchmark.ablations import defect_ablations
 from convvae.benchmark.defects import measure_defects
 from convvae.config import load_params
 from convvae.data.splits import load_splits, read_manifest
@@ -116,7 +118,8 @@ def detector_steps(steps, params, scorer, splits, normal_test_images, metrics) -
         )
     with steps.step("defects"):
         class_names = read_manifest(layout.MANIFEST)["class_names"]
-        defects = measure_defects(scorer, splits, class_names, layout.ANOMALY_MAPS_PNG)
+        ablations = partial(defect_ablations, params, splits.train.images, splits.val.images)
+        defects = measure_defects(scorer, splits, class_names, layout.ANOMALY_MAPS_PNG, ablations)
     card = model_card(record, params.data.source, metrics["out_of_domain_roc_auc"], defects)
     with atomic_path(layout.MODEL_CARD) as tmp:
         tmp.write_text(card)

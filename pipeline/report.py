@@ -7,7 +7,13 @@ process (`convvae.tracking.runs`).
 """
 
 from convvae.anomaly.scores import SCORES
-from convvae.benchmark.differences import difference_summary, mean_differences, read_replicates
+from convvae.benchmark.ablations import VAE_FREE
+from convvae.benchmark.differences import (
+    difference_summary,
+    margin_over_vae_free,
+    mean_differences,
+    read_replicates,
+)
 from convvae.benchmark.oneclass import NO_CLASSES
 from convvae.benchmark.report import (
     ReportContext,
@@ -46,6 +52,7 @@ def main() -> None:
     summary = summarize(per_class, params.data.source, params.benchmark.seeds, primary)
     replicates = {c: read_replicates(layout.class_files(c).replicates) for c in per_class}
     summary |= difference_summary(mean_differences(per_class, replicates, primary))
+    summary |= margin_over_vae_free(summary, VAE_FREE)
     roc_curves = {c: read_json(layout.class_files(c).roc, RERUN_BENCHMARK) for c in per_class}
     save_roc_figure(roc_curves, primary, layout.ANOMALY_ROC_PNG)
     save_methods_figure(summary, primary, layout.ANOMALY_METHODS_PNG)

@@ -18,6 +18,7 @@ from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ScoreSpec
 from convvae.anomaly.scoring import anomaly_maps
 from convvae.anomaly.thresholds import calibrate
+from convvae.benchmark.ablations import VAE_FREE, defect_ablations
 from convvae.benchmark.defects import defect_metrics, measure_defects
 from convvae.config import parse_params
 from convvae.data.sources import load_source
@@ -108,6 +109,34 @@ def test_defect_metrics_beat_chance_and_maps_point_at_the_defects(scorer, splits
     assert metrics["pixel_aupro"] > 0.5 > metrics["pixel_aupro_chance"]
     assert metrics["pixel_roc_auc"] > metrics["gaussian_zscore.pixel_roc_auc"]
     assert metrics["pixel_roc_auc"] > metrics["deviance_map.pixel_roc_auc"]
+
+
+def test_the_ablations_are_measured_beside_the_default_with_the_margin_over_the_best(
+    scorer, splits
+):
+    """The untrained network and the raw-pixel patch search get image and pixel metrics; the
+    margin is over the best method that needs no trained VAE, with its paired interval."""
+    params = parse_params({"data": {"source": "folder", "path": "unused"}})
+    ablations = defect_ablations(params, splits.train.images, splits.val.images)
+    metrics = defect_metrics(scorer, splits.train.images, splits.test, NAMES, ablations)
+    for name in ("untrained_encoder", "pixel_patch_knn"):
+        assert 0 <= metrics[f"{name}.image_roc_auc"] <= 1, name
+        assert 0 <= metrics[f"{name}.pixel_roc_auc"] <= 1, name
+    # The raw patch search finds pasted patches too: the ablation is a real competitor here.
+    assert metrics["pixel_patch_knn.image_roc_auc"] > 0.6
+    vae_free = {
+        key.removesuffix(".image_roc_auc"): value
+        for key, value in metrics.items()
+        if key.endswith(".image_roc_auc") and key.removesuffix(".image_roc_auc") in VAE_FREE
+    }
+    assert {"untrained_encoder", "pixel_patch_knn", "pyod_knn", "gaussian_zscore"} <= set(vae_free)
+    best = metrics["vae_free_best"]
+    assert vae_free[best] == max(vae_free.values())
+    margin = metrics["margin_over_vae_free.image_roc_auc"]
+    assert margin == pytest.approx(metrics["image_roc_auc"] - vae_free[best], abs=1e-12)
+    assert (
+        metrics["margin_over_vae_free.ci_low"] <= margin <= metrics["margin_over_vae_free.ci_high"]
+    )
 
 
 def test_anomaly_maps_are_per_pixel_and_do_not_depend_on_the_batch(scorer, splits):

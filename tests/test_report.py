@@ -16,9 +16,16 @@ import pytest
 import yaml
 
 from convvae.anomaly.scores import SCORES
-from convvae.benchmark.differences import difference_summary, mean_differences
+from convvae.benchmark.ablations import VAE_FREE
+from convvae.benchmark.differences import (
+    difference_summary,
+    margin_over_vae_free,
+    mean_differences,
+)
 from convvae.benchmark.published import published_results
 from convvae.benchmark.report import (
+    ABLATION_TITLES,
+    METHOD_TITLES,
     METRIC_KEYS,
     PEER_TITLES,
     SCORE_TITLES,
@@ -149,7 +156,8 @@ def test_summarize_covers_the_peers_and_their_seconds(per_class_peers):
     assert summary["seeds"] == 3
     assert summary["default_score"] == "iwae_nll"
     methods = methods_of(per_class_peers)
-    assert sorted(methods) == sorted([*SCORES, *PEER_TITLES])
+    ablations_run = next(iter(per_class_peers.values())).get("ablations", {})
+    assert sorted(methods) == sorted([*SCORES, *PEER_TITLES, *ablations_run])
     for method in methods:
         by_class = [class_methods(metrics)[method] for metrics in per_class_peers.values()]
         for key in METRIC_KEYS:
@@ -182,15 +190,20 @@ def test_render_has_a_roc_auc_row_per_method(per_class, per_class_peers, peers):
     assert lines[head + 1] == "|---" * (len(data) + 3) + "|"
     methods = methods_of(data)
     first = next(iter(data.values()))
-    # ours in SCORES' order, then the peers in PEER_TITLES' order (the files are key-sorted)
-    peers_run = first.get("peers", {})
-    assert methods == [*SCORES, *(p for p in PEER_TITLES if p in peers_run)]
+    # ours in SCORES' order, then the peers in PEER_TITLES' order and the ablations in
+    # ABLATION_TITLES' order (the files are key-sorted)
+    peers_run, ablations_run = first.get("peers", {}), first.get("ablations", {})
+    assert methods == [
+        *SCORES,
+        *(p for p in PEER_TITLES if p in peers_run),
+        *(a for a in ABLATION_TITLES if a in ablations_run),
+    ]
     assert sorted(first["scores"]) == sorted(SCORES)
     if peers:  # the synthetic copy has every peer
         assert sorted(peers_run) == sorted(PEER_TITLES)
     rows = []
     for method in methods:
-        title = SCORE_TITLES.get(method) or PEER_TITLES[method]
+        title = METHOD_TITLES[method]
         if method == PRIMARY:
             title = f"**{title}**"
         rows.append(roc_auc_row(data, method, title))
@@ -241,7 +254,7 @@ def test_render_has_a_bootstrap_row_per_method(per_class, per_class_peers, peers
         cells = " | ".join(
             f"{100 * m['roc_auc_ci_low']:.1f}–{100 * m['roc_auc_ci_high']:.1f}" for m in by_class
         )
-        title = SCORE_TITLES.get(method) or PEER_TITLES[method]
+        title = METHOD_TITLES[method]
         assert f"| {title} | {cells} | |" in markdown
 
 
@@ -384,6 +397,7 @@ def test_render_reproduces_the_committed_report():
     assert_committed_as_locked(SUMMARY, stages)
     committed_summary = json.loads((REPO / SUMMARY).read_text())
     summary |= {k: v for k, v in committed_summary.items() if k.startswith("diff.")}
+    summary |= margin_over_vae_free(summary, VAE_FREE)
     assert render_report(context, per_class, summary) == (REPO / REPORT).read_text("utf-8")
 
 
@@ -432,3 +446,45 @@ def test_the_difference_table_has_a_row_per_other_method_with_its_interval(per_c
     # Measured from another score than the report's default: no table rather than a wrong one.
     other_default = dataclasses.replace(context_for("mnist-5k"), primary_score="iwae_nll")
     assert "minus each method" not in render(data, other_default)
+
+
+def test_the_margin_is_over_the_best_vae_free_method_and_the_report_says_where_it_lies(
+    per_class_peers,
+):
+    """vae_free_best: the VAE-free method with the highest mean ROC-AUC (PyOD's VAE is a trained
+    VAE, so never); its difference and interval are copied; the report's sentence follows the
+    interval's sign."""
+    summary = summary_with_differences(per_class_peers, PRIMARY)
+    measured = [m for m in VAE_FREE if f"diff.{m}.roc_auc_mean" in summary]
+    assert "pyod_vae" in methods_of(per_class_peers) and "pyod_vae" not in VAE_FREE
+    margin = margin_over_vae_free(summary, VAE_FREE)
+    best = margin["vae_free_best"]
+    assert summary[f"{best}.roc_auc_mean"] == max(summary[f"{m}.roc_auc_mean"] for m in measured)
+    for part in ("roc_auc_mean", "ci_low", "ci_high"):
+        assert margin[f"margin_over_vae_free.{part}"] == summary[f"diff.{best}.{part}"]
+    assert margin_over_vae_free(summary, ("pyod_vae_is_not_here",)) == {}
+    context = context_for("mnist-5k")
+    for (low, high), verdict in {
+        (0.01, 0.02): "above it beyond resampling noise",
+        (-0.02, -0.01): "below it beyond resampling noise",
+        (-0.01, 0.02): "not apart from it",
+    }.items():
+        data = copy.deepcopy(per_class_peers)
+        for metrics in data.values():
+            metrics["default_score"] = PRIMARY
+            metrics["differences"] = {
+                m: {"difference": 0.0, "ci_low": low, "ci_high": high}
+                for m in class_methods(metrics)
+                if m != PRIMARY
+            }
+        found = (
+            summary
+            | margin
+            | {
+                "margin_over_vae_free.ci_low": low,
+                "margin_over_vae_free.ci_high": high,
+            }
+        )
+        report = render_report(context, data, found)
+        line = next(t for t in report.splitlines() if t.startswith("Margin over the best"))
+        assert METHOD_TITLES.get(best, best) in line and line.endswith(f"{verdict}.")

@@ -58,5 +58,13 @@ def model_card(
             f"- **Defects in the folder's test part**: image ROC-AUC "
             f"{defects['image_roc_auc']:.3f}{pixel_text} (metrics/defects.json)."
         )
+    if "vae_free_best" in defects:
+        margin = defects["margin_over_vae_free.image_roc_auc"]
+        low, high = defects["margin_over_vae_free.ci_low"], defects["margin_over_vae_free.ci_high"]
+        lines.append(
+            f"- **Margin over the best method without a trained VAE** "
+            f"({defects['vae_free_best']}): {margin:+.3f} image ROC-AUC, 95% interval "
+            f"[{low:+.3f}, {high:+.3f}]; where it is not above 0, that method does as well here."
+        )
     lines += [f"- **Defaults chosen on**: {DEFAULTS_CHOSEN}.", ""]
     return "\n".join(lines)

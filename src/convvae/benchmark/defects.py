@@ -7,11 +7,15 @@ PyOD's KNN and IForest on the same images (default settings, ``convvae.benchmark
 level, on the test images whose defects have masks (and the good ones): ROC-AUC, AUPRO up to a
 false-positive rate of 0.3 and average precision of the model's anomaly maps
 (the scorer's default map), beside its deviance map and the per-pixel Gaussian peer's
-z-score maps (its image score: the largest z of an image).
+z-score maps (its image score: the largest z of an image). The ablations
+(``convvae.benchmark.ablations``: the untrained network, the patch search on raw pixels) are
+measured the same way, and ``margin_over_vae_free.image_roc_auc`` is the default's ROC-AUC
+minus the best of the methods that need no trained VAE, with a paired bootstrap interval.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +25,35 @@ from convvae.anomaly.map_images import save_map_figure
 from convvae.anomaly.scorer import Scorer, require_reference
 from convvae.anomaly.scores import MAP_SCORES, SCORES
 from convvae.anomaly.scoring import anomaly_maps, score_and_map
+from convvae.benchmark.ablations import VAE_FREE
 from convvae.benchmark.peers import run_peer
 from convvae.data.sources import LabelledImages
 from convvae.data.splits import Splits
 from convvae.metrics.pixel import gaussian_zscore_maps, pixel_metrics
+from convvae.metrics.stats import roc_auc_difference
 
 IMAGE_PEERS = ("pyod_knn", "pyod_iforest")
 MAP_PEER = "gaussian_zscore"
 PIXEL_KEYS = ("pixel_roc_auc", "pixel_aupro", "pixel_average_precision")
 
 
-def measure_defects(scorer: Scorer, splits: Splits, class_names: list[str], figure: Path) -> dict:
+def measure_defects(
+    scorer: Scorer,
+    splits: Splits,
+    class_names: list[str],
+    figure: Path,
+    ablations: Callable[[], dict[str, Scorer]] = dict,
+) -> dict:
     """metrics/defects.json's contents: ``defect_metrics`` when the test part holds defects,
-    with a figure of the first defect images, their maps and masks; else a one-line note."""
+    with a figure of the first defect images, their maps and masks; else a one-line note.
+    ``ablations`` builds the ablation scorers, only when there are defects to measure."""
     test = splits.test
     if not (test.labels > 0).any() or class_names[0] != "good":
         return {
             "note": "no defect images in the test split: image and pixel metrics need a folder "
             "source with test/<defect>/ images; the class sources use the one-class benchmark"
         }
-    metrics = defect_metrics(scorer, splits.train.images, test, class_names)
+    metrics = defect_metrics(scorer, splits.train.images, test, class_names, ablations())
     shown = np.flatnonzero(test.labels > 0)[:8]
     masks = None if test.masks is None else test.masks[shown]
     save_map_figure(test.images[shown], anomaly_maps(scorer, test.images[shown]), masks, figure)
@@ -52,6 +65,7 @@ def defect_metrics(
     train_images: np.ndarray,
     test: LabelledImages,
     class_names: list[str],
+    ablations: dict[str, Scorer] | None = None,
     seed: int = 0,
 ) -> dict:
     """Flat metrics (keys as ``image_roc_auc.<defect>``, ``pyod_knn.image_roc_auc``): see the
@@ -73,22 +87,47 @@ def defect_metrics(
         "image_average_precision_chance": float(defective.mean()),
         **_image_metrics(defective, scores, test.labels, class_names),
     }
-    for name, values in every.items():
-        metrics[f"{name}.image_roc_auc"] = float(roc_auc_score(defective, values))
+    image_scores = dict(every)
     for peer in IMAGE_PEERS:
         found = run_peer(peer, train_images, {"test": test.images}, seed)
-        metrics[f"{peer}.image_roc_auc"] = float(roc_auc_score(defective, found.scores["test"]))
+        image_scores[peer] = found.scores["test"]
         metrics[f"{peer}.seconds"] = found.fit_seconds + found.score_seconds
     peer_maps = gaussian_zscore_maps(train_images, test.images)
-    peer_scores = peer_maps.max(axis=(1, 2))  # an image is as anomalous as its worst pixel
-    metrics[f"{MAP_PEER}.image_roc_auc"] = float(roc_auc_score(defective, peer_scores))
+    image_scores[MAP_PEER] = peer_maps.max(axis=(1, 2))  # as anomalous as its worst pixel
     maps = {
         "": maps,
         "deviance_map.": anomaly_maps(scorer, test.images, "deviance"),
         f"{MAP_PEER}.": peer_maps,
     }
+    for name, ablation in (ablations or {}).items():
+        found, maps[f"{name}."] = score_and_map(ablation, test.images, (ablation.spec.name,))
+        image_scores[name] = found[ablation.spec.name]
+    for name, values in image_scores.items():
+        metrics[f"{name}.image_roc_auc"] = float(roc_auc_score(defective, values))
+    default = scorer.spec.name
+    metrics.update(_margin_over_vae_free(defective, default, image_scores, seed))
     metrics.update(_pixel_metrics(maps, test))
     return metrics
+
+
+def _margin_over_vae_free(
+    defective: np.ndarray, default: str, image_scores: dict[str, np.ndarray], seed: int
+) -> dict:
+    """The default's image ROC-AUC minus the best of the other methods that need no trained
+    VAE, with a paired bootstrap interval over the test images."""
+    aucs = {
+        name: roc_auc_score(defective, values)
+        for name, values in image_scores.items()
+        if name in VAE_FREE and name != default
+    }
+    best = max(aucs, key=aucs.get)
+    margin = roc_auc_difference(defective, image_scores[default], image_scores[best], seed=seed)
+    return {
+        "vae_free_best": best,
+        "margin_over_vae_free.image_roc_auc": margin.difference,
+        "margin_over_vae_free.ci_low": margin.ci_low,
+        "margin_over_vae_free.ci_high": margin.ci_high,
+    }
 
 
 def _image_metrics(

@@ -4,7 +4,8 @@ Trains ``benchmark.seeds`` ConvVAEs (the ``train`` section with ``benchmark.trai
 on the training images of class c, scores every test image (class c normal, all others
 anomalous) and the calibration half of the class's validation images with every score, and
 sets each score's threshold on those calibration images (never on test images or labels). The
-peers run on the same images, and their intervals resample the same test images.
+peers and the ablations (``convvae.benchmark.ablations``) run on the same images, and their
+intervals resample the same test images.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from convvae.anomaly.thresholds import (
     make_record,
     map_scale_of,
 )
+from convvae.benchmark.ablations import untrained_scorer
 from convvae.benchmark.peers import run_peer
 from convvae.config import Params
 from convvae.data.sources import LabelledImages
@@ -192,6 +194,34 @@ def run_peers(
     return runs
 
 
+def run_ablations(
+    params: Params, train_normal: np.ndarray, val_normal: np.ndarray, test_images: np.ndarray
+) -> dict[str, _PeerRun]:
+    """``untrained_encoder``: the default score by the network as initialised with each
+    benchmark seed, its reference fitted as ours is (training images, selection half) and its
+    threshold set on the calibration half, like the peers'."""
+    spec = ScoreSpec.from_config(params.anomaly)
+    selection, calibration = selection_and_calibration(val_normal)
+    test, thresholds, fit_seconds, score_seconds = [], [], 0.0, 0.0
+    for seed in range(params.benchmark.seeds):
+        started = time.perf_counter()
+        initial_seed = params.benchmark_train(seed).seed
+        scorer = untrained_scorer(
+            params.model, params.anomaly, train_normal, selection, spec, initial_seed
+        )
+        fitted = time.perf_counter()
+        test.append(every_score(scorer, test_images, (spec.name,))[spec.name])
+        on_calibration = every_score(scorer, calibration, (spec.name,))[spec.name]
+        thresholds.append(conformal_threshold(on_calibration, params.anomaly.target_fpr))
+        fit_seconds += fitted - started
+        score_seconds += time.perf_counter() - fitted
+    return {
+        "untrained_encoder": _PeerRun(
+            np.stack(test, axis=1), np.array(thresholds), fit_seconds, score_seconds
+        )
+    }
+
+
 def run_class(params: Params, splits: Splits, normal_class: int, class_name: str) -> ClassResult:
     """Train, score and measure the one-class task of ``normal_class``; prints one line per
     seed. Detection metrics are the mean over seeds (see ``detection_metrics``); every method's
@@ -221,7 +251,8 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         for name in _benchmark_scores(spec)
     }
     peers = run_peers(params, train_normal, val_normal, test.images)
-    measured = _Measured.of(params, labels, runs, thresholds, peers, normal_class)
+    ablations = run_ablations(params, train_normal, val_normal, test.images)
+    measured = _Measured.of(params, labels, runs, thresholds, peers | ablations, normal_class)
     metrics = {
         "normal_class": normal_class,
         "class_name": class_name,
@@ -232,6 +263,7 @@ def run_class(params: Params, splits: Splits, normal_class: int, class_name: str
         "test_anomalous": int(labels.sum()),
         **_run_metrics(runs, measured),
         "peers": measured.peer_metrics(peers),
+        "ablations": measured.peer_metrics(ablations),
         "calibration": {"method": runs[0].calibration, "images": runs[0].calibration_images},
         "default_score": spec.name,  # what the differences are measured from
         "differences": measured.differences(spec.name),
@@ -281,7 +313,8 @@ class _Measured:
         return cls(metrics, replicates)
 
     def peer_metrics(self, peers: dict[str, _PeerRun]) -> dict[str, dict]:
-        """The peers' metrics with their fit and scoring seconds; one line each printed."""
+        """The peers' (or ablations') metrics with their fit and scoring seconds; one line each
+        printed."""
         found = {}
         for name, peer in peers.items():
             seconds = peer.fit_seconds + peer.score_seconds

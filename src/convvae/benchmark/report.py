@@ -32,7 +32,10 @@ PEER_TITLES = {
     "pyod_autoencoder": "PyOD AutoEncoder (pixels)",
     "pyod_vae": "PyOD VAE (pixels)",
 }
-METHOD_TITLES = {**SCORE_TITLES, **PEER_TITLES}
+ABLATION_TITLES = {
+    "untrained_encoder": "ablation: the default score by the untrained network",
+}
+METHOD_TITLES = {**SCORE_TITLES, **PEER_TITLES, **ABLATION_TITLES}
 # The metrics of each score averaged over classes in the summary.
 METRIC_KEYS = (
     "roc_auc",
@@ -47,8 +50,9 @@ METRIC_KEYS = (
 
 def class_methods(metrics: dict) -> dict[str, dict]:
     """One class's detection metrics by method: our scores in SCORE_TITLES' order, then the
-    peers run beside them in PEER_TITLES' order (the metrics files are key-sorted)."""
-    methods = {**metrics["scores"], **metrics.get("peers", {})}
+    peers and the ablations run beside them in PEER_TITLES' and ABLATION_TITLES' order (the
+    metrics files are key-sorted)."""
+    methods = {**metrics["scores"], **metrics.get("peers", {}), **metrics.get("ablations", {})}
     order = list(METHOD_TITLES)
     ranked = sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
     return {method: methods[method] for method in ranked}
@@ -268,7 +272,24 @@ def _difference_table(
             f"| {METHOD_TITLES.get(method, method)} | {' | '.join(cells)} | "
             f"{100 * mean:+.1f}{star} | {100 * low:+.1f} to {100 * high:+.1f} |"
         )
-    return lines
+    return lines + _margin_line(summary)
+
+
+def _margin_line(summary: dict) -> list[str]:
+    """Whether the trained VAE is why the default works: its margin over the best method that
+    needs none (``margin_over_vae_free``), or nothing where no such method ran."""
+    if "vae_free_best" not in summary:
+        return []
+    best = summary["vae_free_best"]
+    keys = ("roc_auc_mean", "ci_low", "ci_high")
+    mean, low, high = (100 * summary[f"margin_over_vae_free.{key}"] for key in keys)
+    side = "above" if low > 0 else "below" if high < 0 else ""
+    verdict = f"{side} it beyond resampling noise" if side else "not apart from it"
+    return [
+        "",
+        f"Margin over the best method that needs no trained VAE ({METHOD_TITLES.get(best, best)}"
+        f"): {mean:+.1f} points [{low:+.1f}, {high:+.1f}], {verdict}.",
+    ]
 
 
 def _false_positive_table(context: ReportContext, per_class: dict[int, dict]) -> list[str]:

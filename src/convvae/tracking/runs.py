@@ -255,6 +255,8 @@ def log_benchmark(
     }
     with tracker.run(run_id=parent):
         tracker.log_metrics(summary)
+        if "vae_free_best" in summary:  # a name, not a metric
+            tracker.set_tags({"vae_free_best": summary["vae_free_best"]})
         tracker.log_artifacts(report_files, "benchmark")
     print(f"logged the benchmark summary to MLflow run {parent}")
     return {"mlflow_parent_run_id": parent, "mlflow_run_ids": run_ids}
@@ -284,7 +286,9 @@ def _log_class(tracker, params, parent, metrics, files, previous, tags, example)
         if not logged:
             tracker.set_tags(tags)
             scalars = {k: v for k, v in metrics.items() if k != "scores"}
-            tracker.log_metrics({**scalars, **flatten(metrics["scores"])})
+            # our scores unprefixed (fused.roc_auc), then peers.*, ablations.*, differences.*
+            beside = {k: metrics[k] for k in ("peers", "ablations", "differences") if k in metrics}
+            tracker.log_metrics({**scalars, **flatten(metrics["scores"]), **flatten(beside)})
             tracker.log_artifacts([files.threshold, files.roc], "benchmark")
         if register and not registered:
             name = anomaly_model_name(params.data.source, normal_class)
