@@ -15,7 +15,7 @@ from convvae.errors import TrackingError
 from convvae.model.files import save_model
 from convvae.model.vae import ConvVAE
 from convvae.tracking.modelref import load_model_ref
-from convvae.uses.compress import load_codes
+from convvae.uses.compress import load_codes, save_codes
 from tests.conftest import TINY
 
 SHAPE = (1, 28, 28)
@@ -83,6 +83,34 @@ def test_encode_decode_round_trip(files, tmp_path, trained, capsys):
           "--out", str(codes)])  # fmt: skip
     main(["decode", "--model", model, str(codes), "--out", str(tmp_path / "arrays")])
     assert sorted(p.name for p in (tmp_path / "arrays").iterdir())[0] == "digits.npy_0.png"
+
+
+def test_decode_writes_a_forged_files_names_only_inside_its_folder(
+    files, tmp_path, trained, capsys
+):
+    # A code file carries its image names; anyone who has the model can write one. Decode must
+    # not take them as paths (../x.png, /abs/x.PNG) nor let two of them overwrite each other.
+    model = str(files / "model.pt")
+    codes_path = tmp_path / "codes.npz"
+    main(["encode", "--model", model, str(files / "digits"), "--out", str(codes_path)])
+    codes, _ = load_codes(codes_path, trained)
+    hostile = ["../../escape.png", str(tmp_path / "abs.PNG"), "..\\win.png", ".hidden", "a b?.png"]
+    save_codes(codes, hostile, trained, tmp_path / "forged.npz")
+    out = tmp_path / "deep" / "out"
+    main(["decode", "--model", model, str(tmp_path / "forged.npz"), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_b.png",
+        "abs.png",
+        "escape.png",
+        "hidden.png",
+        "win.png",
+    ]
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == sorted(p.name for p in out.iterdir())
+    save_codes(codes, ["x.png", "sub/X.png", "b", "c", "d"], trained, tmp_path / "twice.npz")
+    message = fails(["decode", "--model", model, str(tmp_path / "twice.npz"), "--out",
+                     str(tmp_path / "o")], capsys)  # fmt: skip
+    assert "'x.png' and 'sub/X.png' would both be written as X.png" in message
+    assert not (tmp_path / "o").exists()  # nothing written on failure
 
 
 def test_impute_writes_the_filled_images(files, tmp_path):

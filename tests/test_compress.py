@@ -2,7 +2,6 @@
 
 import copy
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -85,23 +84,38 @@ def test_code_file_round_trip_and_model_check(trained, test_images, tmp_path):
     with pytest.raises(DataError, match="unreadable image names"):
         load_codes(tmp_path / "bad_names.npz", trained)
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
-    with pytest.raises(DataError, match="no architecture, codes, names, precision array"):
+    with pytest.raises(
+        DataError, match="no architecture, codes, model_sha256, names, precision array"
+    ):
         load_codes(tmp_path / "other.npz", trained)
 
 
-def test_a_code_file_written_before_the_weights_digest_still_reads(trained, test_images, tmp_path):
-    codes = encode(trained, test_images[:2], "float16")
-    path = tmp_path / "old.npz"
-    np.savez(
-        path,
-        codes=codes.values,
-        precision=np.array("float16"),
-        names=np.array(["a.png", "b.png"]),  # unicode, as older files stored them
-        architecture=np.array(json.dumps(dataclasses.asdict(trained.arch), sort_keys=True)),
-    )
-    loaded, names = load_codes(path, trained)
-    assert names == ["a.png", "b.png"]
-    np.testing.assert_array_equal(loaded.values, codes.values)
+def test_a_code_file_without_the_digest_or_of_the_wrong_shape_is_refused(
+    trained, test_images, tmp_path
+):
+    codes = encode(trained, test_images[:2], "int8")
+    save_codes(codes, ["a.png", "b.png"], trained, tmp_path / "good.npz")
+    with np.load(tmp_path / "good.npz") as archive:
+        good = dict(archive)
+    forged = {
+        # Files from before the digest, or forged ones: the architecture alone proves nothing.
+        "no_digest": ({k: v for k, v in good.items() if k != "model_sha256"}, "no model_sha256"),
+        "short": ({**good, "codes": good["codes"][:, :3]}, r"shape \(2, 3\).*\(N, 4\)"),
+        "flat": ({**good, "codes": good["codes"].ravel()}, r"codes of shape \(8,\)"),
+        "names": ({**good, "codes": good["codes"][:1]}, "1 codes but 2 image names"),
+        "scale": ({**good, "scale": good["scale"][:2]}, r"scale or offset of shape \(2,\)"),
+        "not_a_list": (
+            {**good, "names": np.frombuffer(b'{"a": 1}', np.uint8)},
+            "unreadable image names",
+        ),
+    }
+    for name, (arrays, message) in forged.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(DataError, match=message):
+            load_codes(tmp_path / f"{name}.npz", trained)
+    # Older files stored the names as a unicode array: still read, digest given.
+    np.savez(tmp_path / "unicode.npz", **{**good, "names": np.array(["a.png", "b.png"])})
+    assert load_codes(tmp_path / "unicode.npz", trained)[1] == ["a.png", "b.png"]
 
 
 def test_rate_distortion_table(trained, test_images, tmp_path):

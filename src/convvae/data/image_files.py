@@ -196,9 +196,30 @@ def _check_array(array: np.ndarray, shape: tuple[int, int, int], where: str) -> 
 
 
 def write_png_folder(images: np.ndarray, names: list[str], folder: str | Path) -> None:
-    """uint8 (N, C, H, W) as one PNG per name in ``folder`` (array names like a.npz[3] are
-    written a.npz_3.png)."""
-    for image, name in zip(images, names, strict=True):
-        if not name.lower().endswith(".png"):
-            name = re.sub(r"[^\w.-]+", "_", name).strip("_") + ".png"
-        save_png(image, Path(folder) / name)
+    """uint8 (N, C, H, W) as one PNG per name in ``folder``, under ``png_file_name``'s safe
+    names. Names that collide there are a DataError before any file is written."""
+    files = [png_file_name(name) for name in names]
+    taken: dict[str, str] = {}
+    for name, file in zip(names, files, strict=True):
+        # Case-insensitive: two names differing in case are one file on macOS and Windows.
+        if file.lower() in taken:
+            raise DataError(
+                f"images {taken[file.lower()]!r} and {name!r} would both be written as {file}; "
+                "give the images distinct names"
+            )
+        taken[file.lower()] = name
+    for image, file in zip(images, files, strict=True):
+        save_png(image, Path(folder) / file)
+
+
+def png_file_name(name: str) -> str:
+    """A file name inside the output folder for an image named ``name`` (which may come from an
+    untrusted code file): its last path part, characters other than letters, digits, ``.``, ``-``
+    and ``_`` replaced by ``_``, no leading dot, ending ``.png`` (a.npz[3] -> a.npz_3.png,
+    ../../x.png -> x.png)."""
+    base = re.split(r"[\\/]", name)[-1]
+    stem = base[:-4] if base.lower().endswith(".png") else base
+    safe = re.sub(r"[^\w.-]+", "_", stem).strip("._")[:200]
+    if not safe:
+        raise DataError(f"image name {name!r} leaves no file name; give the image a name")
+    return safe + ".png"

@@ -5,7 +5,8 @@ the per-dimension affine ``scale`` and ``offset`` (float32 (D,); z ≈ offset + 
 128)), the image ``names`` (UTF-8 JSON bytes), the model's ``architecture`` as JSON and
 ``model_sha256``, a digest of the encoding model's weights: decode refuses another model (a
 retrained model, or another class's, has the same architecture and would decode the codes into
-wrong images without a word).
+wrong images without a word) and any file without the digest. The names are the user's; decode
+writes each as a safe base name inside its output folder (``data.image_files``).
 
 Rate is counted as the bytes of the code array per image (N x D x itemsize / N); the int8
 scale/offset (8 x D bytes per file), the names and the npz container are not counted (`convvae
@@ -36,6 +37,7 @@ from convvae.runtime.files import atomic_path
 from convvae.uses.evaluation import reconstruct
 
 PRECISIONS = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
+CODE_FILE_ARRAYS = ("codes", "precision", "names", "architecture", "model_sha256")
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,9 @@ def load_codes(path: str | Path, model: ConvVAE) -> tuple[Codes, list[str]]:
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: a single array, not a code file; {fix}")
     with archive:
-        missing = {"codes", "precision", "names", "architecture"} - set(archive.files)
+        # The digest is required: without it, a file that only states the architecture would
+        # decode with any model (files from before the digest are re-encoded).
+        missing = set(CODE_FILE_ARRAYS) - set(archive.files)
         if missing:
             raise DataError(f"{path}: no {', '.join(sorted(missing))} array; {fix}")
         stored = {key: archive[key] for key in archive.files}
@@ -148,12 +152,12 @@ def load_codes(path: str | Path, model: ConvVAE) -> tuple[Codes, list[str]]:
             f"{architecture_diff(written_by, arch, 'model has')}; decode with the model that "
             "encoded it"
         )
-    # Files written before the digest was stored are checked by architecture alone.
-    if "model_sha256" in stored and str(stored["model_sha256"]) != weights_sha256(model):
+    if str(stored["model_sha256"]) != weights_sha256(model):
         raise DataError(
             f"{path}: written by a model with other weights (same architecture: a retrained "
             "model, or another class's); decode with the model that encoded it"
         )
+    _check_shapes(codes, names, arch.latent_dim, path)
     int8_side_info = codes.scale is not None and codes.offset is not None
     if (
         precision not in PRECISIONS
@@ -166,15 +170,40 @@ def load_codes(path: str | Path, model: ConvVAE) -> tuple[Codes, list[str]]:
     return codes, names
 
 
+def _check_shapes(codes: Codes, names: list[str], latent_dim: int, path: Path) -> None:
+    """One code of the model's latent size per name, and int8 side information per dimension:
+    a forged or truncated file is a DataError, never a raw shape error mid-decode."""
+    values = codes.values
+    if values.ndim != 2 or values.shape[1] != latent_dim:
+        raise DataError(
+            f"{path}: codes of shape {values.shape}, the model decodes (N, {latent_dim}); "
+            "decode with the model that encoded it, or re-encode the images"
+        )
+    if len(names) != len(values):
+        raise DataError(
+            f"{path}: {len(values)} codes but {len(names)} image names; the file is damaged: "
+            "re-encode the images"
+        )
+    for side in (codes.scale, codes.offset):
+        if side is not None and side.shape != (latent_dim,):
+            raise DataError(
+                f"{path}: int8 scale or offset of shape {side.shape}, expected ({latent_dim},); "
+                "the file is damaged: re-encode the images"
+            )
+
+
 def _names(stored: np.ndarray, path: Path, fix: str) -> list[str]:
     """The image names: UTF-8 JSON bytes, or (files written before) a unicode array."""
     if stored.dtype != np.uint8:
-        return [str(name) for name in stored]
-    try:
-        names = json.loads(stored.tobytes().decode())
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
-        raise DataError(f"{path}: unreadable image names; {fix}") from None
-    return [str(name) for name in names]
+        names = stored.tolist() if stored.ndim == 1 else None
+    else:
+        try:
+            names = json.loads(stored.tobytes().decode())
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
+            names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise DataError(f"{path}: unreadable image names; {fix}")
+    return names
 
 
 def psnr_db(mse: float) -> float | None:
