@@ -164,6 +164,23 @@ def test_good_comes_first_then_defects_in_sorted_order(tmp_path: Path) -> None:
     assert data.mask_known.all()
 
 
+def test_defect_names_that_are_no_metric_key_fail_before_training(tmp_path: Path) -> None:
+    # The per-defect metrics are logged as defects.image_roc_auc.<defect> after evaluate's
+    # compute; MLflow refuses "(" there, so the name is checked where the folder is read.
+    from mlflow.utils.validation import _validate_metric_name
+
+    root = small(tmp_path)
+    for parent in ("test", "ground_truth"):
+        (root / parent / "patch").rename(root / parent / "hole small-2.x")
+    data = load_folder(root, None, None, "auto")
+    for name in data.class_names:
+        _validate_metric_name(f"defects.image_roc_auc.{name}")
+    for parent in ("test", "ground_truth"):
+        (root / parent / "hole small-2.x").rename(root / parent / "hole (small)")
+    with raises(root / "test" / "hole (small)", "may hold only letters, digits"):
+        load_folder(root, None, None, "auto")
+
+
 def test_test_folder_with_only_good_images(tmp_path: Path) -> None:
     root = small(tmp_path)
     for folder in ("test/scratch", "test/patch", "ground_truth"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from convvae.yamlconfig import size_pair
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# MLflow's metric-key characters on every platform, less the slash.
+DEFECT_NAME = re.compile(r"[\w.\- ]+")
 RESIZE = "bilinear (Pillow, antialias) for images, nearest for masks"
 LAYOUT = (
     "expected {}/train/good/ with normal images, optional test/good/, test/<defect>/ and "
@@ -207,6 +210,14 @@ def _test_folders(root: Path) -> dict[str, list[Path]] | None:
     if not test.is_dir() or any(not p.is_dir() for p in _entries(test)):
         raise DataError(f"{test}: must hold only folders test/good/ and test/<defect>/ of images")
     names = sorted((p.name for p in _entries(test)), key=lambda name: (name != "good", name))
+    for name in names:
+        # Defect names become metric keys (image_roc_auc.<defect>): MLflow refuses other
+        # characters, and only after evaluate's compute, so they are checked before training.
+        if not DEFECT_NAME.fullmatch(name):
+            raise DataError(
+                f"{test / name}: the defect folder name {name!r} may hold only letters, digits, "
+                "'_', '-', '.' and spaces; rename the folder (and its ground_truth/ twin)"
+            )
     folders = {name: _images_in(test / name) for name in names}
     if not any(folders.values()):
         raise DataError(f"{test}: no images in test/good/ or test/<defect>/; add some or remove it")
