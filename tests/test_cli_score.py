@@ -65,6 +65,20 @@ def test_scores_a_png_folder_and_flags_above_the_threshold(one_class_model, mnis
     assert array_rows[0]["file"] == "digits.npy[0]"
 
 
+def test_file_names_reach_the_csv_as_text_a_spreadsheet_will_not_run(
+    one_class_model, mnist_slice, tmp_path
+):
+    folder = tmp_path / "pngs"
+    names = ['=HYPERLINK("x")', "+1", "-1", "@SUM(A1)", "ok=1"]
+    for name, image in zip(names, mnist_slice.test.images, strict=False):
+        save_png(image, folder / f"{name}.png")
+    out = tmp_path / "scores.csv"
+    result = convvae("score", "--model", str(one_class_model), str(folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    files = sorted(row["file"] for row in read_rows(out))
+    assert files == sorted(["'" + name + ".png" for name in names[:4]] + ["ok=1.png"])
+
+
 def test_a_model_without_threshold_file_is_one_line(one_class_model, tmp_path):
     lonely = tmp_path / "model.pt"
     lonely.write_bytes(one_class_model.read_bytes())

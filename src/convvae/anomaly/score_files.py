@@ -38,7 +38,7 @@ def write_scores(
             decided, batch_maps = detector.decide_and_map(batch.images)
             write_maps(batch.images, batch_maps, batch.names, maps, high)
         writer.writerows(
-            (name, f"{score:.4f}", f"{p_value:.4f}", int(flag), f"{p_value:.4f}")
+            (spreadsheet_text(name), f"{score:.4f}", f"{p_value:.4f}", int(flag), f"{p_value:.4f}")
             for name, score, p_value, flag in zip(
                 batch.names,
                 decided["score"],
@@ -51,3 +51,9 @@ def write_scores(
         if on_batch is not None:
             on_batch(len(batch.names))
     return flagged
+
+
+def spreadsheet_text(cell: str) -> str:
+    """``cell`` as text a spreadsheet will not run: a file named ``=HYPERLINK(...).png`` (or
+    starting +, -, @, tab or carriage return) gets a leading ``'``, as OWASP advises for CSV."""
+    return f"'{cell}" if cell.startswith(("=", "+", "-", "@", "\t", "\r")) else cell
