@@ -622,3 +622,25 @@ def test_load_tracking_reads_only_its_section(tmp_path: Path) -> None:
         load_tracking(tmp_path / "typo.yaml")
     path.write_text("")
     assert load_tracking(path) == TrackingConfig()
+
+
+@pytest.mark.parametrize(
+    ("uri", "held"),
+    [
+        ("http://ann:s3cret@mlflow:5000", "a password"),
+        ("https://ghp_TOKEN@mlflow.example", "a user name or token before @"),
+        ("https://mlflow.example/?access_token=abc", "query parameter 'access_token'"),
+        ("postgresql://mlflow:s3cret@db:5432/mlflow", "a password"),
+    ],
+)
+def test_a_secret_in_tracking_uri_is_refused(tmp_path: Path, uri: str, held: str) -> None:
+    # params.yaml is recorded in dvc.lock and uploaded with every run: the secret would leak.
+    path = tmp_path / "params.yaml"
+    path.write_text(f"tracking:\n  uri: {uri}\n")
+    with pytest.raises(ConfigError) as err:
+        load_tracking(path)
+    message = str(err.value)
+    assert f"tracking.uri holds {held}" in message and "MLFLOW_TRACKING_URI" in message
+    assert "s3cret" not in message and "\n" not in message
+    path.write_text("tracking:\n  uri: https://mlflow.example:5000/?view=1\n")
+    assert load_tracking(path).uri == "https://mlflow.example:5000/?view=1"

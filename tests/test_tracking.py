@@ -13,10 +13,11 @@ import torch
 from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
 from convvae.model.files import save_model
+from convvae.runtime.uris import without_secrets
 from convvae.tracking.probes import check_database, check_server
 from convvae.tracking.provenance import provenance_tags, repository_root
 from convvae.tracking.quiet import quiet_model_logging
-from convvae.tracking.store import client_uri, resolve_tracking_uri, without_password
+from convvae.tracking.store import client_uri, resolve_tracking_uri
 from convvae.tracking.tracker import Tracker, flatten
 from tests.conftest import tiny_model
 from tests.e2e.servers import free_port
@@ -230,17 +231,59 @@ def test_a_password_in_the_uri_is_sent_as_basic_auth_and_never_shown():
             assert "wrong" not in str(err.value)
     finally:
         server.shutdown()
-    assert without_password("http://ann@host:5000") == "http://ann@host:5000"
-    assert without_password("postgresql://u:s3cret@db/x") == "postgresql://u:***@db/x"
+    assert without_secrets("postgresql://u:s3cret@db/x") == "postgresql://u:***@db/x"
+    # A token in place of the user, or in the query (presigned, OAuth), is hidden too.
+    assert without_secrets("https://TOKEN@host/?token=t1&a=1") == "https://***@host/?token=***&a=1"
+    assert without_secrets("s3://b/k?X-Amz-Signature=zz") == "s3://b/k?X-Amz-Signature=***"
+
+
+def test_credentials_never_follow_a_redirect():
+    # urllib would send the Authorization header on to wherever the server redirects.
+    import http.server
+    import threading
+
+    seen = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    target = http.server.HTTPServer(("127.0.0.1", 0), Elsewhere)
+
+    class Redirect(Elsewhere):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{target.server_address[1]}/health")
+            self.end_headers()
+
+    source = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+    for server in (target, source):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = source.server_address[1]
+    try:
+        with pytest.raises(TrackingError, match="redirects to http://127.0.0.1:") as err:
+            check_server(f"http://ann:s3cret@127.0.0.1:{port}", 5)
+        assert seen == [] and "s3cret" not in str(err.value)
+        check_server(f"http://127.0.0.1:{port}", 5)  # nothing to leak: followed
+        assert seen == [None]
+    finally:
+        for server in (target, source):
+            server.shutdown()
 
 
 def test_an_unreachable_database_is_a_quick_clear_error(monkeypatch):
     # MLflow itself retries a database it cannot reach for about 100 s, then a traceback.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # A password belongs in the environment, never in params.yaml (test_config).
     uri = f"postgresql://mlflow:s3cret@127.0.0.1:{free_port()}/mlflow"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     started = time.monotonic()
     with pytest.raises(TrackingError, match="tracking database .* is unreachable") as err:
-        Tracker(TrackingConfig(uri=uri, timeout_s=2))
+        Tracker(TrackingConfig(timeout_s=2))
     assert time.monotonic() - started < 10
     assert "s3cret" not in str(err.value) and "mlflow:***@127.0.0.1" in str(err.value)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from convvae.errors import ConfigError
+from convvae.runtime.uris import uri_secrets
 from convvae.yamlconfig import build, read_yaml, size_pair
 
 # The vocabularies of params.yaml, each listed once: the modules that implement them take their
@@ -209,6 +210,16 @@ class TrackingConfig:
     def __post_init__(self) -> None:
         _check(bool(self.experiment.strip()), "tracking.experiment", "must not be empty")
         _check(1 <= self.timeout_s <= 30, "tracking.timeout_s", "must be between 1 and 30")
+        # params.yaml is recorded in dvc.lock and uploaded with every run: no secrets in it.
+        secrets = uri_secrets(self.uri) if self.uri else []
+        _check(
+            not secrets,
+            "tracking.uri",
+            f"holds {' and '.join(secrets)}, which DVC records in dvc.lock and every run "
+            "uploads; leave tracking.uri null and set MLFLOW_TRACKING_URI in the environment "
+            "(for an http server: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD or "
+            "MLFLOW_TRACKING_TOKEN)",
+        )
 
 
 Calibration = Literal["auto", "split", "cross_fit"]

@@ -10,7 +10,8 @@ import urllib.parse
 import urllib.request
 
 from convvae.errors import TrackingError
-from convvae.tracking.store import login, without_password
+from convvae.runtime.uris import without_secrets
+from convvae.tracking.store import login
 
 
 def check_store(uri: str, timeout_s: float) -> None:
@@ -45,14 +46,35 @@ def check_server(uri: str, timeout_s: float) -> None:
         if credentials is not None:
             basic = base64.b64encode(":".join(credentials).encode()).decode()
             request.add_header("Authorization", f"Basic {basic}")
-        with urllib.request.urlopen(request, timeout=timeout_s):
+        # With credentials, no redirect is followed: urllib would send them to any target.
+        opener = urllib.request.build_opener(*([_NoRedirect()] if credentials else []))
+        with opener.open(request, timeout=timeout_s):
             pass
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
+    except urllib.error.HTTPError as err:
+        target = err.headers.get("Location") if 300 <= err.code < 400 else None
+        if target is None:
+            raise _unreachable(uri, err.reason) from None
         raise TrackingError(
-            f"MLflow tracking server {without_password(uri)} is unreachable ({reason}); start it, "
-            "fix tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the local SQLite store"
+            f"MLflow tracking server {without_secrets(uri)} redirects to "
+            f"{without_secrets(target)}; credentials are never sent on: set the tracking URI "
+            "to the address the server redirects to"
         ) from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise _unreachable(uri, getattr(err, "reason", err)) from None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects answered as the HTTPError they are, never followed."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _unreachable(uri: str, reason: object) -> TrackingError:
+    return TrackingError(
+        f"MLflow tracking server {without_secrets(uri)} is unreachable ({reason}); start it, "
+        "fix tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the local SQLite store"
+    )
 
 
 def check_database(uri: str, timeout_s: float) -> None:
@@ -82,7 +104,7 @@ def check_database(uri: str, timeout_s: float) -> None:
         socket.create_connection((url.host, port), timeout=timeout_s).close()
     except OSError as err:
         raise TrackingError(
-            f"MLflow tracking database {without_password(uri)} is unreachable ({err}); start it, "
+            f"MLflow tracking database {without_secrets(uri)} is unreachable ({err}); start it, "
             "fix tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the local SQLite "
             "store"
         ) from None

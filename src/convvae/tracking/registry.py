@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from convvae.errors import TrackingError
-from convvae.tracking.store import store_errors, without_password
+from convvae.runtime.uris import without_secrets
+from convvae.tracking.store import store_errors
 
 
 class Registry:
@@ -17,7 +18,7 @@ class Registry:
     def __init__(self, client: Any, uri: str) -> None:
         self.client = client
         self.uri = uri
-        self.shown_uri = without_password(uri)  # for messages
+        self.shown_uri = without_secrets(uri)  # for messages
 
     def model_versions(self, name: str) -> list[Any]:
         """All versions of a registered model, oldest first; an unknown name lists the known."""

@@ -1,5 +1,5 @@
 """An MLflow store: where it is (its URI), how its credentials reach MLflow, and its failures
-as one line that names the store without its password."""
+as one line that names the store without its secrets."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
+from convvae.runtime.uris import SECRET_QUERY_KEY, without_secrets
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -27,15 +28,6 @@ def resolve_tracking_uri(cfg: TrackingConfig, root: Path) -> str:
     if uri.startswith("sqlite:///") and path and not path.startswith(("/", ":memory:", "file:")):
         return f"sqlite:///{root / path}"
     return uri
-
-
-def without_password(uri: str) -> str:
-    """``uri`` with the password of its ``user:password@`` part replaced by ``***``."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    user, _, host = parts.netloc.rpartition("@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user.split(':')[0]}:***@{host}"))
 
 
 def login(parts: urllib.parse.SplitResult) -> tuple[str, str] | None:
@@ -59,7 +51,7 @@ def client_uri(uri: str) -> str:
 @contextmanager
 def store_errors(uri: str, action: str) -> Iterator[None]:
     """MLflow, database and file errors inside as one TrackingError: what failed, in which
-    store (password hidden), and that finished work is kept."""
+    store (secrets hidden), and that finished work is kept."""
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -67,11 +59,21 @@ def store_errors(uri: str, action: str) -> Iterator[None]:
         yield
     except (MlflowException, OSError, SQLAlchemyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
-        password = urllib.parse.urlsplit(uri).password
-        if password:  # MLflow's messages quote the URL it called
-            first_line = str(first_line).replace(password, "***")
+        first_line = _hide_secrets(str(first_line), uri)
         raise TrackingError(
-            f"could not {action} in MLflow store {without_password(uri)}: {first_line}; check that "
+            f"could not {action} in MLflow store {without_secrets(uri)}: {first_line}; check that "
             "the store is reachable and writable, then re-run the stage (finished work is "
             "kept)"
         ) from None
+
+
+def _hide_secrets(message: str, uri: str) -> str:
+    """``message`` with the URI's secrets hidden: MLflow's messages quote the URL it called,
+    whole or in parts."""
+    message = message.replace(uri, without_secrets(uri))
+    parts = urllib.parse.urlsplit(uri)
+    secrets = [parts.password, parts.username if parts.password is None else None]
+    secrets += [v for k, v in urllib.parse.parse_qsl(parts.query) if SECRET_QUERY_KEY.search(k)]
+    for secret in filter(None, secrets):
+        message = message.replace(secret, "***")
+    return message

@@ -22,17 +22,12 @@ import numpy as np
 
 from convvae.config import TrackingConfig
 from convvae.model.vae import ConvVAE, Reconstructor
+from convvae.runtime.uris import without_secrets
 from convvae.tracking.probes import check_store
 from convvae.tracking.provenance import repository_root
 from convvae.tracking.quiet import quiet_model_logging
 from convvae.tracking.registry import Registry
-from convvae.tracking.store import (
-    DEFAULT_ARTIFACTS,
-    client_uri,
-    resolve_tracking_uri,
-    store_errors,
-    without_password,
-)
+from convvae.tracking.store import DEFAULT_ARTIFACTS, client_uri, resolve_tracking_uri, store_errors
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -64,8 +59,8 @@ class Tracker:
 
         self.root = repository_root(root)
         self.uri = resolve_tracking_uri(cfg, self.root)
-        # What messages, logs and output files show: the URI without its password.
-        self.shown_uri = without_password(self.uri)
+        # What messages, logs and output files show: the URI without its secrets.
+        self.shown_uri = without_secrets(self.uri)
         self.cfg = cfg
         self._mlflow = mlflow
         # "Creating initial MLflow database tables..." on a new store is not news to a user.
@@ -104,15 +99,15 @@ class Tracker:
 
     def changed_params(self, run_id: str, params: Mapping[str, Any]) -> list[str]:
         """The flat params whose value differs from the one ``run_id`` logged (as MLflow
-        stores it: a string, passwords hidden); params the run has not logged do not count."""
+        stores it: a string, URI secrets hidden); params the run has not logged do not count."""
         with store_errors(self.uri, "read the run's params"):
             logged = self.client.get_run(run_id).data.params
         params = _loggable(params)
         return sorted(k for k, v in params.items() if k in logged and logged[k] != str(v))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Nested params (as in params.yaml) flattened to ``section.key``; a URI's password
-        (tracking.uri) is logged as ***."""
+        """Nested params (as in params.yaml) flattened to ``section.key``; a URI's secrets
+        (tracking.uri) are logged as ***."""
         self._mlflow.log_params(_loggable(flatten(params)))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -260,8 +255,8 @@ class Tracker:
 
 
 def _loggable(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat params with the password of any URI among them replaced by ***."""
-    return {k: without_password(v) if isinstance(v, str) else v for k, v in flat.items()}
+    """Flat params with the secrets of any URI among them replaced by ***."""
+    return {k: without_secrets(v) if isinstance(v, str) else v for k, v in flat.items()}
 
 
 def _pip_requirements() -> list[str]:
