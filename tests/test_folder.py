@@ -333,6 +333,58 @@ def test_corrupt_image_is_named(tmp_path: Path, damage: str) -> None:
     assert "object at 0x" not in str(err.value)  # Pillow's message names its buffer
 
 
+@pytest.mark.parametrize("fmt", ["GIF", "PPM", "ICO", "EPS"])
+def test_only_the_documented_formats_are_decoded_whatever_the_suffix(
+    tmp_path: Path, fmt: str
+) -> None:
+    # Pillow opens any format it knows; an EPS named .png would reach Ghostscript.
+    root = small(tmp_path)
+    path = root / "train" / "good" / "000.png"
+    with Image.open(path) as image:
+        if fmt == "EPS":  # Pillow writes EPS only with Ghostscript: a minimal header will do
+            path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\nshowpage\n")
+        else:
+            image.convert("RGB" if fmt == "PPM" else "L").save(path, format=fmt)
+    with raises(path, "not a readable image (not PNG, JPEG, BMP, TIFF)"):
+        read_image_file(path)
+
+
+def test_an_oversized_image_is_refused_from_its_header_before_decoding(tmp_path: Path) -> None:
+    # A PNG's IHDR says 12000 x 12000 (144 MP, which Pillow only warns about); its data is
+    # that of a 32 x 32 image, so decoding would fail later: the size check must come first.
+    import struct
+    import zlib
+
+    path = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    header = b"IHDR" + struct.pack(">II", 12000, 12000) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    path.write_bytes(bytes(data))
+    with raises(path, "12000x12000 pixels, above the 67 MP an image may have"):
+        read_image_file(path)
+
+
+def test_sixteen_bit_images_are_shifted_without_a_wider_copy(tmp_path: Path) -> None:
+    # An int64 copy made a 0.4 MB 16-bit PNG cost gigabytes; the shift stays in 16 bits.
+    import tracemalloc
+
+    side = 2048
+    pixels = np.tile(np.arange(side, dtype=np.uint16) * 32, (side, 1))
+    Image.fromarray(pixels).save(tmp_path / "deep.png")
+    image = read_image_file(tmp_path / "deep.png")
+    assert image.mode.startswith("I")
+    tracemalloc.start()
+    try:
+        out = preprocess_image(image, None, None, 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(out[0], (pixels >> 8).astype(np.uint8))
+    assert peak < 3 * pixels.nbytes, f"peak {peak / 2**20:.0f} MiB for an 8 MiB image"
+
+
 def test_unsupported_file_is_named(tmp_path: Path) -> None:
     root = small(tmp_path)
     path = root / "test" / "scratch" / "notes.txt"

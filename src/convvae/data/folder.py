@@ -13,18 +13,25 @@ import hashlib
 import io
 import re
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from PIL.Image import DecompressionBombError
+from PIL.Image import DecompressionBombError, DecompressionBombWarning
 
 from convvae.errors import ConfigError, DataError
 from convvae.yamlconfig import size_pair
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# The formats SUFFIXES name: a file is decoded only as one of them, whatever its suffix (an EPS
+# named .png would otherwise reach Ghostscript where it is installed).
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+# The largest image a file may hold, checked from its header before any pixel is decoded
+# (Pillow only warns up to 179 MP): 8192 x 8192, 64 MiB per 8-bit channel.
+MAX_IMAGE_PIXELS = 8192 * 8192
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # MLflow's metric-key characters on every platform, less the slash.
 DEFECT_NAME = re.compile(r"[\w.\- ]+")
@@ -286,11 +293,19 @@ def _read_bytes(path: Path) -> bytes:
 
 def _decode(data: bytes, path: Path) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # the size is checked below, with its own message
+            warnings.simplefilter("ignore", DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DataError(
+                f"{path}: {width}x{height} pixels, above the {MAX_IMAGE_PIXELS / 1e6:.0f} MP "
+                "an image may have; downscale it before use"
+            )
         image.load()
     except UnidentifiedImageError:
         raise DataError(
-            f"{path}: not a readable image (not a recognised image format); replace or remove it"
+            f"{path}: not a readable image (not {', '.join(FORMATS)}); replace or convert it"
         ) from None
     except _DECODE_ERRORS as err:
         reason = " ".join(str(err).split()) or type(err).__name__
@@ -309,13 +324,16 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     refused, and so are images whose values all fit in 0..255, which may be 8-bit values
     (made black by the shift) or a very dark 16-bit image: a guess either way."""
     if image.mode.startswith("I"):
-        pixels = np.asarray(image).astype(np.int64)
-        if image.mode == "I" and (pixels.min() < 0 or pixels.max() > 65535):
+        # Shifted in the file's own integer type: an int64 copy of a large 16-bit image would
+        # take four times its decoded size.
+        pixels = np.asarray(image)
+        low, high = int(pixels.min()), int(pixels.max())
+        if image.mode == "I" and (low < 0 or high > 65535):
             raise DataError(
-                f"32-bit integer pixels in [{pixels.min()}, {pixels.max()}], outside 16-bit "
+                f"32-bit integer pixels in [{low}, {high}], outside 16-bit "
                 "0..65535; save the image as 8 or 16 bits"
             )
-        if image.mode == "I" and pixels.max() <= 255:
+        if image.mode == "I" and high <= 255:
             raise DataError(
                 "32-bit integer pixels all within 0..255: 8-bit values or a very dark 16-bit "
                 "image? save it as 8 bits (mode L) or 16 bits (I;16)"
