@@ -330,6 +330,11 @@ def test_read_record_and_its_errors(tmp_path):
     path.write_text(json.dumps({**fields, "calibration_scores": []}))
     with pytest.raises(DataError, match="no calibration scores"):
         read_record(path)
+    # A stored sample count sizes scoring memory: an untrusted record may not ask for 10**9.
+    for samples in (0, 10**9):
+        path.write_text(json.dumps({**fields, "iwae_samples": samples}))
+        with pytest.raises(DataError, match="samples outside 1..4096"):
+            read_record(path)
 
 
 def test_the_rank_bootstrap_of_roc_auc_equals_the_plain_resampling_loop():

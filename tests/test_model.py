@@ -227,6 +227,39 @@ def test_weights_that_do_not_fit_the_stored_architecture(tmp_path):
         load_model(path)
 
 
+def test_a_forged_architecture_is_refused_before_the_network_is_built(tmp_path, monkeypatch):
+    # A file that states a huge network beside small weights would allocate the network (here
+    # 3136 x 10**6 floats, 12.5 GB) before load_state_dict noticed; it is checked on the meta
+    # device first, so no real tensor of that size is ever made.
+    path = tmp_path / "m.pt"
+    save_model(tiny_model(), path)
+    payload = torch.load(path, weights_only=True)
+    built = []
+    monkeypatch.setattr(ConvVAE, "__init__", _counting(ConvVAE.__init__, built))
+    forged = {
+        "huge": ({**payload["architecture"], "encoder_hidden": [10**6]}, "weights do not fit"),
+        "junk": ({**payload["architecture"], "kernel_size": "4"}, "not a convvae model file"),
+    }
+    for name, (architecture, message) in forged.items():
+        torch.save({**payload, "architecture": architecture}, tmp_path / f"{name}.pt")
+        built.clear()
+        with pytest.raises(CheckpointError, match=message):
+            load_model(tmp_path / f"{name}.pt")
+        assert built == ["meta"]  # only the memoryless build ran
+    for size in ([100_000, 100_000], [0, 28], "28"):
+        torch.save({**payload, "preprocessing": {"image_size": size}}, tmp_path / "pre.pt")
+        with pytest.raises(CheckpointError, match="stored preprocessing size"):
+            load_model(tmp_path / "pre.pt")
+
+
+def _counting(init, built: list):
+    def counted(self, *args, **kwargs):
+        built.append(torch.empty(0).device.type)  # the device factory functions use now
+        return init(self, *args, **kwargs)
+
+    return counted
+
+
 def test_missing_corrupt_and_pickled_model_files(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "absent.pt")

@@ -222,6 +222,9 @@ class TrackingConfig:
         )
 
 
+# Importance samples a score may draw per image: also the bound on a stored threshold record's,
+# whose scoring memory grows with it.
+MAX_SAMPLES = 4096
 Calibration = Literal["auto", "split", "cross_fit"]
 AnomalyScore = Literal[
     "recon_mse",
@@ -271,7 +274,11 @@ class AnomalyConfig:
     folds: int = 10
 
     def __post_init__(self) -> None:
-        _check(1 <= self.samples <= 4096, "anomaly.samples", "must be between 1 and 4096")
+        _check(
+            1 <= self.samples <= MAX_SAMPLES,
+            "anomaly.samples",
+            f"must be between 1 and {MAX_SAMPLES}",
+        )
         _check_seed(self.noise_seed, "anomaly.noise_seed")
         _check(0 < self.target_fpr <= 0.5, "anomaly.target_fpr", "must be in (0, 0.5]")
         _check(2 <= self.folds <= 20, "anomaly.folds", "must be between 2 and 20")

@@ -25,7 +25,7 @@ import numpy as np
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ALL_SCORES, ScoreSpec, current_name
 from convvae.anomaly.scoring import score_and_map
-from convvae.config import AnomalyConfig
+from convvae.config import MAX_SAMPLES, AnomalyConfig
 from convvae.errors import DataError
 
 THRESHOLD_TAG = "anomaly.threshold"
@@ -198,8 +198,11 @@ def parse_record(text: str, where: str) -> ThresholdRecord:
         raise DataError(
             f"{where}: not a threshold record ({type(err).__name__}: {err}); {_FIX}"
         ) from None
-    if record.spec.name not in ALL_SCORES or record.spec.samples < 1:
-        raise DataError(f"{where}: unknown score {record.spec.name!r} or samples < 1; {_FIX}")
+    if record.spec.name not in ALL_SCORES or not 1 <= record.spec.samples <= MAX_SAMPLES:
+        raise DataError(
+            f"{where}: unknown score {record.spec.name!r} or samples outside 1..{MAX_SAMPLES}; "
+            f"{_FIX}"
+        )
     if record.calibration_scores.ndim != 1 or len(record.calibration_scores) == 0:
         raise DataError(f"{where}: no calibration scores; {_FIX}")
     return record

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from convvae.data.folder import MAX_IMAGE_PIXELS
 from convvae.errors import CheckpointError
 from convvae.model.architecture import Architecture, architecture_diff, architecture_from_dict
 from convvae.model.vae import ConvVAE
@@ -69,6 +70,7 @@ def load_model_file(path: str | Path, expected: Architecture | None = None) -> M
         raise CheckpointError(
             f"{path}: not a convvae model file ({type(err).__name__}); re-run the train stage"
         ) from None
+    _check_before_building(arch, state, payload.get("preprocessing"), path)
     if expected is not None and arch != expected:
         raise CheckpointError(
             f"{path}: model shape does not match the config: "
@@ -85,3 +87,37 @@ def load_model_file(path: str | Path, expected: Architecture | None = None) -> M
         ) from None
     model.preprocessing = payload.get("preprocessing")
     return ModelFile(model, {k: v for k, v in payload.items() if k not in _MODEL_KEYS})
+
+
+def _check_before_building(arch: Architecture, state: Any, preprocessing: Any, path: Path) -> None:
+    """An untrusted file's architecture is built without memory first (the meta device): it
+    must hold exactly the stored weights, so the network can cost no more than the file does.
+    Its preprocessing sizes (used by --resize) are bounded as image files are."""
+    try:
+        with torch.device("meta"):
+            wanted = {k: tuple(v.shape) for k, v in ConvVAE(arch).state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+    except Exception as err:  # junk field types or values fail in many ways
+        raise CheckpointError(
+            f"{path}: not a convvae model file (architecture: {type(err).__name__}); re-run "
+            "the train stage"
+        ) from None
+    if found != wanted:
+        differ = sorted(k for k in wanted.keys() | found.keys() if wanted.get(k) != found.get(k))
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored architecture ({len(differ)} tensors differ, "
+            f"first {differ[0]}: stored {found.get(differ[0])}, needs {wanted.get(differ[0])}); "
+            "re-run the train stage"
+        )
+    sizes = [(preprocessing or {}).get(key) for key in ("image_size", "crop")]
+    for size in filter(None, sizes):
+        if not (
+            isinstance(size, list | tuple)
+            and len(size) == 2
+            and all(isinstance(side, int) and side >= 1 for side in size)
+            and size[0] * size[1] <= MAX_IMAGE_PIXELS
+        ):
+            raise CheckpointError(
+                f"{path}: stored preprocessing size {size!r} is not 1 to {MAX_IMAGE_PIXELS} "
+                "pixels; re-run the train stage"
+            )
