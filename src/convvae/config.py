@@ -194,6 +194,13 @@ class EvaluateConfig:
         _check(self.imputation_iterations >= 1, "evaluate.imputation_iterations", "must be >= 1")
 
 
+_SECRETS_FIX = (
+    "which DVC records in dvc.lock and every run uploads; leave tracking.uri null and set "
+    "MLFLOW_TRACKING_URI in the environment (for an http server: MLFLOW_TRACKING_USERNAME and "
+    "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN)"
+)
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     """Where MLflow records runs and models."""
@@ -210,20 +217,11 @@ class TrackingConfig:
     def __post_init__(self) -> None:
         _check(bool(self.experiment.strip()), "tracking.experiment", "must not be empty")
         _check(1 <= self.timeout_s <= 30, "tracking.timeout_s", "must be between 1 and 30")
-        # params.yaml is recorded in dvc.lock and uploaded with every run: no secrets in it.
-        secrets = uri_secrets(self.uri) if self.uri else []
-        _check(
-            not secrets,
-            "tracking.uri",
-            f"holds {' and '.join(secrets)}, which DVC records in dvc.lock and every run "
-            "uploads; leave tracking.uri null and set MLFLOW_TRACKING_URI in the environment "
-            "(for an http server: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD or "
-            "MLFLOW_TRACKING_TOKEN)",
-        )
+        secrets = " and ".join(uri_secrets(self.uri or ""))
+        _check(not secrets, "tracking.uri", f"holds {secrets}, {_SECRETS_FIX}")
 
 
-# Importance samples a score may draw per image: also the bound on a stored threshold record's,
-# whose scoring memory grows with it.
+# Importance samples per image a score may draw (bounds stored threshold records too).
 MAX_SAMPLES = 4096
 Calibration = Literal["auto", "split", "cross_fit"]
 AnomalyScore = Literal[
@@ -274,11 +272,8 @@ class AnomalyConfig:
     folds: int = 10
 
     def __post_init__(self) -> None:
-        _check(
-            1 <= self.samples <= MAX_SAMPLES,
-            "anomaly.samples",
-            f"must be between 1 and {MAX_SAMPLES}",
-        )
+        bound = f"must be between 1 and {MAX_SAMPLES}"
+        _check(1 <= self.samples <= MAX_SAMPLES, "anomaly.samples", bound)
         _check_seed(self.noise_seed, "anomaly.noise_seed")
         _check(0 < self.target_fpr <= 0.5, "anomaly.target_fpr", "must be in (0, 0.5]")
         _check(2 <= self.folds <= 20, "anomaly.folds", "must be between 2 and 20")
