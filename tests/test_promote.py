@@ -33,6 +33,7 @@ def test_bootstrap_finds_a_real_improvement_and_ignores_noise():
 
 
 def register(local_tracker, model, tmp_path, example) -> str:
+    """A version registered without a threshold record (incomplete, as before 0.2)."""
     path = tmp_path / "model.pt"
     save_model(model, path)
     with local_tracker.run():
@@ -41,7 +42,13 @@ def register(local_tracker, model, tmp_path, example) -> str:
 
 def test_promotion_gate(local_tracker, tmp_path, trained, mnist_slice):
     images = selection_and_calibration(mnist_slice.val.images)  # never the test split
+    halves = {"train": mnist_slice.train.images, "selection": images[0],
+              "calibration": images[1]}  # fmt: skip
     example = mnist_slice.val.images[:2].astype(np.float32) / 255
+
+    def register(local_tracker, model, tmp_path, example):
+        return register_scorer(local_tracker, model, tmp_path, example, halves)
+
     register(local_tracker, tiny_model(seed=5), tmp_path, example)  # v1: untrained
 
     first = promote(local_tracker, NAME, images, "neg_elbo", dry_run=False)
@@ -128,3 +135,41 @@ def test_the_anomaly_gate_refuses_a_threshold_that_flags_normal_images(
     assert third.promoted, third.reason
     mine = next(c for c in third.checks if c.version == "3")
     assert mine.fpr_ok and mine.realised_fpr <= mine.fpr_limit
+
+
+def test_only_complete_versions_are_promoted_or_served(
+    local_tracker, tmp_path, trained, mnist_slice, monkeypatch
+):
+    from convvae.anomaly.thresholds import THRESHOLD_TAG
+    from convvae.errors import TrackingError
+    from convvae.tracking.modelref import load_detector_ref
+
+    selection, calibration = selection_and_calibration(mnist_slice.val.images)
+    halves = {"train": mnist_slice.train.images, "selection": selection,
+              "calibration": calibration}  # fmt: skip
+    example = selection[:2].astype(np.float32) / 255
+    validation = (selection, calibration)
+    # The version and its tags are created in one call: tagging after creation never runs.
+    client = mlflow.MlflowClient()
+
+    def no_late_tags(*args, **kwargs):
+        raise AssertionError("a version was tagged after it was created")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_model_version_tag", no_late_tags)
+    register_scorer(local_tracker, tiny_model(seed=5), tmp_path, example, halves)  # v1
+    monkeypatch.undo()
+    assert THRESHOLD_TAG in client.get_model_version(NAME, "1").tags
+    assert promote(local_tracker, NAME, validation, "neg_elbo", False).promoted
+    # v2 has no threshold record (an interrupted or hand-made registration): it would skip
+    # the anomaly gate, so promote refuses it, as the CLI does.
+    register(local_tracker, trained, tmp_path, example)
+    with pytest.raises(TrackingError, match=f"version 2\\) has no {THRESHOLD_TAG} tag"):
+        promote(local_tracker, NAME, validation, "neg_elbo", False)
+    with pytest.raises(TrackingError, match="has no anomaly.threshold tag"):
+        load_detector_ref(f"models:/{NAME}/2")
+    # v1's tag edited after registration (a looser threshold): the served model still holds
+    # the original record, so the CLI refuses rather than decide with another threshold.
+    record = json.loads(client.get_model_version(NAME, "1").tags[THRESHOLD_TAG])
+    client.set_model_version_tag(NAME, "1", THRESHOLD_TAG, json.dumps({**record, "threshold": 1e9}))
+    with pytest.raises(TrackingError, match="tag differs from the threshold record its served"):
+        load_detector_ref(f"models:/{NAME}@champion")

@@ -112,6 +112,22 @@ def test_history_params_and_model_are_logged_and_served(
     with pytest.raises(Exception, match="shape"):
         served.predict(np.zeros((2, 1, 32, 32), dtype=np.float32))
 
+    # The artifact holds no code (whoever writes to the store could run it in every server):
+    # the installed convvae serves it, and only the version that logged it.
+    import yaml
+
+    import convvae
+
+    artifact = Path(mlflow.artifacts.download_artifacts("models:/convvae-unit/1"))
+    assert not (artifact / "code").exists()
+    mlmodel = yaml.safe_load((artifact / "MLmodel").read_text())
+    assert mlmodel["flavors"]["python_function"].get("code") is None
+    assert mlmodel["metadata"]["convvae_version"] == convvae.__version__
+    mlmodel["metadata"]["convvae_version"] = "0.0.1"
+    (artifact / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with pytest.raises(Exception, match=r"logged by convvae 0\.0\.1, but convvae .* installed"):
+        mlflow.pyfunc.load_model(str(artifact))
+
 
 def test_continuing_a_run_that_the_store_lacks(local_tracker):
     assert not local_tracker.run_exists("0" * 32)
@@ -235,6 +251,8 @@ def test_a_password_in_the_uri_is_sent_as_basic_auth_and_never_shown():
     # A token in place of the user, or in the query (presigned, OAuth), is hidden too.
     assert without_secrets("https://TOKEN@host/?token=t1&a=1") == "https://***@host/?token=***&a=1"
     assert without_secrets("s3://b/k?X-Amz-Signature=zz") == "s3://b/k?X-Amz-Signature=***"
+    for plain in ("sqlite:////srv/m.db", "sqlite:///m.db", "file:///tmp/x", "http://h:5000/a?b=1"):
+        assert without_secrets(plain) == plain
 
 
 def test_credentials_never_follow_a_redirect():

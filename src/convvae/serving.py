@@ -9,10 +9,12 @@ record (its ``model_config``); no pickled code is involved. It decides with
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from convvae import __version__
 from convvae.anomaly.detector import Detector, detector_from
 from convvae.anomaly.reference import load_fitted_model
 from convvae.anomaly.scorer import Scorer
@@ -20,6 +22,7 @@ from convvae.anomaly.scores import ScoreSpec
 from convvae.anomaly.scoring import score_and_map
 from convvae.anomaly.thresholds import parse_record
 from convvae.data.images import check_pixels
+from convvae.errors import DataError
 from convvae.runtime.allocator import keep_freed_memory
 from convvae.uses.evaluation import reconstruct
 
@@ -29,6 +32,8 @@ MAX_BATCH = 1024
 # Outputs a client may ask for with params={"return_...": true}; each costs a decode per image.
 OPTIONAL_OUTPUTS = {"return_reconstruction": "reconstruction", "return_anomaly_map": "anomaly_map"}
 PARAMS_EXAMPLE = dict.fromkeys(OPTIONAL_OUTPUTS, False)
+# The MLmodel metadata key naming the convvae version that logged a model (and must serve it).
+PACKAGE_VERSION_KEY = "convvae_version"
 # The response's names before 0.2 (served beside the new ones for one release).
 OLD_NAMES = {"score": "anomaly_score", "p_value": "normalized_score"}
 
@@ -92,6 +97,7 @@ class ScoringModel:
 
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ScoringModel:
     keep_freed_memory()  # the server scores in this process (convvae.runtime.allocator)
+    _check_package_version(Path(data_path).parents[1])
     if model_config:
         record = parse_record(json.dumps(dict(model_config)), "the model's threshold record")
         detector = detector_from(data_path, record)
@@ -101,3 +107,18 @@ def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ScoringMod
     model, reference = load_fitted_model(data_path)
     name = "fused" if reference is not None else "excess_nll"
     return ScoringModel(Scorer(model, reference, ScoreSpec(name)))
+
+
+def _check_package_version(model_folder: Path) -> None:
+    """The served model runs the installed convvae (its artifact holds no code): the version
+    that logged it, recorded in its MLmodel metadata, or a DataError naming both."""
+    if not (model_folder / "MLmodel").is_file():  # a model file outside an artifact
+        return
+    from mlflow.models import Model
+
+    logged_by = (Model.load(str(model_folder)).metadata or {}).get(PACKAGE_VERSION_KEY)
+    if logged_by is not None and logged_by != __version__:
+        raise DataError(
+            f"{model_folder}: logged by convvae {logged_by}, but convvae {__version__} is "
+            f"installed; install convvae {logged_by} to serve it, or re-register the model"
+        )

@@ -36,6 +36,8 @@ def without_secrets(uri: str) -> str:
     """``uri`` with its password, a token before @ and secret query values shown as ``***``
     (a user name with a password stays: it says whose password it is)."""
     parts = urllib.parse.urlsplit(uri)
+    if not uri_secrets(uri):  # urlunsplit would drop sqlite:////path's empty host
+        return uri
     if parts.username is not None:
         user, _, host = parts.netloc.rpartition("@")
         shown = f"{user.split(':')[0]}:{HIDDEN}" if parts.password is not None else HIDDEN

@@ -7,7 +7,6 @@ from pathlib import Path
 from convvae.anomaly.detector import Detector, detector_from, load_detector
 from convvae.anomaly.thresholds import THRESHOLD_TAG, parse_record
 from convvae.config import TrackingConfig
-from convvae.errors import DataError
 from convvae.model.files import load_model
 from convvae.model.vae import ConvVAE
 
@@ -21,7 +20,7 @@ def load_model_ref(ref: str, tracking: TrackingConfig | None = None) -> ConvVAE:
     """
     if not ref.startswith(REGISTRY_PREFIX):
         return load_model(Path(ref))
-    return load_model(_registered(ref, tracking)[0])
+    return load_model(_registry(tracking).model_file(ref))
 
 
 def load_detector_ref(ref: str, tracking: TrackingConfig | None = None) -> Detector:
@@ -29,21 +28,12 @@ def load_detector_ref(ref: str, tracking: TrackingConfig | None = None) -> Detec
     version's file and ``anomaly.threshold`` tag."""
     if not ref.startswith(REGISTRY_PREFIX):
         return load_detector(Path(ref))
-    model_file, version = _registered(ref, tracking)
-    tag = version.tags.get(THRESHOLD_TAG)
-    if tag is None:
-        raise DataError(
-            f"{ref} (version {version.version}) has no {THRESHOLD_TAG} tag: it was registered "
-            "before thresholds were stored; re-run `dvc repro -f evaluate` (or the benchmark "
-            "with benchmark.register_models) to register a version that has one"
-        )
+    model_file, tag = _registry(tracking).complete_version(ref)
     return detector_from(model_file, parse_record(tag, f"{ref} tag {THRESHOLD_TAG}"))
 
 
-def _registered(ref: str, tracking: TrackingConfig | None):
-    """The local model file of a registered version, and the version (its tags)."""
+def _registry(tracking: TrackingConfig | None):
+    """The registry of the store ``tracking`` names (default: the repository's)."""
     from convvae.tracking.tracker import Tracker
 
-    registry = Tracker(tracking or TrackingConfig()).registry
-    version = registry.version(ref)  # unknown name, alias or version: one line listing what exists
-    return registry.model_file(f"models:/{version.name}/{version.version}"), version
+    return Tracker(tracking or TrackingConfig()).registry

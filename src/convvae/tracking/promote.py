@@ -124,7 +124,7 @@ def promote(
     holder = registry.version_by_alias(name, CHAMPION)
     champion = None if holder is None else str(holder.version)
     # Each version's model is read once, for both gates.
-    loaded = {v: _load(registry, name, v) for v in (newest, champion) if v is not None}
+    loaded = {v: _load(registry, name, v, v == newest) for v in (newest, champion) if v is not None}
     checks = tuple(
         anomaly_check(detector, selection, version)
         for version, (_, detector) in loaded.items()
@@ -194,13 +194,16 @@ def _anomaly_gate_failure(checks: tuple[AnomalyCheck, ...], challenger: str) -> 
     return ""
 
 
-def _load(registry: Registry, name: str, version: str) -> tuple[ConvVAE, Detector | None]:
-    """A version's model, and its detector when it was registered with a threshold record."""
+def _load(
+    registry: Registry, name: str, version: str, challenger: bool
+) -> tuple[ConvVAE, Detector | None]:
+    """A version's model and detector. The challenger must be complete (its threshold record
+    tagged and served alike, ``Registry.complete_version``): an incomplete one would skip the
+    anomaly gate. A champion registered before records were stored competes on likelihood."""
     uri = f"models:/{name}/{version}"
-    model_file = registry.model_file(uri)
-    tag = registry.version(uri).tags.get(THRESHOLD_TAG)
-    if tag is None:  # registered before thresholds were stored: likelihood only
-        return load_model(model_file), None
+    if not challenger and THRESHOLD_TAG not in registry.version(uri).tags:
+        return load_model(registry.model_file(uri)), None
+    model_file, tag = registry.complete_version(uri)
     detector = detector_from(model_file, parse_record(tag, f"{uri} tag {THRESHOLD_TAG}"))
     return detector.scorer.model, detector
 

@@ -3,6 +3,7 @@ one-line errors that list what exists."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,44 @@ class Registry:
         return found
 
     def model_file(self, uri: str) -> Path:
-        """Local path of the weights of ``models:/NAME/VERSION`` or ``models:/NAME@alias``."""
+        """Local path of the weights of ``models:/NAME/VERSION`` or ``models:/NAME@alias``
+        (an unknown name, alias or version: ``version``'s one-line error)."""
+        version = self.version(uri)
+        return self._download(f"models:/{version.name}/{version.version}") / "data" / "model.pt"
+
+    def complete_version(self, uri: str) -> tuple[Path, str]:
+        """The weights file of a registered version and its threshold record (JSON text).
+
+        A version is usable only when complete: it carries the ``anomaly.threshold`` tag
+        (set in the same call that created it), and that tag is the record its served model
+        decides with (the pyfunc's config), so the CLI, promote and serving share one threshold.
+        Otherwise a TrackingError: an edited tag or an incomplete registration is refused."""
+        from mlflow.models import Model
+
+        from convvae.anomaly.thresholds import THRESHOLD_TAG
+
+        version = self.version(uri)
+        where = f"{uri} (version {version.version})"
+        tag = version.tags.get(THRESHOLD_TAG)
+        if tag is None:
+            raise TrackingError(
+                f"{where} has no {THRESHOLD_TAG} tag: an incomplete or pre-0.2 registration; "
+                "re-run `dvc repro -f evaluate` to register a complete version"
+            )
+        folder = self._download(f"models:/{version.name}/{version.version}")
+        served = Model.load(str(folder)).flavors.get("python_function", {}).get("config")
+        if served != json.loads(tag):
+            raise TrackingError(
+                f"{where}: its {THRESHOLD_TAG} tag differs from the threshold record its served "
+                "model holds (the tag was edited after registration); re-register the version"
+            )
+        return folder / "data" / "model.pt", tag
+
+    def _download(self, uri: str) -> Path:
         import mlflow
 
         with store_errors(self.uri, f"download {uri}"):
-            folder = Path(mlflow.artifacts.download_artifacts(uri))
-        return folder / "data" / "model.pt"
+            return Path(mlflow.artifacts.download_artifacts(uri))
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point ``@alias`` of ``name`` at ``version``."""

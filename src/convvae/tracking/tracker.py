@@ -171,7 +171,8 @@ class Tracker:
         """
         from mlflow.models import infer_signature
 
-        from convvae.serving import PARAMS_EXAMPLE, _load_pyfunc
+        from convvae import __version__
+        from convvae.serving import PACKAGE_VERSION_KEY, PARAMS_EXAMPLE, _load_pyfunc
 
         example = example_images.astype(np.float32)
         scored = _load_pyfunc(str(model_file), record_json).predict(example)
@@ -195,18 +196,20 @@ class Tracker:
                 data_path=str(model_file),
                 input_example=example,
                 signature=infer_signature(example, scored, params=PARAMS_EXAMPLE),
-                registered_model_name=registered_name,
                 model_config=record_json,
-                # The package travels with the model, so it loads where convvae is not installed.
-                code_paths=[str(Path(__file__).parents[1])],
+                # No code in the artifact: whoever can write to the artifact store could run
+                # it in every server. The loader is the installed convvae of the version named
+                # here (convvae.serving checks it).
+                metadata={PACKAGE_VERSION_KEY: __version__},
                 pip_requirements=_pip_requirements(),
             )
         if registered_name is None:
             return None
-        version = str(info.registered_model_version)
-        for key, value in version_tags.items():
-            self.client.set_model_version_tag(registered_name, version, key, str(value))
-        return version
+        # Version and tags in one call: a version without its threshold record never exists.
+        tags = {key: str(value) for key, value in version_tags.items()}
+        with store_errors(self.uri, f"register {registered_name}"), quiet_model_logging():
+            registered = self._mlflow.register_model(info.model_uri, registered_name, tags=tags)
+        return str(registered.version)
 
     def find_run(self, tag: str, value: str) -> str | None:
         """Id of the newest run of this experiment tagged ``tag = value``, or None."""
