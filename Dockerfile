@@ -27,7 +27,7 @@ RUN apt-get update \
  && useradd --create-home --uid 10001 convvae \
  && install -d -o 10001 /dvc-remote
 COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
+ENV PATH=/opt/venv/bin:$PATH DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true PYTHONUNBUFFERED=1
 WORKDIR /home/convvae/app
 COPY --chown=convvae:convvae . .
 USER 10001

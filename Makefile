@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 # Rebuilt when the lock file or the package definition changes.
 INSTALLED := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
 # Stage commands call `python`: make it the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1

@@ -5,6 +5,8 @@
 #   deploy/mlflow-server.sh
 # Listens on 127.0.0.1 unless HOST says otherwise: an exposed, unauthenticated server is attacked.
 set -euo pipefail
+# MLflow's usage telemetry: off unless set otherwise.
+export MLFLOW_DISABLE_TELEMETRY="${MLFLOW_DISABLE_TELEMETRY:-true}"
 : "${BACKEND_STORE_URI:?set BACKEND_STORE_URI, e.g. postgresql://mlflow:mlflow@127.0.0.1:5432/mlflow}"
 : "${ARTIFACTS_DESTINATION:?set ARTIFACTS_DESTINATION, e.g. s3://bucket or file:///srv/artifacts}"
 exec mlflow server \

@@ -104,6 +104,24 @@ TRACKED_FOR_IMAGE = (
 SECRET_FILES = ("deploy/.env", ".env", ".dvc/config.local", "src/.env.production")
 
 
+def test_usage_telemetry_is_off_unless_a_user_turns_it_on():
+    # MLflow 3 reports usage unless told not to: importing convvae tells it, as do the image,
+    # the server script and the Makefile; a user's own setting wins.
+    probe = (
+        "import convvae, os; from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY;"
+        "print(os.environ['MLFLOW_DISABLE_TELEMETRY'], MLFLOW_DISABLE_TELEMETRY.get())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    said = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert said.stdout.split() == ["true", "True"], said.stderr
+    env["MLFLOW_DISABLE_TELEMETRY"] = "false"
+    said = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert said.stdout.split() == ["false", "False"], said.stderr
+    assert "MLFLOW_DISABLE_TELEMETRY=true" in (REPO / "Dockerfile").read_text()
+    assert "MLFLOW_DISABLE_TELEMETRY:-true" in (REPO / "deploy/mlflow-server.sh").read_text()
+    assert "export MLFLOW_DISABLE_TELEMETRY ?= true" in (REPO / "Makefile").read_text()
+
+
 def test_compose_file_is_valid_for_docker_compose(compose, tmp_path):
     env_file = tmp_path / "team.env"
     env_file.write_text("".join(f"{key}=secret-{i}\n" for i, key in enumerate(SECRETS)))
