@@ -63,6 +63,11 @@ def test_scores_a_png_folder_and_flags_above_the_threshold(one_class_model, mnis
     array_rows = list(csv.DictReader(again.stdout.splitlines()))
     assert [row["score"] for row in array_rows] == [row["score"] for row in rows]
     assert array_rows[0]["file"] == "digits.npy[0]"
+    # The CSV is never replaced silently; --overwrite replaces it.
+    again = convvae("score", "--model", str(one_class_model), str(folder), "--out", str(out))
+    assert f"{out} exists; pass --overwrite" in assert_one_line_error(again)
+    forced = ("score", "--model", str(one_class_model), str(folder), "--out", str(out))
+    assert convvae(*forced, "--overwrite").returncode == 0
 
 
 def test_file_names_reach_the_csv_as_text_a_spreadsheet_will_not_run(
@@ -108,8 +113,9 @@ def test_a_registered_version_scores_with_its_tagged_threshold(
     model = load_model(one_class_model)
     with local_tracker.run():
         tagged = local_tracker.log_model(
-            model, one_class_model, example, "convvae-scorer", {THRESHOLD_TAG: record}
-        )
+            model, one_class_model, example, "convvae-scorer", {THRESHOLD_TAG: record},
+            json.loads(record),
+        )  # fmt: skip
         untagged = local_tracker.log_model(model, one_class_model, example, "convvae-scorer", {})
     local_tracker.registry.set_alias("convvae-scorer", "champion", tagged)
     np.save(tmp_path / "digits.npy", mnist_slice.test.images[:5])

@@ -79,10 +79,19 @@ def test_encode_decode_round_trip(files, tmp_path, trained, capsys):
     main(["decode", "--model", model, str(codes), "--out", str(tmp_path / "out")])
     decoded = load_images(tmp_path / "out", SHAPE)
     assert decoded.names == names and decoded.images.shape == (5, 1, 28, 28)
-    main(["encode", "--model", model, str(files / "digits.npy"), "--precision", "int8",
-          "--out", str(codes)])  # fmt: skip
+    # Outputs are never replaced silently: the code file, then the decoded PNGs.
+    again = ["encode", "--model", model, str(files / "digits.npy"), "--precision", "int8",
+             "--out", str(codes)]  # fmt: skip
+    assert f"{codes} exists; pass --overwrite" in fails(again, capsys)
+    main([*again, "--overwrite"])
+    assert load_codes(codes, trained)[0].precision == "int8"
     main(["decode", "--model", model, str(codes), "--out", str(tmp_path / "arrays")])
     assert sorted(p.name for p in (tmp_path / "arrays").iterdir())[0] == "digits.npy_0.png"
+    before = (tmp_path / "arrays" / "digits.npy_0.png").read_bytes()
+    assert "digits.npy_0.png (and 4 more) exists" in fails(
+        ["decode", "--model", model, str(codes), "--out", str(tmp_path / "arrays")], capsys
+    )
+    assert (tmp_path / "arrays" / "digits.npy_0.png").read_bytes() == before
 
 
 def test_decode_writes_a_forged_files_names_only_inside_its_folder(

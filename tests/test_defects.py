@@ -243,6 +243,10 @@ def test_score_resizes_only_when_asked_and_writes_maps(model_file, scorer, folde
     expected = anomaly_maps(scorer, resized.transpose(2, 0, 1)[None].copy())[0]
     np.testing.assert_allclose(np.load(maps / f"{Path(names[0]).stem}_map.npy"), expected,
                                rtol=1e-4, atol=1e-5)  # fmt: skip
+    # Maps already there are not replaced silently (the CSV goes elsewhere this time).
+    again = convvae("score", "--model", str(model_file), str(big), "--resize", "--maps", str(maps))
+    line = assert_one_line_error(again)
+    assert f"_map.png (and {2 * len(names) - 1} more) exists; pass --overwrite" in line
 
 
 def test_the_guarded_patch_score_adds_only_the_contrast_distances_far_tail(scorer, splits):

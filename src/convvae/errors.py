@@ -5,6 +5,7 @@ Tracebacks only with --debug or CONVVAE_DEBUG=1.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -62,6 +63,17 @@ def exit_on_error(action: Callable[[], None], debug: bool = False) -> None:
         # own flush at exit does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(141) from None
+    except OSError as err:
+        # A full disk or quota, anywhere in a stage or command: one line, not a traceback.
+        if debug or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(
+            f"error: no space left on the device{where}; free space (or point the outputs "
+            "elsewhere) and re-run: finished files and checkpoints are kept",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
 
 
 def run_stage(main: Callable[[], None]) -> None:

@@ -10,6 +10,7 @@ from convvae.cli.common import (
     IMAGES_HELP,
     RESIZE_HELP,
     image_shape,
+    refuse_to_replace,
     registry_tracking,
     resize_option,
 )
@@ -53,18 +54,23 @@ def _score(args: argparse.Namespace) -> None:
     import contextlib
     import itertools
     import resource
+    from pathlib import Path
 
-    from convvae.anomaly.map_images import check_map_names
+    from convvae.anomaly.map_images import check_map_names, map_stem
     from convvae.anomaly.score_files import write_scores
     from convvae.data.image_files import image_names, iter_images
     from convvae.runtime.files import atomic_path
     from convvae.runtime.progress import live_bar
     from convvae.tracking.modelref import load_detector_ref
 
+    refuse_to_replace([args.out] if args.out else [], args)
+    if args.maps is not None:
+        names = image_names(args.images)
+        check_map_names(names)
+        stems = [Path(args.maps) / f"{map_stem(name)}_map" for name in names]
+        refuse_to_replace([f"{stem}{ext}" for stem in stems for ext in (".png", ".npy")], args)
     detector = load_detector_ref(args.model, registry_tracking(args))
     model = detector.scorer.model
-    if args.maps is not None:
-        check_map_names(image_names(args.images))
     total, batches = iter_images(args.images, image_shape(model), resize_option(model, args.resize))
     # The first batch is read before any output: a wrong size or mode is one error line alone.
     batches = itertools.chain([next(batches)], batches)
@@ -97,8 +103,9 @@ def _export(args: argparse.Namespace) -> None:
     from convvae.runtime.files import write_json
     from convvae.tracking.modelref import load_detector_ref
 
-    detector = load_detector_ref(args.model, registry_tracking(args))
     out = Path(args.out)
+    refuse_to_replace([out, out.with_suffix(".threshold.json")], args)
+    detector = load_detector_ref(args.model, registry_tracking(args))
     started = time.perf_counter()
     export_onnx(detector.scorer, out)
     record_file = out.with_suffix(".threshold.json")

@@ -46,3 +46,20 @@ def resize_option(model, asked: bool):
         crop = done.get("crop")
         return Resize(tuple(done["image_size"]), tuple(crop) if crop else None)
     return Resize(tuple(model.arch.image_size))
+
+
+def refuse_to_replace(paths, args: argparse.Namespace) -> None:
+    """Outputs are never replaced silently: an existing one (file or symlink) is a ConfigError
+    before any work, unless ``--overwrite``."""
+    from pathlib import Path
+
+    from convvae.errors import ConfigError
+
+    if args.overwrite:
+        return
+    existing = [str(path) for path in map(Path, paths) if path.is_symlink() or path.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise ConfigError(
+            f"{existing[0]}{more} exists; pass --overwrite to replace it, or choose another output"
+        )

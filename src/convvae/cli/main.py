@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Also accepted after the subcommand; SUPPRESS keeps it from resetting the flag given before.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs (default: refuse)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     registry = argparse.ArgumentParser(add_help=False)
     registry.add_argument(

@@ -10,6 +10,7 @@ from convvae.cli.common import (
     MODEL_HELP,
     RESIZE_HELP,
     image_shape,
+    refuse_to_replace,
     registry_tracking,
     resize_option,
 )
@@ -23,6 +24,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     if args.n < 1 or args.temperature <= 0:
         raise ConfigError("--n must be >= 1 and --temperature > 0")
+    refuse_to_replace([args.out], args)
     model = load_model_ref(args.model, registry_tracking(args))
     write_images(sample_images(model, args.n, args.seed, args.temperature), args.out)
     print(f"{args.n} samples (temperature {args.temperature}, seed {args.seed}) → {args.out}")
@@ -39,6 +41,7 @@ def _interpolate(args: argparse.Namespace) -> None:
 
     if args.steps < 2:
         raise ConfigError("--steps must be >= 2")
+    refuse_to_replace([args.out], args)
     model = load_model_ref(args.model, registry_tracking(args))
     ends = []
     for path, index, option in (
@@ -60,6 +63,7 @@ def _encode(args: argparse.Namespace) -> None:
     from convvae.tracking.modelref import load_model_ref
     from convvae.uses.compress import encode, save_codes
 
+    refuse_to_replace([args.out], args)
     model = load_model_ref(args.model, registry_tracking(args))
     batch = load_images(args.images, image_shape(model), resize_option(model, args.resize))
     codes = encode(model, torch.from_numpy(batch.images), args.precision)
@@ -73,7 +77,7 @@ def _encode(args: argparse.Namespace) -> None:
 
 
 def _decode(args: argparse.Namespace) -> None:
-    from convvae.data.image_files import write_png_folder
+    from convvae.data.image_files import png_file_name, write_png_folder
     from convvae.data.images import to_uint8
     from convvae.errors import DataError
     from convvae.tracking.modelref import load_model_ref
@@ -83,6 +87,7 @@ def _decode(args: argparse.Namespace) -> None:
     if not os.path.isfile(args.codes):
         raise DataError(f"{args.codes}: no such file; pass an .npz written by `convvae encode`")
     codes, names = load_codes(args.codes, model)
+    refuse_to_replace([os.path.join(args.out, png_file_name(name)) for name in names], args)
     write_png_folder(to_uint8(decode(model, codes)), names, args.out)
     print(f"{len(names)} images ({codes.precision} codes) → {args.out}/")
 
@@ -90,7 +95,7 @@ def _decode(args: argparse.Namespace) -> None:
 def _impute(args: argparse.Namespace) -> None:
     import torch
 
-    from convvae.data.image_files import load_images, write_png_folder
+    from convvae.data.image_files import load_images, png_file_name, write_png_folder
     from convvae.data.images import to_uint8
     from convvae.data.splits import load_splits
     from convvae.errors import ConfigError
@@ -102,6 +107,7 @@ def _impute(args: argparse.Namespace) -> None:
     model = load_model_ref(args.model, registry_tracking(args))
     shape = image_shape(model)
     batch = load_images(args.images, shape, resize_option(model, args.resize))
+    refuse_to_replace([os.path.join(args.out, png_file_name(n)) for n in batch.names], args)
     missing = make_mask(args.mask, len(batch.images), shape, args.seed)
     fill = mean_fill(torch.from_numpy(load_splits(args.data).train.images))
     if fill.shape != shape:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,15 +33,32 @@ class ClassFiles:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path to write; on success it replaces ``path`` in one rename."""
+    """Yields a temporary path to write; on success it replaces ``path`` in one rename.
+
+    The temporary file is created here, exclusively and under a random name (mkstemp): a
+    predictable name could be a symlink planted to make the write land elsewhere. It gets the
+    permissions a plain new file would (mkstemp's are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    # The process umask can only be read by setting it; done once, at import.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 def write_json(data: Any, path: str | Path) -> None:
