@@ -23,12 +23,18 @@ from convvae.anomaly.scoring import score_and_map
 from convvae.anomaly.thresholds import parse_record
 from convvae.data.images import check_pixels
 from convvae.errors import DataError
-from convvae.runtime.allocator import keep_freed_memory
+from convvae.runtime.allocator import give_back_freed_memory, keep_freed_memory
 from convvae.uses.evaluation import reconstruct
 
 # Images per request: a bound on the memory and time one request can take (about 10 s on two
 # CPU cores at 28x28); a larger batch is refused with a one-line reason, split it.
 MAX_BATCH = 1024
+# Pixel values per request, whatever the image size (1024 RGB 256x256 images would be 201 M):
+# 4 M floats, 16 MiB as float32; larger images allow fewer per request (max_images).
+PIXEL_BUDGET = 1 << 22
+# The longest JSON text of one pixel value ("0.12345678901234567, "): with the budget, it bounds
+# the request body `convvae serve` reads (max_body_bytes).
+JSON_BYTES_PER_VALUE = 24
 # Outputs a client may ask for with params={"return_...": true}; each costs a decode per image.
 OPTIONAL_OUTPUTS = {"return_reconstruction": "reconstruction", "return_anomaly_map": "anomaly_map"}
 PARAMS_EXAMPLE = dict.fromkeys(OPTIONAL_OUTPUTS, False)
@@ -86,13 +92,25 @@ class ScoringModel:
             )
         if len(array) == 0:
             raise ValueError("no images in the request; send at least one")
-        if len(array) > MAX_BATCH:
+        if len(array) > max_images(expected):
             raise ValueError(
-                f"{len(array)} images in one request; send at most {MAX_BATCH} per request"
+                f"{len(array)} images in one request; send at most {max_images(expected)} of "
+                f"{'x'.join(map(str, expected))} per request"
             )
         images = torch.from_numpy(array)
         check_pixels(images)
         return images
+
+
+def max_images(image_shape: tuple[int, ...]) -> int:
+    """Images of ``image_shape`` (C, H, W) one request may hold: MAX_BATCH, fewer where that
+    many would exceed PIXEL_BUDGET values (at least one)."""
+    return max(1, min(MAX_BATCH, PIXEL_BUDGET // int(np.prod(image_shape))))
+
+
+def max_body_bytes(image_shape: tuple[int, ...]) -> int:
+    """The largest request body `convvae serve` reads for such images (JSON, 64 KiB spare)."""
+    return max_images(image_shape) * int(np.prod(image_shape)) * JSON_BYTES_PER_VALUE + (1 << 16)
 
 
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ScoringModel:
@@ -122,3 +140,91 @@ def _check_package_version(model_folder: Path) -> None:
             f"{model_folder}: logged by convvae {logged_by}, but convvae {__version__} is "
             f"installed; install convvae {logged_by} to serve it, or re-register the model"
         )
+
+
+class RequestLimits:
+    """ASGI middleware in front of MLflow's scoring app (`convvae serve`): a body longer than
+    ``max_bytes`` is answered 413 before it is read or parsed (from its Content-Length, or as
+    soon as a chunked body passes the limit); error replies carry no stack trace; memory taken
+    by a large request is given back once it is answered."""
+
+    def __init__(self, app, max_bytes: int, trim_above: int = 1 << 20) -> None:
+        self.app, self.max_bytes, self.trim_above = app, max_bytes, trim_above
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            return await _reply(send, 413, self._too_large(declared.decode(errors="replace")))
+        # The body is read here, as bytes and never past the limit, then handed on whole: a
+        # chunked body without a length is stopped as soon as it is too long.
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return await _reply(send, 413, self._too_large(f"more than {self.max_bytes}"))
+            more = message.get("more_body", False)
+        handed_on = False
+
+        async def replay() -> dict:
+            nonlocal handed_on
+            if handed_on:
+                return await receive()
+            handed_on = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        try:
+            await self.app(scope, replay, _without_stack_traces(send))
+        finally:
+            if len(body) > self.trim_above:
+                del body
+                give_back_freed_memory()
+
+    def _too_large(self, length: str) -> str:
+        return (
+            f"request body of {length} bytes; at most {self.max_bytes} for this model: send "
+            "fewer images per request"
+        )
+
+
+def _without_stack_traces(send):
+    """``send`` for one response; a JSON error body's ``stack_trace`` becomes its last line
+    (``reason``: the exception and its message, no code paths)."""
+    held: dict = {}
+
+    async def filtered(message: dict) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            held["start"], held["body"] = message, b""
+            return
+        if "start" not in held:
+            return await send(message)
+        held["body"] += message.get("body", b"")
+        if message.get("more_body"):
+            return
+        body = held["body"]
+        try:
+            reply = json.loads(body)
+            trace = reply.pop("stack_trace", None) if isinstance(reply, dict) else None
+            if trace is not None:  # its last line, "ValueError: ...", is the reason
+                reply["reason"] = (str(trace).strip().splitlines() or [""])[-1]
+                body = json.dumps(reply).encode()
+        except ValueError:
+            pass
+        start = held["start"]
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return filtered
+
+
+async def _reply(send, status: int, message: str) -> None:
+    body = json.dumps({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -104,3 +104,59 @@ def test_served_champion_scores_images(champion_store, trained, mnist_slice, tmp
         status, body = post(f"{base}/invocations", {"inputs": nan.tolist()})
         # MLflow answers 400 and carries our one-line reason in the error body.
         assert status == 400 and "pixel values must lie in [0, 1]" in json.dumps(body), body
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux /proc), MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return (
+        int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+        / 1024
+    )
+
+
+def test_convvae_serve_refuses_oversized_requests_before_reading_them(
+    champion_store, trained, mnist_slice, tmp_path
+):
+    import http.client
+    import time
+
+    from convvae.serving import max_body_bytes
+
+    uri, _ = champion_store
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    cmd = [str(BIN / "convvae"), "serve", "--model", "models:/convvae-serve@champion"]
+    cmd += ["--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    limit = max_body_bytes((1, 28, 28))
+    with running_server(cmd, f"{base}/ping", tmp_path / "serve.log", env) as server:
+        # The same answers as `mlflow models serve` (the same scoring app behind the limits).
+        digits = mnist_slice.test.images[:3].astype(np.float32) / 255
+        status, body = post(f"{base}/invocations", {"inputs": digits.tolist()})
+        assert status == 200, body
+        local = score_images(Scorer(trained, None, SPEC), mnist_slice.test.images[:3])
+        np.testing.assert_allclose(body["predictions"]["score"], local, rtol=1e-5)
+        # A declared 1 GB body is refused from its header: nothing read, nothing parsed.
+        before, started = rss_mib(server.pid), time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.putrequest("POST", "/invocations")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(10**9))
+        connection.endheaders(b'{"inputs": [')
+        reply = connection.getresponse()
+        assert reply.status == 413 and f"at most {limit}" in reply.read().decode()
+        assert time.monotonic() - started < 5 and rss_mib(server.pid) - before < 20
+        # A chunked body (no length) is stopped as soon as it passes the limit.
+        chunk = b" " * (1 << 20)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request(
+            "POST", "/invocations", body=iter([chunk] * (limit // len(chunk) + 1)),
+            headers={"Content-Type": "application/json"}, encode_chunked=True,
+        )  # fmt: skip
+        assert connection.getresponse().status == 413
+        # Errors name their reason without a stack trace.
+        too_many = np.zeros((MAX_BATCH + 1, 1, 28, 28), dtype=np.float32)
+        status, body = post(f"{base}/invocations", {"inputs": too_many.tolist()})
+        assert status == 400 and f"at most {MAX_BATCH}" in body["reason"], body
+        assert "stack_trace" not in body and 'File "' not in json.dumps(body)

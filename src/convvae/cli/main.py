@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import json
 
-from convvae.cli import anomaly, uses
+from convvae.cli import anomaly, serve, uses
 from convvae.cli.common import DEFAULT_PARAMS
 from convvae.errors import debug_requested, exit_on_error
 from convvae.runtime.allocator import keep_freed_memory
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         uses.add_impute,
         anomaly.add_score,
         anomaly.add_export,
+        serve.add_serve,
     ):
         add(commands, common, registry)
     return parser

@@ -32,3 +32,12 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     # mallopt returns 1 on success; the largest int means "never trim".
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+
+
+def give_back_freed_memory() -> bool:
+    """Return the heap's free memory to the system now (glibc's ``malloc_trim``): a server
+    calls it after a large request, so its resident size falls back instead of staying at the
+    peak that ``keep_freed_memory`` holds. Returns whether anything was given back."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    return ctypes.CDLL(None).malloc_trim(0) == 1

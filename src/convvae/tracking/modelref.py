@@ -7,6 +7,7 @@ from pathlib import Path
 from convvae.anomaly.detector import Detector, detector_from, load_detector
 from convvae.anomaly.thresholds import THRESHOLD_TAG, parse_record
 from convvae.config import TrackingConfig
+from convvae.errors import DataError
 from convvae.model.files import load_model
 from convvae.model.vae import ConvVAE
 
@@ -30,6 +31,19 @@ def load_detector_ref(ref: str, tracking: TrackingConfig | None = None) -> Detec
         return load_detector(Path(ref))
     model_file, tag = _registry(tracking).complete_version(ref)
     return detector_from(model_file, parse_record(tag, f"{ref} tag {THRESHOLD_TAG}"))
+
+
+def served_model_folder(ref: str, tracking: TrackingConfig | None = None) -> Path:
+    """The MLflow model folder to serve: a complete registered version's (downloaded), or a
+    local folder holding an MLmodel file."""
+    if ref.startswith(REGISTRY_PREFIX):
+        return _registry(tracking).complete_version(ref)[0].parents[1]
+    folder = Path(ref)
+    if not (folder / "MLmodel").is_file():
+        raise DataError(
+            f"{ref}: not an MLflow model folder (no MLmodel file); pass models:/NAME@alias"
+        )
+    return folder
 
 
 def _registry(tracking: TrackingConfig | None):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convvae.anomaly.thresholds import THRESHOLD_TAG, ThresholdRecord
+from convvae.anomaly.thresholds import ThresholdRecord
 from convvae.config import Params, TrackingConfig
 from convvae.data.splits import PreparedData
 from convvae.model.files import load_model
@@ -183,7 +183,7 @@ def _register(tracker, name, run_id, metrics, model, model_file, example_images,
         "anomaly.target_fpr": record.target_fpr,
     }
     record_json = record.as_json()
-    tags = {**version_tags, "run_id": run_id, THRESHOLD_TAG: json.dumps(record_json)}
+    tags = {**version_tags, "run_id": run_id}
     return tracker.log_model(model, model_file, example_images, name, tags, record_json)
 
 
@@ -297,7 +297,7 @@ def _log_class(tracker, params, parent, metrics, files, previous, tags, example)
                 files.model,
                 example,
                 name,
-                {THRESHOLD_TAG: files.threshold.read_text(), "run_id": run_id},
+                {"run_id": run_id},
                 json.loads(files.threshold.read_text()),
             )
             print(f"registered {name} version {version}")

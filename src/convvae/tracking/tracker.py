@@ -9,6 +9,7 @@ The embedded default store is ``sqlite:///<repository root>/mlflow.db`` with art
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import time
 import warnings
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from convvae.anomaly.thresholds import THRESHOLD_TAG
 from convvae.config import TrackingConfig
 from convvae.model.vae import ConvVAE, Reconstructor
 from convvae.runtime.uris import without_secrets
@@ -166,7 +168,8 @@ class Tracker:
         """Log the PyTorch flavour and the scoring pyfunc; register the pyfunc (servable).
 
         example_images: float32 (n >= 2, C, H, W) in [0, 1] (pt2 export needs a batch of 2+).
-        ``record_json``: the model's threshold record (its JSON); the pyfunc decides with it.
+        ``record_json``: the model's threshold record (its JSON); the pyfunc decides with it and
+        the version carries it as its ``anomaly.threshold`` tag.
         Returns the new registered version, or None when not registering.
         """
         from mlflow.models import infer_signature
@@ -205,8 +208,11 @@ class Tracker:
             )
         if registered_name is None:
             return None
-        # Version and tags in one call: a version without its threshold record never exists.
+        # Version and tags in one call: a version without its threshold record never exists,
+        # and the tag is the record the served model holds (Registry.complete_version).
         tags = {key: str(value) for key, value in version_tags.items()}
+        if record_json is not None:
+            tags[THRESHOLD_TAG] = json.dumps(record_json)
         with store_errors(self.uri, f"register {registered_name}"), quiet_model_logging():
             registered = self._mlflow.register_model(info.model_uri, registered_name, tags=tags)
         return str(registered.version)
