@@ -120,7 +120,8 @@ def detector_steps(steps, params, scorer, splits, normal_test_images, metrics) -
         class_names = read_manifest(layout.MANIFEST)["class_names"]
         ablations = partial(defect_ablations, params, splits.train.images, splits.val.images)
         defects = measure_defects(scorer, splits, class_names, layout.ANOMALY_MAPS_PNG, ablations)
-    card = model_card(record, params.data.source, metrics["out_of_domain_roc_auc"], defects)
+    stored = 0 if scorer.reference is None else len(scorer.reference.images)
+    card = model_card(record, params.data.source, metrics["out_of_domain_roc_auc"], defects, stored)
     with atomic_path(layout.MODEL_CARD) as tmp:
         tmp.write_text(card)
     return record, defects

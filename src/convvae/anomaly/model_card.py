@@ -24,9 +24,11 @@ def model_card(
     data_source: str,
     out_of_domain: dict[str, float],
     defects: dict,
+    stored_images: int,
 ) -> str:
     """Markdown: the score and threshold, the calibration and its guarantee, the expected spread
-    of this threshold's rate, the out-of-domain and defect checks, and where defaults come from."""
+    of this threshold's rate, the out-of-domain and defect checks, the training images the
+    model's files hold (``stored_images``, its reference), and where defaults come from."""
     n = len(record.calibration_scores)
     low, high = fpr_spread(n, record.target_fpr)
     how = {
@@ -65,6 +67,13 @@ def model_card(
             f"- **Margin over the best method without a trained VAE** "
             f"({defects['vae_free_best']}): {margin:+.3f} image ROC-AUC, 95% interval "
             f"[{low:+.3f}, {high:+.3f}]; where it is not above 0, that method does as well here."
+        )
+    if stored_images:
+        lines.append(
+            f"- **Holds its training images**: the model file, the registered artifact and the "
+            f"ONNX graph contain {stored_images} normal training images exactly (the distance "
+            "scores and the patch map compare against them); share the model only where those "
+            "images may go."
         )
     lines += [f"- **Defaults chosen on**: {DEFAULTS_CHOSEN}.", ""]
     return "\n".join(lines)
