@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from convvae.anomaly.thresholds import calibrate
 from convvae.data.images import save_png
 from convvae.data.splits import selection_and_calibration
 from convvae.model.files import save_model
-from tests.test_cli import assert_one_line_error, convvae
+from tests.test_cli import COMMAND, assert_one_line_error, convvae
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +127,15 @@ def test_a_registered_version_scores_with_its_tagged_threshold(
     local = convvae("score", "--model", str(one_class_model), images)
     assert registry.returncode == 0, registry.stderr
     assert registry.stdout == local.stdout and len(registry.stdout.splitlines()) == 6
+    # The downloaded version is removed when the command ends (MLflow's default keeps it).
+    downloads = tmp_path / "tmpdir"
+    downloads.mkdir()
+    again = subprocess.run(
+        [*COMMAND, "score", "--model", "models:/convvae-scorer@champion", images], cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(downloads)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0 and again.stdout == local.stdout, again.stderr
+    assert list(downloads.iterdir()) == []
 
     line = assert_one_line_error(
         convvae("score", "--model", f"models:/convvae-scorer/{untagged}", images, cwd=tmp_path)

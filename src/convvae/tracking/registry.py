@@ -3,7 +3,10 @@ one-line errors that list what exists."""
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -105,10 +108,14 @@ class Registry:
         return folder / "data" / "model.pt", tag
 
     def _download(self, uri: str) -> Path:
+        """The version's artifacts in a temporary folder removed when the process exits
+        (MLflow's own default keeps every download for good)."""
         import mlflow
 
+        folder = tempfile.mkdtemp(prefix="convvae-model-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         with store_errors(self.uri, f"download {uri}"):
-            return Path(mlflow.artifacts.download_artifacts(uri))
+            return Path(mlflow.artifacts.download_artifacts(uri, dst_path=folder))
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point ``@alias`` of ``name`` at ``version``."""
