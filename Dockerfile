@@ -11,12 +11,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY requirements.lock pyproject.toml ./
 # torch and torchvision from PyTorch's own index (a CPU build is 10x smaller than the CUDA one);
-# everything else exactly as locked, minus the CUDA wheels the CPU build does not need.
+# everything else exactly as locked (with its hashes), minus the CUDA wheels the CPU build does
+# not need; requirements-dev.lock (tests, lint) never enters the image.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
       "torch==2.14.1" "torchvision==0.29.1" \
- && grep -vE '^(torch|torchvision|triton|nvidia-|cuda-)' requirements.lock > /tmp/rest.txt \
- && /opt/venv/bin/pip install -r /tmp/rest.txt
+ && awk '/^[a-z]/ { skip = /^(torch|torchvision|triton|nvidia-|cuda-)/ } !skip' requirements.lock \
+      > /tmp/rest.txt \
+ && /opt/venv/bin/pip install --require-hashes -r /tmp/rest.txt
 COPY src ./src
 RUN /opt/venv/bin/pip install --no-deps .
 

