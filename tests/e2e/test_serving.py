@@ -124,6 +124,23 @@ def test_convvae_serve_refuses_oversized_requests_before_reading_them(
     from convvae.serving import max_body_bytes
 
     uri, _ = champion_store
+    # Whoever can write the artifact store edits the version's MLmodel to load planted code:
+    # `convvae serve` reads the weights itself and imports nothing the artifact names.
+    import mlflow
+    import yaml
+
+    client = mlflow.MlflowClient()
+    source = client.get_model_version_by_alias("convvae-serve", "champion").source
+    logged = client.get_logged_model(source.removeprefix("models:/"))
+    artifact = Path(logged.artifact_location.removeprefix("file://"))
+    marker = tmp_path / "planted-code-ran"
+    (artifact / "code").mkdir()
+    (artifact / "code" / "planted.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nfrom convvae.serving import _load_pyfunc\n"
+    )
+    mlmodel = yaml.safe_load((artifact / "MLmodel").read_text())
+    mlmodel["flavors"]["python_function"] |= {"code": "code", "loader_module": "planted"}
+    (artifact / "MLmodel").write_text(yaml.safe_dump(mlmodel))
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
     cmd = [str(BIN / "convvae"), "serve", "--model", "models:/convvae-serve@champion"]
@@ -160,3 +177,4 @@ def test_convvae_serve_refuses_oversized_requests_before_reading_them(
         status, body = post(f"{base}/invocations", {"inputs": too_many.tolist()})
         assert status == 400 and f"at most {MAX_BATCH}" in body["reason"], body
         assert "stack_trace" not in body and 'File "' not in json.dumps(body)
+    assert not marker.exists()

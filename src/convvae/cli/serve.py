@@ -3,7 +3,8 @@
 MLflow's own `mlflow models serve` parses a request body of any size into Python objects before
 the model can refuse it, and answers errors with stack traces. This command serves the same app
 (same routes, same answers) with ``convvae.serving.RequestLimits`` in front, and only a complete
-version (``Registry.complete_version``), run by the installed convvae.
+version (``Registry.complete_version``), loaded by the installed convvae: no code the artifact
+names or holds is imported.
 """
 
 from __future__ import annotations
@@ -14,14 +15,21 @@ from convvae.cli.common import registry_tracking
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import mlflow
     import uvicorn
-    from mlflow.pyfunc import scoring_server
+    from mlflow.models import Model
+    from mlflow.pyfunc import PyFuncModel, scoring_server
 
-    from convvae.serving import RequestLimits, max_body_bytes, max_images
+    from convvae.serving import RequestLimits, _load_pyfunc, max_body_bytes, max_images
     from convvae.tracking.modelref import served_model_folder
 
-    model = mlflow.pyfunc.load_model(str(served_model_folder(args.model, registry_tracking(args))))
+    folder = served_model_folder(args.model, registry_tracking(args))
+    # Built here, not by mlflow.pyfunc.load_model: that would import whatever loader module and
+    # code the artifact's MLmodel names. Only its metadata is read (YAML), and the weights
+    # with weights_only, by the installed convvae.
+    meta = Model.load(str(folder))
+    pyfunc = meta.flavors.get("python_function", {})
+    scoring = _load_pyfunc(str(folder / pyfunc.get("data", "data/model.pt")), pyfunc.get("config"))
+    model = PyFuncModel(model_meta=meta, model_impl=scoring)
     # The images it takes, from its signature: (-1, C, H, W).
     shape = tuple(model.metadata.get_input_schema().inputs[0].shape[1:])
     limit = max_body_bytes(shape)
