@@ -252,6 +252,34 @@ def test_a_forged_architecture_is_refused_before_the_network_is_built(tmp_path, 
             load_model(tmp_path / "pre.pt")
 
 
+def test_a_forged_file_cannot_inflate_inside_the_loader(tmp_path):
+    # Two ways a small file loads as large tensors: a stride-0 view (one float saved, a full
+    # matrix loaded) and compressed zip entries (torch.save never writes them).
+    import zipfile
+
+    path = tmp_path / "m.pt"
+    save_model(tiny_model(), path)
+    payload = torch.load(path, weights_only=True)
+    key = next(k for k, v in payload["state_dict"].items() if v.ndim == 2)
+    expanded = torch.zeros(1).expand(100_000, 3136)
+    payload["state_dict"][key] = expanded
+    torch.save(payload, tmp_path / "expanded.pt")
+    assert (tmp_path / "expanded.pt").stat().st_size < 10 * path.stat().st_size
+    with pytest.raises(
+        CheckpointError, match=r"tensors hold 12\d{8} bytes but the file only \d+ \(expanded"
+    ):
+        load_model(tmp_path / "expanded.pt")
+    with (
+        zipfile.ZipFile(path) as plain,
+        zipfile.ZipFile(tmp_path / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as deflated,
+    ):
+        for entry in plain.infolist():
+            deflated.writestr(entry.filename, plain.read(entry))
+    with pytest.raises(CheckpointError, match="compressed or inflating entries"):
+        load_model(tmp_path / "deflated.pt")
+    load_model(path)  # the file torch.save wrote still loads
+
+
 def _counting(init, built: list):
     def counted(self, *args, **kwargs):
         built.append(torch.empty(0).device.type)  # the device factory functions use now

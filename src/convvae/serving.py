@@ -8,6 +8,7 @@ record (its ``model_config``); no pickled code is involved. It decides with
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -148,26 +149,34 @@ class RequestLimits:
     soon as a chunked body passes the limit); error replies carry no stack trace; memory taken
     by a large request is given back once it is answered."""
 
-    def __init__(self, app, max_bytes: int, trim_above: int = 1 << 20) -> None:
+    def __init__(
+        self, app, max_bytes: int, read_timeout_s: float = 30, trim_above: int = 1 << 20
+    ) -> None:
         self.app, self.max_bytes, self.trim_above = app, max_bytes, trim_above
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_bytes:
             return await _reply(send, 413, self._too_large(declared.decode(errors="replace")))
-        # The body is read here, as bytes and never past the limit, then handed on whole: a
-        # chunked body without a length is stopped as soon as it is too long.
-        body, more = bytearray(), True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                return await _reply(send, 413, self._too_large(f"more than {self.max_bytes}"))
-            more = message.get("more_body", False)
+        # JSON only: MLflow also parses CSV and parquet, whose bodies expand far beyond their
+        # bytes (a compressed parquet of zeros, a thousandfold) before the model can refuse.
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if scope["method"] == "POST" and kind != b"application/json":
+            message = f"content type {kind.decode(errors='replace') or 'none'}; send JSON"
+            return await _reply(send, 415, message + " (application/json)")
+        try:  # a client that sends slowly holds no server memory beyond the timeout
+            async with asyncio.timeout(self.read_timeout_s):
+                body = await self._read(receive)
+        except TimeoutError:
+            return await _reply(send, 408, f"body not received in {self.read_timeout_s:g} s")
+        except _ClientLeft:
+            return
+        if body is None:
+            return await _reply(send, 413, self._too_large(f"more than {self.max_bytes}"))
         handed_on = False
 
         async def replay() -> dict:
@@ -184,11 +193,29 @@ class RequestLimits:
                 del body
                 give_back_freed_memory()
 
+    async def _read(self, receive) -> bytearray | None:
+        """The whole body, read as bytes and never past the limit (None beyond it: a chunked
+        body without a length is stopped as soon as it is too long)."""
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientLeft
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return None
+            more = message.get("more_body", False)
+        return body
+
     def _too_large(self, length: str) -> str:
         return (
             f"request body of {length} bytes; at most {self.max_bytes} for this model: send "
             "fewer images per request"
         )
+
+
+class _ClientLeft(Exception):
+    """The client disconnected before its body was in."""
 
 
 def _without_stack_traces(send):

@@ -13,6 +13,8 @@ import argparse
 
 from convvae.cli.common import registry_tracking
 
+CONCURRENCY = 8
+
 
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
@@ -30,8 +32,9 @@ def _serve(args: argparse.Namespace) -> None:
     pyfunc = meta.flavors.get("python_function", {})
     scoring = _load_pyfunc(str(folder / pyfunc.get("data", "data/model.pt")), pyfunc.get("config"))
     model = PyFuncModel(model_meta=meta, model_impl=scoring)
-    # The images it takes, from its signature: (-1, C, H, W).
-    shape = tuple(model.metadata.get_input_schema().inputs[0].shape[1:])
+    # The images it takes, from the weights' architecture (not the artifact's signature,
+    # which whoever writes the store could widen).
+    shape = scoring.scorer.model.arch.image_shape
     limit = max_body_bytes(shape)
     app = RequestLimits(scoring_server.init(model), limit)
     print(
@@ -39,7 +42,10 @@ def _serve(args: argparse.Namespace) -> None:
         f"{max_images(shape)} images of {'x'.join(map(str, shape))} ({limit} bytes) per request",
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Requests in flight at once: beyond it, 503 (each may hold its body and a scoring pass).
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", limit_concurrency=CONCURRENCY
+    )
 
 
 def add_serve(commands, common, registry) -> None:

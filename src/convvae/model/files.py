@@ -4,6 +4,7 @@ and read without unpickling code; other layers store what they fitted beside the
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ def load_model_file(path: str | Path, expected: Architecture | None = None) -> M
         raise CheckpointError(
             f"{path}: model file not found; run the train stage (dvc repro train)"
         )
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         arch = architecture_from_dict(payload["architecture"])
@@ -70,6 +72,7 @@ def load_model_file(path: str | Path, expected: Architecture | None = None) -> M
         raise CheckpointError(
             f"{path}: not a convvae model file ({type(err).__name__}); re-run the train stage"
         ) from None
+    _check_tensor_bytes(payload, path)
     _check_before_building(arch, state, payload.get("preprocessing"), path)
     if expected is not None and arch != expected:
         raise CheckpointError(
@@ -121,3 +124,41 @@ def _check_before_building(arch: Architecture, state: Any, preprocessing: Any, p
                 f"{path}: stored preprocessing size {size!r} is not 1 to {MAX_IMAGE_PIXELS} "
                 "pixels; re-run the train stage"
             )
+
+
+def _check_archive(path: Path) -> None:
+    """torch.save writes an uncompressed zip: a file whose entries are compressed, or hold more
+    bytes than the file, would inflate inside torch.load (a 20 KB file holding 20 MB)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        raise CheckpointError(
+            f"{path}: not a convvae model file (not torch.save's zip format); re-run the train "
+            "stage"
+        ) from None
+    stored = all(entry.compress_type == zipfile.ZIP_STORED for entry in entries)
+    if not stored or sum(entry.file_size for entry in entries) > path.stat().st_size:
+        raise CheckpointError(
+            f"{path}: compressed or inflating entries, which torch.save never writes; re-run "
+            "the train stage"
+        )
+
+
+def _check_tensor_bytes(payload: Any, path: Path) -> None:
+    """Every tensor must be backed by bytes in the file: a stride-0 view (one float expanded
+    to 100000 x 3136 in a 1.5 KB file) loads as a full-size tensor."""
+    total, pending = 0, [payload]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            pending += list(item.values())
+        elif isinstance(item, list | tuple):
+            pending += list(item)
+    if total > path.stat().st_size:
+        raise CheckpointError(
+            f"{path}: its tensors hold {total} bytes but the file only {path.stat().st_size} "
+            "(expanded views); not a file torch.save wrote from a model: re-run the train stage"
+        )
