@@ -16,11 +16,12 @@ COPY requirements.lock pyproject.toml ./
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
       "torch==2.14.1" "torchvision==0.29.1" \
- && awk '/^[a-z]/ { skip = /^(torch|torchvision|triton|nvidia-|cuda-)/ } !skip' requirements.lock \
+ && awk '/^[a-z]/ { skip = /^(torch==|torchvision==|triton==|nvidia-|cuda-)/ } !skip' requirements.lock \
       > /tmp/rest.txt \
  && /opt/venv/bin/pip install --require-hashes -r /tmp/rest.txt
 COPY src ./src
-RUN /opt/venv/bin/pip install --no-deps .
+# The build backend from the hashed lock, not a fresh unpinned download (build isolation).
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation .
 
 FROM ${BASE_IMAGE} AS runtime
 RUN apt-get update \

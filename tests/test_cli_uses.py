@@ -11,7 +11,7 @@ from convvae.config import TrackingConfig
 from convvae.data.image_files import load_images
 from convvae.data.images import save_png
 from convvae.data.splits import save_splits
-from convvae.errors import TrackingError
+from convvae.errors import DataError, TrackingError
 from convvae.model.files import save_model
 from convvae.model.vae import ConvVAE
 from convvae.tracking.modelref import load_model_ref
@@ -181,3 +181,13 @@ def test_an_explicit_params_file_that_is_missing_is_an_error_not_another_store(t
                      "--params", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "g.png")],
                     capsys)  # fmt: skip
     assert "typo.yaml: file not found" in message
+
+
+def test_decoded_file_names_fit_any_file_system():
+    from convvae.data.image_files import png_file_name
+
+    # 300 CJK characters are 900 bytes: file systems allow 255, so names are cut by bytes.
+    name = png_file_name("字" * 300 + ".png")
+    assert len(name.encode()) <= 204 and name.endswith(".png") and name.startswith("字")
+    with pytest.raises(DataError, match="leaves no file name"):  # never hidden, never empty
+        png_file_name("....png")

@@ -13,7 +13,7 @@ import torch
 from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
 from convvae.model.files import save_model
-from convvae.runtime.uris import without_secrets
+from convvae.runtime.uris import uri_secrets, without_secrets
 from convvae.tracking.probes import check_database, check_server
 from convvae.tracking.provenance import provenance_tags, repository_root
 from convvae.tracking.quiet import quiet_model_logging
@@ -253,6 +253,14 @@ def test_a_password_in_the_uri_is_sent_as_basic_auth_and_never_shown():
     assert without_secrets("s3://b/k?X-Amz-Signature=zz") == "s3://b/k?X-Amz-Signature=***"
     for plain in ("sqlite:////srv/m.db", "sqlite:///m.db", "file:///tmp/x", "http://h:5000/a?b=1"):
         assert without_secrets(plain) == plain
+    # A database password runs to the last @ (SQLAlchemy reads it so; urlsplit sees a path).
+    assert without_secrets("mysql://u:pa/ss?x@h/db") == "mysql://u:***@h/db"
+    assert uri_secrets("mysql://u:pa/ss?x@h/db") == ["a password"]
+    # Not secrets: a database user alone (PGPASSWORD, .pgpass), keys that only contain "key".
+    for plain in ("postgresql://mlflow@db/mlflow", "postgresql://h/db?sslkey=/k&keyword=1",
+                  "https://h/?monkey=1&keyboard=2"):  # fmt: skip
+        assert uri_secrets(plain) == [] and without_secrets(plain) == plain
+    assert uri_secrets("https://h/?api_key=1&monkey=2") == ["query parameter 'api_key'"]
 
 
 def test_credentials_never_follow_a_redirect():

@@ -219,7 +219,9 @@ def png_file_name(name: str) -> str:
     ../../x.png -> x.png)."""
     base = re.split(r"[\\/]", name)[-1]
     stem = base[:-4] if base.lower().endswith(".png") else base
-    safe = re.sub(r"[^\w.-]+", "_", stem).strip("._")[:200]
+    safe = re.sub(r"[^\w.-]+", "_", stem).strip("._")
+    # At most 200 bytes (file systems count bytes, not characters: 300 CJK ones are 900).
+    safe = safe.encode()[:200].decode(errors="ignore")
     if not safe:
         raise DataError(f"image name {name!r} leaves no file name; give the image a name")
     return safe + ".png"

@@ -100,7 +100,8 @@ class Registry:
             )
         folder = self._download(f"models:/{version.name}/{version.version}")
         served = Model.load(str(folder)).flavors.get("python_function", {}).get("config")
-        if served != json.loads(tag):
+        # Compared as canonical JSON text: a NaN in the record never equals itself.
+        if _canonical(served) != _canonical(json.loads(tag)):
             raise TrackingError(
                 f"{where}: its {THRESHOLD_TAG} tag differs from the threshold record its served "
                 "model holds (the tag was edited after registration); re-register the version"
@@ -137,3 +138,7 @@ class Registry:
         """Set the description the registry UI shows for one version (its model card)."""
         with store_errors(self.uri, f"describe {name} version {version}"):
             self.client.update_model_version(name, version, description=description)
+
+
+def _canonical(record: Any) -> str:
+    return json.dumps(record, sort_keys=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
-from convvae.runtime.uris import SECRET_QUERY_KEY, without_secrets
+from convvae.runtime.uris import secret_values, without_secrets
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -69,11 +69,10 @@ def store_errors(uri: str, action: str) -> Iterator[None]:
 
 def _hide_secrets(message: str, uri: str) -> str:
     """``message`` with the URI's secrets hidden: MLflow's messages quote the URL it called,
-    whole or in parts."""
+    whole or in parts (each secret as written and percent-decoded)."""
     message = message.replace(uri, without_secrets(uri))
-    parts = urllib.parse.urlsplit(uri)
-    secrets = [parts.password, parts.username if parts.password is None else None]
-    secrets += [v for k, v in urllib.parse.parse_qsl(parts.query) if SECRET_QUERY_KEY.search(k)]
-    for secret in filter(None, secrets):
-        message = message.replace(secret, "***")
+    for secret in secret_values(uri):
+        for form in {secret, urllib.parse.unquote(secret)}:
+            if len(form) >= 4:  # a shorter one would blank ordinary words of the message
+                message = message.replace(form, "***")
     return message
