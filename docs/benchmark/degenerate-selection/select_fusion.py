@@ -142,9 +142,7 @@ def main() -> None:
         with open(args.out, "a") as out:
             out.write(json.dumps(result) + "\n")
         worst = min(result["auc"][k]["mean_z"] for k in result["auc"] if k != "other_classes")
-        print(
-            f"{args.source} class {c}: {result['seconds']:.0f} s, worst generated {worst:.3f}"
-        )
+        print(f"{args.source} class {c}: {result['seconds']:.0f} s, worst generated {worst:.3f}")
 
 
 if __name__ == "__main__":
