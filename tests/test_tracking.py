@@ -13,7 +13,7 @@ import torch
 from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
 from convvae.model.files import save_model
-from convvae.runtime.uris import uri_secrets, without_secrets
+from convvae.runtime.uris import hide_secrets, uri_secrets, without_secrets
 from convvae.tracking.probes import check_database, check_server
 from convvae.tracking.provenance import provenance_tags, repository_root
 from convvae.tracking.quiet import quiet_model_logging
@@ -261,6 +261,11 @@ def test_a_password_in_the_uri_is_sent_as_basic_auth_and_never_shown():
                   "https://h/?monkey=1&keyboard=2"):  # fmt: skip
         assert uri_secrets(plain) == [] and without_secrets(plain) == plain
     assert uri_secrets("https://h/?api_key=1&monkey=2") == ["query parameter 'api_key'"]
+    # Messages that quote the URL or its parts hide every secret, however short.
+    said = "connect to db as u with pw p@x failed (postgresql://u:p%40x@db/m)"
+    assert hide_secrets(said, "postgresql://u:p%40x@db/m") == (
+        "connect to db as u with pw *** failed (postgresql://u:***@db/m)"
+    )
 
 
 def test_credentials_never_follow_a_redirect():

@@ -50,6 +50,16 @@ def secret_values(uri: str) -> list[str]:
     return [value for value in values if value]
 
 
+def hide_secrets(message: str, uri: str) -> str:
+    """``message`` with ``uri``'s secrets shown as ``***``: MLflow's and the drivers' messages
+    quote the URL they called, whole or in parts (each secret as written and decoded)."""
+    message = message.replace(uri, without_secrets(uri))
+    for secret in secret_values(uri):
+        for form in {secret, urllib.parse.unquote(secret)}:
+            message = message.replace(form, HIDDEN)
+    return message
+
+
 def without_secrets(uri: str) -> str:
     """``uri`` with its password, a token before @ and secret query values shown as ``***``
     (a user name with a password stays: it says whose password it is)."""

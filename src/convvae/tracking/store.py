@@ -11,7 +11,7 @@ from pathlib import Path
 
 from convvae.config import TrackingConfig
 from convvae.errors import TrackingError
-from convvae.runtime.uris import secret_values, without_secrets
+from convvae.runtime.uris import hide_secrets, without_secrets
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -59,20 +59,9 @@ def store_errors(uri: str, action: str) -> Iterator[None]:
         yield
     except (MlflowException, OSError, SQLAlchemyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
-        first_line = _hide_secrets(str(first_line), uri)
+        first_line = hide_secrets(str(first_line), uri)
         raise TrackingError(
             f"could not {action} in MLflow store {without_secrets(uri)}: {first_line}; check that "
             "the store is reachable and writable, then re-run the stage (finished work is "
             "kept)"
         ) from None
-
-
-def _hide_secrets(message: str, uri: str) -> str:
-    """``message`` with the URI's secrets hidden: MLflow's messages quote the URL it called,
-    whole or in parts (each secret as written and percent-decoded)."""
-    message = message.replace(uri, without_secrets(uri))
-    for secret in secret_values(uri):
-        for form in {secret, urllib.parse.unquote(secret)}:
-            if len(form) >= 4:  # a shorter one would blank ordinary words of the message
-                message = message.replace(form, "***")
-    return message
