@@ -20,7 +20,7 @@ from convvae.anomaly.scoring import anomaly_maps
 from convvae.anomaly.thresholds import calibrate
 from convvae.benchmark.ablations import VAE_FREE, defect_ablations
 from convvae.benchmark.defects import defect_metrics, measure_defects
-from convvae.config import parse_params
+from convvae.config import DEFAULT_SCORE, parse_params
 from convvae.data.sources import load_source
 from convvae.data.splits import (
     build_manifest,
@@ -36,7 +36,7 @@ from tests.conftest import quick_train_config
 from tests.mvtec import DEFECTS, build_mvtec_folder
 from tests.test_cli import assert_one_line_error, convvae
 
-SPEC = ScoreSpec("patch_knn_guarded", 4, 0)  # a folder's default score
+SPEC = ScoreSpec(DEFAULT_SCORE["folder"], 4, 0)  # a folder's default score
 NAMES = ["good", *sorted(DEFECTS)]  # label order: good, then the defect folders sorted
 
 
@@ -100,7 +100,7 @@ def test_defect_metrics_beat_chance_and_maps_point_at_the_defects(scorer, splits
         assert 0 <= metrics[key] <= 1, key
     # The most unusual patch finds pasted photo patches and scratches in a texture, where a
     # whole-image distance (PyOD's KNN on pixels) barely beats chance.
-    assert metrics["image_roc_auc"] == metrics["patch_knn_guarded.image_roc_auc"] > 0.75
+    assert metrics["image_roc_auc"] == metrics[f"{SPEC.name}.image_roc_auc"] > 0.75
     assert metrics["patch_knn.image_roc_auc"] > 0.75
     assert metrics["image_roc_auc"] > metrics["pyod_knn.image_roc_auc"]
     for peer in ("pyod_knn", "pyod_iforest", "gaussian_zscore"):
@@ -273,3 +273,31 @@ def test_the_guarded_patch_score_adds_only_the_contrast_distances_far_tail(score
     odd = every_score(scorer, flat, names)["patch_knn_guarded"]
     labels = np.r_[np.zeros(len(normal)), np.ones(len(odd))]
     assert roc_auc_score(labels, np.r_[normal, odd]) == 1.0
+
+
+def test_patch_and_fused_is_the_mean_of_its_halves_in_held_out_standard_deviations(scorer, splits):
+    """patch_and_fused: patch_knn_guarded and fused, each standardised by its own mean and
+    spread on the held-out normal images that fit the reference (so both halves weigh the
+    same); a flat frame (whole-image evidence) and a scratched tile (a local defect) both rank
+    above the normal tiles on average."""
+    from convvae.anomaly.scoring import every_score
+
+    reference = scorer.reference
+    halves = ("patch_knn_guarded", "fused")
+    assert set(halves) <= set(reference.scale)  # fitted by fit_reference, second
+    selection, _ = selection_and_calibration(splits.val.images)
+    found = every_score(scorer, selection, (*halves, "patch_and_fused"))
+    for half in halves:  # the statistics are those of the held-out images themselves
+        assert found[half].mean() == pytest.approx(reference.center[half], rel=1e-9, abs=1e-9)
+        assert found[half].std() == pytest.approx(reference.scale[half], rel=1e-6)
+    z = [(found[h] - reference.center[h]) / reference.scale[h] for h in halves]
+    np.testing.assert_allclose(found["patch_and_fused"], np.mean(z, 0), rtol=1e-9, atol=1e-12)
+    assert abs(found["patch_and_fused"].mean()) < 1e-6
+    good = splits.test.images[splits.test.labels == 0]
+    flat = np.full((4, *good.shape[1:]), 128, dtype=np.uint8)
+    scratched = splits.test.images[splits.test.labels == 1 + sorted(DEFECTS).index("scratch")]
+    normal = every_score(scorer, good, ("patch_and_fused",))["patch_and_fused"]
+    for odd in (flat, scratched):
+        assert every_score(scorer, odd, ("patch_and_fused",))["patch_and_fused"].mean() > np.median(
+            normal
+        )

@@ -92,7 +92,7 @@ class Exported:
     maps: np.ndarray
 
 
-@pytest.fixture(scope="module", params=["fused", "excess_nll", "iwae_nll"])
+@pytest.fixture(scope="module", params=["fused", "excess_nll", "iwae_nll", "patch_and_fused"])
 def exported(request, trained, digits_reference, test_digits, tmp_path_factory) -> Exported:
     scorer = Scorer(trained, digits_reference, ScoreSpec(request.param, samples=8, noise_seed=0))
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"

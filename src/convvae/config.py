@@ -15,8 +15,7 @@ from convvae.errors import ConfigError
 from convvae.runtime.uris import uri_secrets
 from convvae.yamlconfig import build, read_yaml, size_pair
 
-# The vocabularies of params.yaml, each listed once: the modules that implement them take their
-# names from here (typing.get_args).
+# The vocabularies of params.yaml, each listed once (modules take their names: typing.get_args).
 DataSource = Literal["mnist-5k", "fashion-mnist", "mnist", "folder"]
 Likelihood = Literal["bernoulli", "gaussian", "discretized_logistic"]
 # model.likelihood: auto → this per data source (docs/your-own-images.md: how it was chosen).
@@ -236,6 +235,7 @@ AnomalyScore = Literal[
     "fused",
     "patch_knn",
     "patch_knn_guarded",
+    "patch_and_fused",
 ]
 # Score names that older params files, threshold records and model cards may hold -> today's.
 RENAMED_SCORES = {"recon_bce": "recon_nll_at_mean"}
@@ -244,7 +244,7 @@ DEFAULT_SCORE: dict[str, AnomalyScore] = {
     "mnist-5k": "fused",
     "fashion-mnist": "fused",
     "mnist": "fused",
-    "folder": "patch_knn_guarded",
+    "folder": "patch_and_fused",
 }
 
 

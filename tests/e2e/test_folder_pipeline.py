@@ -49,7 +49,7 @@ def test_repro_measures_the_folders_defects_and_skips_the_class_benchmark(projec
             "pyod_iforest.image_roc_auc", *(f"image_roc_auc.{d}" for d in DEFECTS)]  # fmt: skip
     for key in keys:
         assert 0 <= defects[key] <= 1, key
-    assert defects["test_defective_images"] == 2 * 10 and defects["score"] == "patch_knn_guarded"
+    assert defects["test_defective_images"] == 2 * 10 and defects["score"] == "patch_and_fused"
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     assert evaluation["test_images"] == 20  # likelihoods on the good test images only
     assert evaluation["likelihood"].startswith("bernoulli")  # auto: a folder's default too

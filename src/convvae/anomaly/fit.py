@@ -12,7 +12,7 @@ import torch
 
 from convvae.anomaly.reference import Reference
 from convvae.anomaly.scorer import Scorer
-from convvae.anomaly.scores import STANDARDISED, ScoreSpec
+from convvae.anomaly.scores import STANDARDISED, STANDARDISED_AFTER, ScoreSpec
 from convvae.anomaly.scoring import every_score
 from convvae.config import AnomalyConfig, ModelConfig, TrainConfig
 from convvae.data.splits import selection_and_calibration
@@ -39,16 +39,26 @@ def fit_reference(
     noise_seed: int,
 ) -> Reference:
     """The model's reference: its normal training images (uint8 (N, C, H, W)), and the mean and
-    standard deviation of each standardised score (the fused parts, patch_knn) on
-    ``held_out_normal`` images, which must be neither training nor calibration images.
+    standard deviation of each standardised score (the fused parts, patch_knn, then fused and
+    patch_knn_guarded) on ``held_out_normal`` images, which must be neither training nor
+    calibration images.
     ``samples`` and ``noise_seed``: those of the stored score."""
     unscaled = Reference(np.ascontiguousarray(train_images), {}, {})
     scorer = Scorer(model, unscaled, ScoreSpec("excess_nll", samples, noise_seed))
     raw = every_score(scorer, held_out_normal, STANDARDISED)
-    return Reference(
+    first = Reference(
         unscaled.images,
         {name: float(raw[name].mean()) for name in STANDARDISED},
         {name: float(raw[name].std() + 1e-12) for name in STANDARDISED},
+    )
+    # fused and patch_knn_guarded are made of those statistics: theirs come second.
+    parts = {name: torch.from_numpy(values) for name, values in raw.items()}
+    made = Scorer(model, first, scorer.spec).combined(parts, STANDARDISED_AFTER)
+    made = {name: made[name].numpy() for name in STANDARDISED_AFTER}
+    return Reference(
+        first.images,
+        {**first.center, **{name: float(made[name].mean()) for name in STANDARDISED_AFTER}},
+        {**first.scale, **{name: float(made[name].std() + 1e-12) for name in STANDARDISED_AFTER}},
     )
 
 

@@ -33,6 +33,7 @@ from convvae.anomaly.scores import (
     LIKELIHOOD_SCORES,
     MAP_KINDS,
     MAP_SCORES,
+    STANDARDISED_AFTER,
     ScoreSpec,
 )
 from convvae.data.images import to_unit_interval
@@ -103,31 +104,42 @@ class Scorer(nn.Module):
         beyond_the_model = sorted(wanted - {*LIKELIHOOD_SCORES, *ELBO_TERMS})
         if beyond_the_model and not self.has_reference:
             require_reference(self.reference, f"the {beyond_the_model[0]} score")
+        if "patch_and_fused" in wanted:  # made of these two
+            wanted |= {"fused", "patch_knn_guarded"}
         found: dict[str, torch.Tensor] = {}
         if wanted & {*LIKELIHOOD_SCORES, *ELBO_TERMS, "fused"}:
             found.update(self.likelihood_terms(x))
         distances = wanted & set(DISTANCE_SCORES)
         if "fused" in wanted:
             distances |= set(self.fused_parts) & set(DISTANCE_SCORES)
+        if "patch_knn_guarded" in wanted:
+            distances.add("contrast_knn")
         if distances:
             found.update(self.distance_scores(x, tuple(sorted(distances))))
-        if "fused" in wanted:
-            parts = [(found[c] - self.center[c]) / self.scale[c] for c in self.fused_parts]
-            found["fused"] = torch.stack(parts).mean(0)
         if wanted & set(MAP_SCORES):
             maps = default_map if default_map is not None else self.anomaly_map(x, "feature_knn")
             found["patch_knn"] = maps.flatten(1).amax(1).double()
-        if "patch_knn_guarded" in wanted:
-            found["patch_knn_guarded"] = self._guarded(found["patch_knn"], x)
+        found.update(self.combined(found, wanted))
         return {name: found[name] for name in names}
 
-    def _guarded(self, patch_knn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """patch_knn in standard deviations of held-out normal images, plus the contrast
-        distance's excess over CONTRAST_GUARD standard deviations (scores' docstring)."""
-        contrast = self.distance_scores(x, ("contrast_knn",))["contrast_knn"]
-        z_patch = (patch_knn - self.center["patch_knn"]) / self.scale["patch_knn"]
-        z_contrast = (contrast - self.center["contrast_knn"]) / self.scale["contrast_knn"]
-        return z_patch + (z_contrast - CONTRAST_GUARD).clamp_min(0)
+    def combined(
+        self, parts: dict[str, torch.Tensor], wanted: set[str] | tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        """The scores made of standardised others (fused, patch_knn_guarded, patch_and_fused)
+        that are in ``wanted``, from ``parts``: the scores they are made of."""
+        z = {name: (value - self.center[name]) / self.scale[name]
+             for name, value in parts.items() if name in self.scale}  # fmt: skip
+        found: dict[str, torch.Tensor] = {}
+        if "fused" in wanted:
+            found["fused"] = torch.stack([z[part] for part in self.fused_parts]).mean(0)
+        if "patch_knn_guarded" in wanted:  # the contrast's excess over CONTRAST_GUARD sd
+            found["patch_knn_guarded"] = z["patch_knn"] + (
+                z["contrast_knn"] - CONTRAST_GUARD
+            ).clamp_min(0)
+        if "patch_and_fused" in wanted:
+            halves = [(found[h] - self.center[h]) / self.scale[h] for h in STANDARDISED_AFTER]
+            found["patch_and_fused"] = torch.stack(halves).mean(0)
+        return found
 
     def likelihood_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The likelihood scores and the ELBO's terms, float64 (N,) nats, from one decoder pass
@@ -229,6 +241,7 @@ def _check_spec(spec: ScoreSpec, reference: Reference | None) -> None:
         return
     require_reference(reference, f"the {spec.name} score")
     needs = {"fused": set(FUSED_COMPONENTS[:3]), "patch_knn_guarded": {"patch_knn", "contrast_knn"}}
+    needs["patch_and_fused"] = {*needs["patch_knn_guarded"], *STANDARDISED_AFTER}
     if not needs.get(spec.name, set()) <= set(reference.scale):
         raise CheckpointError(
             f"this model file's reference has no statistics for the {spec.name} score; re-run "

@@ -32,7 +32,11 @@ Higher always means more anomalous. ``convvae.anomaly.scorer`` computes every on
 - ``patch_knn_guarded``: ``patch_knn`` standardised on held-out normal images, plus how far the
   standardised ``contrast_knn`` lies beyond ``CONTRAST_GUARD`` standard deviations: nothing for
   nearly every normal image, a lot for a flat or nearly flat frame, which a texture's patches
-  can resemble (docs/benchmark/folder-selection: how it was chosen). A folder's default.
+  can resemble (docs/benchmark/folder-selection: how it was chosen).
+- ``patch_and_fused``: the mean of ``patch_knn_guarded`` and ``fused``, each in standard
+  deviations of held-out normal images: the most unusual patch and the whole image's evidence
+  together, so a plain patch where the object should be, or a cell that is darker throughout,
+  counts as well as a local defect (docs/benchmark/folder-selection). A folder's default.
 
 Maps (``MAP_KINDS``), float32 per pixel: ``deviance`` (each pixel's share of the deviance of its
 reconstruction from the posterior mean, needs only the model) and ``feature_knn`` (each patch of
@@ -50,7 +54,7 @@ from convvae.config import RENAMED_SCORES, AnomalyConfig, AnomalyScore
 ALL_SCORES: tuple[str, ...] = typing.get_args(AnomalyScore)
 # Image scores read off the maps. Not in the class benchmark's table (a search over every patch
 # of 10,000 test images costs minutes per class); the benchmark runs one only as its primary.
-MAP_SCORES = ("patch_knn", "patch_knn_guarded")
+MAP_SCORES = ("patch_knn", "patch_knn_guarded", "patch_and_fused")
 # The scores the class benchmark reports for every model, in report order.
 SCORES: tuple[str, ...] = tuple(name for name in ALL_SCORES if name not in MAP_SCORES)
 # The scores the model alone gives; the others also need its reference.
@@ -60,8 +64,10 @@ ELBO_TERMS = ("recon_nll", "kl")
 DISTANCE_SCORES = ("hidden_knn", "cosine_knn", "contrast_knn")
 FUSED_COMPONENTS = ("excess_nll", "hidden_knn", "cosine_knn", "contrast_knn")
 MAP_KINDS = ("deviance", "feature_knn")
-# Standardised statistics the reference keeps: the fused parts and the guarded patch score's.
+# Standardised statistics the reference keeps: the fused parts and the guarded patch score's;
+# then, from those, the two halves of patch_and_fused.
 STANDARDISED = (*FUSED_COMPONENTS, "patch_knn")
+STANDARDISED_AFTER = ("fused", "patch_knn_guarded")
 # patch_knn_guarded: contrast distances up to this many standard deviations add nothing.
 CONTRAST_GUARD = 4.0
 
