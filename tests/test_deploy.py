@@ -44,7 +44,8 @@ def test_dockerfile_is_multi_stage_non_root_and_pinned():
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11\.\d+-slim", text, flags=re.M)
 
 
-SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
+SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD",
+           "MLFLOW_SECRET_KEY", "PIPELINE_PASSWORD", "PROMOTER_PASSWORD")  # fmt: skip
 
 
 def compose_config(path: Path, env_file: Path) -> subprocess.CompletedProcess:
@@ -100,6 +101,7 @@ def test_secrets_stay_out_of_git_and_of_the_image(tmp_path):
 TRACKED_FOR_IMAGE = (
     "src/convvae/config.py", "pipeline/train.py", "params.yaml", "dvc.yaml", "dvc.lock",
     ".dvc/config", "pyproject.toml", "requirements.lock", "deploy/mlflow-server.sh",
+    "deploy/mlflow-users.py",
 )  # fmt: skip
 SECRET_FILES = ("deploy/.env", ".env", ".dvc/config.local", "src/.env.production")
 
@@ -189,8 +191,13 @@ def test_mlflow_service_feeds_the_server_script(compose):
     script = REPO / mlflow["command"][0]
     assert script.stat().st_mode & stat.S_IXUSR
     required = set(re.findall(r"\$\{(\w+):\?", script.read_text()))
-    assert required == {"BACKEND_STORE_URI", "ARTIFACTS_DESTINATION"}
+    assert required == {"BACKEND_STORE_URI", "ARTIFACTS_DESTINATION", "AUTH_DATABASE_URI",
+                        "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}  # fmt: skip
     assert required <= set(mlflow["environment"])
+    assert "--app-name basic-auth" in script.read_text()  # nobody is served without a login
+    # The pipeline logs in as the training identity, which the server keeps off the aliases.
+    pipeline = compose["services"]["pipeline"]["environment"]
+    assert pipeline["MLFLOW_TRACKING_USERNAME"] not in mlflow["environment"]["CONVVAE_PROMOTERS"]
     assert mlflow["environment"]["BACKEND_STORE_URI"].startswith("postgresql://")
     assert mlflow["environment"]["ARTIFACTS_DESTINATION"].startswith("s3://")
     assert compose["services"]["pipeline"]["environment"]["MLFLOW_TRACKING_URI"].endswith(":5000")

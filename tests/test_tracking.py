@@ -95,7 +95,9 @@ def test_history_params_and_model_are_logged_and_served(
     assert str(local_tracker.registry.version("models:/convvae-unit/latest").version) == "1"
     assert client.get_model_version("convvae-unit", "1").tags["test_x"] == "1"
 
-    served = mlflow.pyfunc.load_model("models:/convvae-unit/1")
+    # dst_path: MLflow would otherwise leave the download in a fresh folder under /tmp
+    (tmp_path / "dl").mkdir()
+    served = mlflow.pyfunc.load_model("models:/convvae-unit/1", dst_path=str(tmp_path / "dl"))
     first = served.predict(example)
     again = served.predict(example)
     assert "reconstruction" not in first  # only when asked: a decode per image
