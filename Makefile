@@ -34,14 +34,15 @@ test: install system-deps
 	$(PY) -m pytest
 
 # Debian packages the tests use: chromium (MLflow UI screenshot), postgresql (team server),
-# docker-compose (validates deploy/docker-compose.yml; no engine needed) and
-# dataset-fashion-mnist (the Fashion-MNIST source's tests read its IDX files).
+# docker-compose (validates deploy/docker-compose.yml; no engine needed),
+# dataset-fashion-mnist (the Fashion-MNIST source's tests read its IDX files) and a JRE (Spark).
 # Installed as root with apt-get; otherwise the tests that need them skip (CI fails instead).
 system-deps:
 	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	test -f $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz || missing="$$missing dataset-fashion-mnist"; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian's$$missing for the UI and team-server tests"; \

@@ -59,3 +59,23 @@ def local_tracker(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield Tracker(TrackingConfig(), root=tmp_path)
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def one_class_model(trained, mnist_slice, tmp_path_factory):
+    """The trained tiny model as the benchmark stores it: model.pt with threshold.json beside."""
+    import json
+
+    from convvae.anomaly.scorer import Scorer
+    from convvae.anomaly.scores import ScoreSpec
+    from convvae.anomaly.thresholds import calibrate
+    from convvae.data.splits import selection_and_calibration
+    from convvae.model.files import save_model
+
+    folder = tmp_path_factory.mktemp("anomaly") / "class_3"
+    save_model(trained, folder / "model.pt")
+    _, calibration = selection_and_calibration(mnist_slice.val.images)
+    scorer = Scorer(trained, None, ScoreSpec("neg_elbo", 4, 0))
+    record = calibrate(scorer, calibration, 0.5, normal_class=3)
+    (folder / "threshold.json").write_text(json.dumps(record.as_json()))
+    return folder / "model.pt"

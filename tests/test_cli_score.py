@@ -12,25 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convvae.anomaly.scorer import Scorer
-from convvae.anomaly.scores import ScoreSpec
-from convvae.anomaly.thresholds import calibrate
 from convvae.data.images import save_png
-from convvae.data.splits import selection_and_calibration
-from convvae.model.files import save_model
 from tests.test_cli import COMMAND, assert_one_line_error, convvae
-
-
-@pytest.fixture(scope="module")
-def one_class_model(trained, mnist_slice, tmp_path_factory) -> Path:
-    """The trained tiny model as the benchmark stores it: model.pt with threshold.json beside."""
-    folder = tmp_path_factory.mktemp("anomaly") / "class_3"
-    save_model(trained, folder / "model.pt")
-    _, calibration = selection_and_calibration(mnist_slice.val.images)
-    scorer = Scorer(trained, None, ScoreSpec("neg_elbo", 4, 0))
-    record = calibrate(scorer, calibration, 0.5, normal_class=3)
-    (folder / "threshold.json").write_text(json.dumps(record.as_json()))
-    return folder / "model.pt"
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

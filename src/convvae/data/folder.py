@@ -69,7 +69,7 @@ class FolderData:
 
 def read_image_file(path: Path) -> Image.Image:
     """Open and fully decode ``path`` now, so a truncated file fails here, naming the file."""
-    return _decode(_read_bytes(Path(path)), Path(path))
+    return decode_image(_read_bytes(Path(path)), Path(path))
 
 
 def preprocess_image(image: Image.Image, image_size: Size, crop: Size, channels: int) -> np.ndarray:
@@ -142,7 +142,7 @@ class _Reader:
     def open(self, path: Path) -> Image.Image:
         data = _read_bytes(path)
         self.files[str(path)] = hashlib.sha256(data).hexdigest()
-        return _decode(data, path)
+        return decode_image(data, path)
 
     def image(self, path: Path) -> np.ndarray:
         image = self.open(path)
@@ -291,7 +291,9 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: cannot read the file ({err.strerror}); check it") from None
 
 
-def _decode(data: bytes, path: Path) -> Image.Image:
+def decode_image(data: bytes, path: Path | str) -> Image.Image:
+    """A file's bytes decoded now (only FORMATS, size checked from the header first); errors
+    name ``path``."""
     try:
         with warnings.catch_warnings():  # the size is checked below, with its own message
             warnings.simplefilter("ignore", DecompressionBombWarning)

@@ -116,10 +116,29 @@ def _load_png_folder(
 
 
 def _read_png(path: Path, shape: tuple[int, int, int], resize: Resize | None) -> np.ndarray:
-    from convvae.data.folder import GREY_MODES, preprocess_image, read_image_file
+    from convvae.data.folder import read_image_file
+
+    return model_pixels(read_image_file(path), path, shape, resize)
+
+
+def file_bytes_pixels(
+    data: bytes, path: str, shape: tuple[int, int, int], resize: Resize | None = None
+) -> np.ndarray:
+    """An image file's bytes as the model's uint8 (C, H, W) pixels, exactly as ``load_images``
+    reads the file (for readers that hold bytes, not paths: a Spark ``binaryFile`` column)."""
+    from convvae.data.folder import decode_image
+
+    return model_pixels(decode_image(data, path), path, shape, resize)
+
+
+def model_pixels(
+    image, path: Path | str, shape: tuple[int, int, int], resize: Resize | None
+) -> np.ndarray:
+    """A decoded PIL image as the model's uint8 (C, H, W): grey or RGB as the model takes it,
+    of its size unless ``resize`` says how to bring it there; errors name ``path``."""
+    from convvae.data.folder import GREY_MODES, preprocess_image
 
     channels, height, width = shape
-    image = read_image_file(path)
     wanted_mode = "L" if channels == 1 else "RGB"
     if channels == 1 and image.mode not in GREY_MODES:  # colour is not made grey silently
         raise DataError(
