@@ -30,18 +30,16 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "docs/benchmark")]
-from tables import margin_cell  # noqa: E402
+from folder_runs import IMAGE_PEERS, evaluate_folder, margin_cell  # noqa: E402
 
-from tests.e2e.project import BIN, make_project, run  # noqa: E402
+from tests.e2e.project import make_project  # noqa: E402
 
 OUT = REPO / "docs/benchmark/elpv"
 ROLE = {"mono": "selection", "poly": "held out"}
@@ -52,11 +50,7 @@ COLUMNS = [
     ("ours: patch_knn_guarded (the default before)", "patch_knn_guarded.image_roc_auc"),
     ("ours: fused", "fused.image_roc_auc"),
     ("unit-pixel distance (cosine_knn, no VAE)", "cosine_knn.image_roc_auc"),
-    ("PyOD KNN", "pyod_knn.image_roc_auc"),
-    ("PyOD IForest", "pyod_iforest.image_roc_auc"),
-    ("per-pixel Gaussian", "gaussian_zscore.image_roc_auc"),
-    ("raw-pixel patch kNN", "pixel_patch_knn.image_roc_auc"),
-    ("untrained network", "untrained_encoder.image_roc_auc"),
+    *IMAGE_PEERS,
 ]
 
 
@@ -94,24 +88,8 @@ def build_folder(root: Path, kind: str, seed: int = 0) -> dict[str, int]:
 def run_type(kind: str, size: int, scratch: Path) -> dict:
     project = make_project(scratch / f"project-{kind}")
     counts = build_folder(scratch / kind, kind)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"].update(source="folder", path=str(scratch / kind), image_size=size,
-                          max_train_images=None)  # fmt: skip
-    params["train"]["epochs"] = 30
-    params["evaluate"].update(iwae_samples=64, grid_images=64)
-    params["anomaly"]["samples"] = 8
-    params["tracking"]["enabled"] = False
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    started = time.perf_counter()
-    run([str(BIN / "dvc"), "repro", "evaluate"], project, {"OMP_NUM_THREADS": "2"})
-    seconds = time.perf_counter() - started
-    metrics = json.loads((project / "metrics/defects.json").read_text())
-    train = json.loads((project / "metrics/train.json").read_text())
-    from convvae.config import load_params
-
-    default = load_params(project / "params.yaml").anomaly.score
-    return {"type": kind, "role": ROLE[kind], "size": size, "seconds": seconds, **counts,
-            "epochs": train["epochs_run"], "default_score": default, **metrics}  # fmt: skip
+    found = evaluate_folder(project, scratch / kind, samples=8, image_size=size)
+    return {"type": kind, "role": ROLE[kind], "size": size, **counts, **found}
 
 
 def render(rows: list[dict]) -> str:

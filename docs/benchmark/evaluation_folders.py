@@ -38,16 +38,15 @@ from pathlib import Path
 
 import numpy as np
 import skimage.data
-import yaml
 from PIL import Image
 from scipy import ndimage
 from sklearn.datasets import load_sample_images
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "docs/benchmark")]
-from tables import margin_cell  # noqa: E402
+from folder_runs import IMAGE_PEERS, evaluate_folder, margin_cell  # noqa: E402
 
-from tests.e2e.project import BIN, make_project, run  # noqa: E402
+from tests.e2e.project import make_project  # noqa: E402
 
 OUT = REPO / "docs/benchmark/evaluation"
 KINDS = ("stain", "blur", "speckle")
@@ -55,11 +54,7 @@ IMAGE_COLUMNS = [
     ("ours (default)", "image_roc_auc"),
     ("ours: patch_knn_guarded", "patch_knn_guarded.image_roc_auc"),
     ("ours: fused", "fused.image_roc_auc"),
-    ("PyOD KNN", "pyod_knn.image_roc_auc"),
-    ("PyOD IForest", "pyod_iforest.image_roc_auc"),
-    ("per-pixel Gaussian", "gaussian_zscore.image_roc_auc"),
-    ("raw-pixel patch kNN", "pixel_patch_knn.image_roc_auc"),
-    ("untrained network", "untrained_encoder.image_roc_auc"),
+    *IMAGE_PEERS,
 ]
 PIXEL_COLUMNS = [
     ("pixel, ours", "pixel_roc_auc"),
@@ -160,21 +155,9 @@ DESCRIPTION = {"moon": "grey surface, 48 px JPEG", "china": "RGB photograph, 64 
 def run_folder(name: str, scratch: Path) -> dict:
     project = make_project(scratch / f"project-{name}")
     FOLDERS[name](scratch / name)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"].update(source="folder", path=str(scratch / name), max_train_images=None,
-                          image_size=32 if name == "faces" else None)  # fmt: skip
-    params["train"]["epochs"] = 30
-    params["evaluate"].update(iwae_samples=64, grid_images=64)
-    params["anomaly"]["samples"] = 8
-    params["tracking"]["enabled"] = False
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    started = time.perf_counter()
-    run([str(BIN / "dvc"), "repro", "evaluate"], project, {"OMP_NUM_THREADS": "2"})
-    seconds = time.perf_counter() - started
-    metrics = json.loads((project / "metrics/defects.json").read_text())
-    train = json.loads((project / "metrics/train.json").read_text())
-    return {"folder": name, "description": DESCRIPTION[name], "seconds": seconds,
-            "epochs": train["epochs_run"], **metrics}  # fmt: skip
+    size = 32 if name == "faces" else None
+    found = evaluate_folder(project, scratch / name, samples=8, image_size=size)
+    return {"folder": name, "description": DESCRIPTION[name], **found}
 
 
 def render(rows: list[dict]) -> str:
@@ -208,7 +191,7 @@ def main() -> None:
     (OUT / "README.md").write_text(
         "# Evaluation folders: nothing here chose a default\n\n"
         f"Made by `docs/benchmark/evaluation_folders.py` on {time.strftime('%Y-%m-%d')} (2 CPU "
-        f"cores), every default of a folder source ({rows[0]['score']}); the ELPV row is "
+        f"cores), every default of a folder source ({rows[0]['default_score']}); the ELPV row is "
         "docs/benchmark/elpv.py's held-out polycrystalline cells. ROC-AUC ×100 (chance 50.0); "
         "margin: the default's image ROC-AUC minus the best method without a trained VAE on that "
         "folder, with its paired bootstrap interval. What each folder is, and why none chose "

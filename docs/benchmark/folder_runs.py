@@ -1,0 +1,54 @@
+"""What the folder benchmark scripts share: one pipeline run on a folder, and table cells."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# The image-level peers and ablations every folder table shows beside ours.
+IMAGE_PEERS = [
+    ("PyOD KNN", "pyod_knn.image_roc_auc"),
+    ("PyOD IForest", "pyod_iforest.image_roc_auc"),
+    ("per-pixel Gaussian", "gaussian_zscore.image_roc_auc"),
+    ("raw-pixel patch kNN", "pixel_patch_knn.image_roc_auc"),
+    ("untrained network", "untrained_encoder.image_roc_auc"),
+]
+
+
+def evaluate_folder(project: Path, folder: Path, samples: int, **data) -> dict:
+    """`dvc repro evaluate` in ``project`` (a copy of the repository: tests/e2e/project.py's
+    make_project) on ``folder`` with every default of a folder source, but 30 epochs at most,
+    ``samples`` importance samples, no tracking and the ``data`` keys given: the run's
+    metrics/defects.json with its seconds, epochs and default score."""
+    from convvae.config import load_params
+    from tests.e2e.project import BIN, run
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(source="folder", path=str(folder), max_train_images=None, **data)
+    params["train"]["epochs"] = 30
+    params["evaluate"].update(iwae_samples=64, grid_images=64)
+    params["anomaly"]["samples"] = samples
+    params["tracking"]["enabled"] = False
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    started = time.perf_counter()
+    run([str(BIN / "dvc"), "repro", "evaluate"], project, {"OMP_NUM_THREADS": "2"})
+    seconds = time.perf_counter() - started
+    metrics = json.loads((project / "metrics/defects.json").read_text())
+    train = json.loads((project / "metrics/train.json").read_text())
+    default = load_params(project / "params.yaml").anomaly.score
+    return {"seconds": seconds, "epochs": train["epochs_run"], "default_score": default, **metrics}
+
+
+def margin_cell(row: dict) -> str:
+    """The default's image ROC-AUC minus the best VAE-free method's, ×100, with its interval."""
+    low, high = row["margin_over_vae_free.ci_low"], row["margin_over_vae_free.ci_high"]
+    return (
+        f"{100 * row['margin_over_vae_free.image_roc_auc']:+.1f} "
+        f"[{100 * low:+.1f}, {100 * high:+.1f}] vs {row['vae_free_best']}"
+    )
