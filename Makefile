@@ -15,7 +15,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 # In braces, so that `|| true` covers grep (which fails when it filters every line), not pip.
 PIP_FILTER := { grep -vE 'is ignored|^\s*$$|Requirement already satisfied' || true; }
 
-.PHONY: install run test system-deps lint lock speed timings ui clean fashion-mnist benchmark-fashion-mnist
+.PHONY: install run test system-deps lint lock speed timings repro-parallel ui clean fashion-mnist benchmark-fashion-mnist
 
 install: $(INSTALLED)
 
@@ -79,6 +79,12 @@ UI_PORT ?= 5000
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		--host 127.0.0.1 --port $(UI_PORT)
+
+# `dvc repro` with independent stages side by side (speed/parallel_repro.py): JOBS processes of
+# cores/JOBS threads each; `make repro-parallel COMPARE=1` times `dvc repro -f` against it.
+JOBS ?= 2
+repro-parallel: install
+	$(PY) speed/parallel_repro.py --jobs $(JOBS) $(if $(COMPARE),--compare,)
 
 # Seconds of every stage of a full `dvc repro -f` (imports and DVC's bookkeeping included).
 timings: install
