@@ -120,7 +120,9 @@ def test_pipeline_registry_and_promotion_through_the_server(tracking_server, tmp
     # The training identity registered the version (it owns the model) but may not move an alias.
     refused = run(promote, project, extra_env=env, check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
-    [line] = refused.stderr.splitlines()  # one line, naming the fix
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 1, refused.stderr  # one line, naming the fix
+    line = lines[0]
     assert line.startswith("error: ") and "only the promoting identity (promoter) may" in line
     # The model's owner (the pipeline, which created it) lets the promoter edit it.
     mlflow_users(["--grant", "convvae-mnist-5k"], env)

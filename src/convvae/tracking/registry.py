@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +16,9 @@ from typing import Any
 from convvae.errors import TrackingError
 from convvae.runtime.uris import without_secrets
 from convvae.tracking.store import store_errors
+
+# MLflow's switch for its download progress bars.
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class Registry:
@@ -115,8 +120,16 @@ class Registry:
 
         folder = tempfile.mkdtemp(prefix="convvae-model-")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        with store_errors(self.uri, f"download {uri}"):
-            return Path(mlflow.artifacts.download_artifacts(uri, dst_path=folder))
+        # MLflow's progress bars only where someone watches: in a log they are a dozen lines
+        # before the command's own one-line error.
+        bars = os.environ.get(_PROGRESS_BAR)
+        os.environ.setdefault(_PROGRESS_BAR, str(sys.stderr.isatty()).lower())
+        try:
+            with store_errors(self.uri, f"download {uri}"):
+                return Path(mlflow.artifacts.download_artifacts(uri, dst_path=folder))
+        finally:
+            if bars is None:
+                os.environ.pop(_PROGRESS_BAR, None)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point ``@alias`` of ``name`` at ``version``."""
