@@ -150,8 +150,9 @@ def test_anomaly_maps_are_per_pixel_and_do_not_depend_on_the_batch(scorer, split
 
 def test_the_patch_map_is_the_nearest_reference_patch_upsampled_and_smoothed(scorer, splits):
     """The default map written out with other tools than the scorer's: each patch feature's
-    distance to its nearest reference patch (torch.cdist over every reference patch),
-    upsampled by F.interpolate and smoothed by scipy's gaussian_filter."""
+    distance to its nearest row of the model's patch bank (torch.cdist), every row one of the
+    reference images' patches, upsampled by F.interpolate and smoothed by scipy's
+    gaussian_filter."""
     from scipy import ndimage
 
     from convvae.anomaly.scorer import map_sigma
@@ -160,10 +161,11 @@ def test_the_patch_map_is_the_nearest_reference_patch_upsampled_and_smoothed(sco
     to_float = lambda a: torch.from_numpy(a).float() / 255  # noqa: E731
     with torch.no_grad():
         features = scorer.model.encoder[:2](to_float(images)).double()  # Conv2d, ReLU
-        bank = scorer.model.encoder[:2](to_float(scorer.reference.images)).double()
+        patches = scorer.model.encoder[:2](to_float(scorer.reference.images)).double()
     n, channels, height, width = features.shape
-    bank_rows = bank.permute(0, 2, 3, 1).reshape(-1, channels)
-    assert len(bank_rows) <= 65536  # the whole reference, no subset, for this small folder
+    patch_rows = patches.permute(0, 2, 3, 1).reshape(-1, channels)
+    bank_rows = torch.from_numpy(scorer.reference.patch_bank).double()
+    assert float(torch.cdist(bank_rows, patch_rows).amin(1).max()) < 1e-5
     nearest = torch.cdist(features.permute(0, 2, 3, 1).reshape(-1, channels), bank_rows)
     grid = nearest.min(1).values.reshape(n, 1, height, width)
     upsampled = torch.nn.functional.interpolate(grid, size=(32, 32), mode="bilinear")[:, 0]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from convvae.anomaly.reference import Reference
-from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scorer import Scorer, fitted_patch_bank
 from convvae.anomaly.scores import STANDARDISED, STANDARDISED_AFTER, ScoreSpec
 from convvae.anomaly.scoring import every_score
 from convvae.config import AnomalyConfig, ModelConfig, TrainConfig
@@ -38,18 +38,21 @@ def fit_reference(
     samples: int,
     noise_seed: int,
 ) -> Reference:
-    """The model's reference: its normal training images (uint8 (N, C, H, W)), and the mean and
+    """The model's reference: its normal training images (uint8 (N, C, H, W)), their patch
+    bank (a coreset: ``convvae.anomaly.patch_bank``), and the mean and
     standard deviation of each standardised score (the fused parts, patch_knn, then fused and
     patch_knn_guarded) on ``held_out_normal`` images, which must be neither training nor
     calibration images.
     ``samples`` and ``noise_seed``: those of the stored score."""
-    unscaled = Reference(np.ascontiguousarray(train_images), {}, {})
+    bank = fitted_patch_bank(model, train_images)
+    unscaled = Reference(np.ascontiguousarray(train_images), {}, {}, bank)
     scorer = Scorer(model, unscaled, ScoreSpec("excess_nll", samples, noise_seed))
     raw = every_score(scorer, held_out_normal, STANDARDISED)
     first = Reference(
         unscaled.images,
         {name: float(raw[name].mean()) for name in STANDARDISED},
         {name: float(raw[name].std() + 1e-12) for name in STANDARDISED},
+        bank,
     )
     # fused and patch_knn_guarded are made of those statistics: theirs come second.
     parts = {name: torch.from_numpy(values) for name, values in raw.items()}
@@ -59,6 +62,7 @@ def fit_reference(
         first.images,
         {**first.center, **{name: float(made[name].mean()) for name in STANDARDISED_AFTER}},
         {**first.scale, **{name: float(made[name].std() + 1e-12) for name in STANDARDISED_AFTER}},
+        bank,
     )
 
 

@@ -1,8 +1,9 @@
 """What a model's distance scores and patch map compare an image with: its ``Reference``,
 stored in the model file beside the weights.
 
-The reference is the model's normal training images, and the mean and standard deviation of
-each fused component on held-out normal images (``convvae.anomaly.fit.fit_reference`` makes it).
+The reference is the model's normal training images, the patch features the patch map searches
+(a coreset of them), and the mean and standard deviation of each fused component on held-out
+normal images (``convvae.anomaly.fit.fit_reference`` makes it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convvae.anomaly.patch_bank import LEGACY_RANDOM_ROWS
+from convvae.errors import CheckpointError
 from convvae.model.architecture import Architecture
 from convvae.model.files import load_model_file, save_model
 from convvae.model.vae import ConvVAE
@@ -23,23 +26,36 @@ _KEY = "reference"
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it holds arrays
 class Reference:
-    """Normal training images and the fused components' statistics on held-out normal images."""
+    """Normal training images, their patch bank and the fused components' statistics on
+    held-out normal images."""
 
     images: np.ndarray  # uint8 (N, C, H, W)
     center: dict[str, float]  # per fused component: its mean on held-out normal images
     scale: dict[str, float]  # and its standard deviation
+    # float32 (rows, C'): the patch features the patch map searches; None in files written
+    # before banks were stored (their scorer draws its random subset, as then)
+    patch_bank: np.ndarray | None = None
 
     def payload(self) -> dict:
         """What the model file stores (tensors and floats: loadable with ``weights_only``)."""
-        return {
+        stored = {
             "images": torch.from_numpy(np.ascontiguousarray(self.images)),
             "center": dict(self.center),
             "scale": dict(self.scale),
         }
+        if self.patch_bank is not None:
+            stored["patch_bank"] = torch.from_numpy(np.ascontiguousarray(self.patch_bank))
+        return stored
 
     @classmethod
     def from_payload(cls, raw: dict) -> Reference:
-        return cls(raw["images"].numpy(), dict(raw["center"]), dict(raw["scale"]))
+        bank = raw.get("patch_bank")
+        return cls(
+            raw["images"].numpy(),
+            dict(raw["center"]),
+            dict(raw["scale"]),
+            None if bank is None else bank.numpy(),
+        )
 
 
 def save_fitted_model(model: ConvVAE, reference: Reference | None, path: str | Path) -> None:
@@ -53,4 +69,23 @@ def load_fitted_model(
     """The model of a model file and its reference (None when the file has none)."""
     stored = load_model_file(path, expected)
     raw = stored.extras.get(_KEY)
-    return stored.model, None if raw is None else Reference.from_payload(raw)
+    reference = None if raw is None else Reference.from_payload(raw)
+    if reference is not None and reference.patch_bank is not None:
+        _check_patch_bank(reference.patch_bank, stored.model, path)
+    return stored.model, reference
+
+
+def _check_patch_bank(bank: np.ndarray, model: ConvVAE, path: str | Path) -> None:
+    """A stored bank must be float32 rows of the model's patch features, no more of them than
+    any bank we write (a forged file must not size the scorer's memory)."""
+    width = model.encoder[0].out_channels
+    if bank.dtype != np.float32 or bank.ndim != 2 or bank.shape[1] != width:
+        raise CheckpointError(
+            f"{path}: its patch bank is {bank.dtype} {bank.shape}, not float32 rows of "
+            f"{width} patch features; re-run the stage that wrote it (dvc repro -f train)"
+        )
+    if not 0 < len(bank) <= LEGACY_RANDOM_ROWS:
+        raise CheckpointError(
+            f"{path}: its patch bank has {len(bank)} rows, not 1 to {LEGACY_RANDOM_ROWS}; "
+            "re-run the stage that wrote it (dvc repro -f train)"
+        )

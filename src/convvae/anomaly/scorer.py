@@ -23,6 +23,7 @@ from scipy import ndimage
 from torch import nn
 
 from convvae.anomaly.knn import knn_distance
+from convvae.anomaly.patch_bank import LEGACY_RANDOM_ROWS, coreset_bank, pooled_rows
 from convvae.anomaly.reference import Reference
 from convvae.anomaly.scores import (
     ALL_SCORES,
@@ -41,9 +42,6 @@ from convvae.errors import CheckpointError, ConfigError
 from convvae.model.likelihood import pixel_floor, pixel_mean
 from convvae.model.vae import ConvVAE
 
-# Reference patch features kept for the patch search (a seeded random subset): the search then
-# costs about 2 * 65536 * C flops per patch whatever the reference's size.
-FEATURE_BANK_SIZE = 65536
 _BANK_IMAGES_PER_PASS = 256
 
 
@@ -208,8 +206,9 @@ class Scorer(nn.Module):
 
     def bank(self, name: str) -> torch.Tensor:
         """A reference bank (``hidden_bank``, ``unit_bank``, ``contrast_bank`` or
-        ``patch_bank``), one row per reference image (patch): built from the reference images
-        when first needed, then kept as a buffer (what an export stores as a constant)."""
+        ``patch_bank``), one row per reference image (patch): the reference's stored patch
+        bank, or built from the reference images when first needed, then kept as a buffer (what
+        an export stores as a constant)."""
         if name not in self._buffers:
             builders = {
                 "hidden_bank": _hidden_bank,
@@ -217,8 +216,16 @@ class Scorer(nn.Module):
                 "contrast_bank": _contrast_bank,
                 "patch_bank": _patch_bank,
             }
-            require_reference(self.reference, f"the {name.removesuffix('_bank')} distances")
-            self.register_buffer(name, builders[name](self.model, self.reference.images))
+            reference = require_reference(
+                self.reference, f"the {name.removesuffix('_bank')} distances"
+            )
+            stored = reference.patch_bank if name == "patch_bank" else None
+            self.register_buffer(
+                name,
+                torch.from_numpy(stored)
+                if stored is not None
+                else builders[name](self.model, reference.images),
+            )
         return self._buffers[name]
 
     def feature_knn_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,24 +290,20 @@ def _unit_bank(model: ConvVAE, images: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def _patch_bank(model: ConvVAE, images: np.ndarray) -> torch.Tensor:
-    """The patch features of the reference images, (rows, C'): all of them, or a seeded random
-    subset of FEATURE_BANK_SIZE, gathered pass by pass (the full set of a large folder's
-    patches never sits in memory at once)."""
+    """The bank of a file written before banks were stored: a seeded random subset of
+    LEGACY_RANDOM_ROWS of the reference images' patch features (all when fewer), as then."""
     height, width = model.patch_grid
     total = len(images) * height * width
-    keep = torch.arange(total)
-    if total > FEATURE_BANK_SIZE:
-        keep = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:FEATURE_BANK_SIZE]
-    bank, first = None, 0
-    for x in _passes(images):
-        features = model.patch_features(x)
-        rows = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-        if bank is None:
-            bank = torch.empty(len(keep), rows.shape[1])
-        here = (keep >= first) & (keep < first + len(rows))
-        bank[here] = rows[keep[here] - first]
-        first += len(rows)
-    return bank
+    return pooled_rows(model.patch_features, _passes(images), total, LEGACY_RANDOM_ROWS)
+
+
+@torch.no_grad()
+def fitted_patch_bank(model: ConvVAE, images: np.ndarray) -> np.ndarray:
+    """The patch bank a reference stores: a greedy coreset of the patch features of
+    ``images`` (``convvae.anomaly.patch_bank``), float32 (rows, C')."""
+    height, width = model.patch_grid
+    total = len(images) * height * width
+    return coreset_bank(model.patch_features, _passes(images), total).numpy()
 
 
 def quantise(pixels: torch.Tensor) -> torch.Tensor:

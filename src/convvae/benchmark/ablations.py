@@ -22,7 +22,7 @@ from torch import nn
 
 from convvae.anomaly.fit import fit_reference
 from convvae.anomaly.reference import Reference
-from convvae.anomaly.scorer import Scorer
+from convvae.anomaly.scorer import Scorer, fitted_patch_bank
 from convvae.anomaly.scores import ScoreSpec
 from convvae.config import AnomalyConfig, ModelConfig, Params
 from convvae.data.splits import selection_and_calibration
@@ -96,4 +96,5 @@ def pixel_patch_scorer(model_cfg: ModelConfig, train_images: np.ndarray) -> Scor
         for out, (c, row, col) in enumerate(np.ndindex(channels, kernel_h, kernel_w)):
             copy.weight[out, c, row, col] = 1.0
     model.encoder[0] = copy
-    return Scorer(model, Reference(train_images, {}, {}), ScoreSpec("patch_knn"))
+    bank = fitted_patch_bank(model, train_images)  # chosen as ours is
+    return Scorer(model, Reference(train_images, {}, {}, bank), ScoreSpec("patch_knn"))
