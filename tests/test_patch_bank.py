@@ -18,6 +18,7 @@ from convvae.anomaly.reference import Reference, load_fitted_model, save_fitted_
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ScoreSpec
 from convvae.errors import CheckpointError
+from convvae.model.files import save_model
 
 
 def patch_rows(model, images: np.ndarray) -> torch.Tensor:
@@ -63,6 +64,9 @@ def test_a_fitted_reference_stores_a_coreset_bank_that_the_patch_map_searches(
     bank = reference.patch_bank
     assert bank.dtype == np.float32
     assert bank.shape == (BANK_ROWS, trained.encoder[0].out_channels)
+    batches = [torch.from_numpy(train).float() / 255]
+    chosen = coreset_bank(trained.patch_features, batches, len(train) * 14 * 14)
+    np.testing.assert_array_equal(bank, chosen.numpy())  # the coreset, not any other subset
     every = patch_rows(trained, train).numpy()
     # Each bank row is one of the training patches.
     nearest = torch.cdist(torch.from_numpy(bank).double(), torch.from_numpy(every).double())
@@ -99,17 +103,38 @@ def test_a_file_without_a_stored_bank_searches_the_random_subset_it_always_did(
         (np.zeros((10, 3), np.float32), r"float32 \(10, 3\), not float32 rows of 8"),
         (np.zeros((10, 8), np.float64), r"float64 \(10, 8\), not float32 rows of 8"),
         (np.zeros((LEGACY_RANDOM_ROWS + 1, 8), np.float32), "65537 rows, not 1 to 65536"),
+        (np.full((10, 8), np.nan, np.float32), "NaN or infinite values"),
+        (torch.ones(10, 8, requires_grad=True), "NOT REFUSED"),  # read as its values
+        ([[0.0] * 8] * 10, "patch bank is a list, not a tensor"),
     ],
 )
 def test_a_forged_patch_bank_is_refused_in_one_line(
     trained, mnist_slice, tmp_path, bank, complaint
 ):
-    reference = Reference(mnist_slice.train.images[:10], {}, {}, bank)
-    save_fitted_model(trained, reference, tmp_path / "model.pt")
+    images = mnist_slice.train.images[:10]
+    if isinstance(bank, np.ndarray):
+        save_fitted_model(
+            trained, Reference(images, {}, {}, patch_bank=bank), tmp_path / "model.pt"
+        )
+    else:  # forged beyond what Reference writes: by hand
+        payload = Reference(images, {}, {}).payload() | {"patch_bank": bank}
+        save_model(trained, tmp_path / "model.pt", {"reference": payload})
+    if complaint == "NOT REFUSED":
+        _, loaded = load_fitted_model(tmp_path / "model.pt")
+        np.testing.assert_array_equal(loaded.patch_bank, np.ones((10, 8), np.float32))
+        return
     with pytest.raises(CheckpointError, match=complaint) as info:
         load_fitted_model(tmp_path / "model.pt")
     assert "\n" not in str(info.value)
     assert "dvc repro -f train" in str(info.value)
+
+
+def test_every_part_gives_its_share_and_the_bank_has_every_row_asked_for(trained, mnist_slice):
+    images = mnist_slice.train.images[:1]  # 196 patches: all in the pool, 7 uneven parts
+    batches = [torch.from_numpy(images).float() / 255]
+    for rows, chunk_rows in ((5, 30), (24, 29), (100, 27), (195, 27)):
+        bank = coreset_bank(trained.patch_features, batches, 196, rows, chunk_rows)
+        assert bank.shape == (rows, 8)
 
 
 def test_pooled_rows_gathers_the_seeded_subset_batch_by_batch(trained, mnist_slice):

@@ -123,7 +123,7 @@ def main() -> None:
               "banks": {}}  # fmt: skip
     scores = {}
     for name, (bank, choose_s) in banks(model, splits.train.images).items():
-        reference = Reference(splits.train.images, {}, {}, bank)
+        reference = Reference(splits.train.images, {}, {}, patch_bank=bank)
         started = time.perf_counter()
         found, maps = score_and_map(Scorer(model, reference, ScoreSpec("patch_knn")), test.images,
                                     ("patch_knn",))  # fmt: skip

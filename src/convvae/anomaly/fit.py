@@ -45,14 +45,14 @@ def fit_reference(
     calibration images.
     ``samples`` and ``noise_seed``: those of the stored score."""
     bank = fitted_patch_bank(model, train_images)
-    unscaled = Reference(np.ascontiguousarray(train_images), {}, {}, bank)
+    unscaled = Reference(np.ascontiguousarray(train_images), {}, {}, patch_bank=bank)
     scorer = Scorer(model, unscaled, ScoreSpec("excess_nll", samples, noise_seed))
     raw = every_score(scorer, held_out_normal, STANDARDISED)
     first = Reference(
         unscaled.images,
         {name: float(raw[name].mean()) for name in STANDARDISED},
         {name: float(raw[name].std() + 1e-12) for name in STANDARDISED},
-        bank,
+        patch_bank=bank,
     )
     # fused and patch_knn_guarded are made of those statistics: theirs come second.
     parts = {name: torch.from_numpy(values) for name, values in raw.items()}
@@ -62,7 +62,7 @@ def fit_reference(
         first.images,
         {**first.center, **{name: float(made[name].mean()) for name in STANDARDISED_AFTER}},
         {**first.scale, **{name: float(made[name].std() + 1e-12) for name in STANDARDISED_AFTER}},
-        bank,
+        patch_bank=bank,
     )
 
 

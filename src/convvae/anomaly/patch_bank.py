@@ -89,9 +89,11 @@ def coreset_bank(
     pool = pooled_rows(features, batches, total, rows * POOL_PER_ROW)
     if len(pool) <= rows:
         return pool
-    parts = 1 if chunk_rows is None else -(-len(pool) // chunk_rows)
-    chosen = []
-    for i, part in enumerate(pool.tensor_split(parts)):
-        share = rows * (i + 1) // parts - rows * i // parts
+    parts = pool.tensor_split(1 if chunk_rows is None else -(-len(pool) // chunk_rows))
+    chosen, first = [], 0
+    for part in parts:  # each part's share in proportion to its rows: the shares sum to rows
+        last = first + len(part)
+        share = rows * last // len(pool) - rows * first // len(pool)
         chosen.append(part[greedy_coreset(part, share)])
+        first = last
     return torch.cat(chosen).contiguous()

@@ -8,7 +8,7 @@ normal images (``convvae.anomaly.fit.fit_reference`` makes it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from convvae.model.vae import ConvVAE
 
 # The model file's key for the reference (older files wrote the same).
 _KEY = "reference"
+_REFIT = "re-run the stage that wrote it (dvc repro -f train / benchmark)"
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it holds arrays
@@ -34,7 +35,7 @@ class Reference:
     scale: dict[str, float]  # and its standard deviation
     # float32 (rows, C'): the patch features the patch map searches; None in files written
     # before banks were stored (their scorer draws its random subset, as then)
-    patch_bank: np.ndarray | None = None
+    patch_bank: np.ndarray | None = field(default=None, kw_only=True)
 
     def payload(self) -> dict:
         """What the model file stores (tensors and floats: loadable with ``weights_only``)."""
@@ -50,11 +51,15 @@ class Reference:
     @classmethod
     def from_payload(cls, raw: dict) -> Reference:
         bank = raw.get("patch_bank")
+        if bank is not None and not isinstance(bank, torch.Tensor):
+            raise CheckpointError(
+                f"the model file's patch bank is a {type(bank).__name__}, not a tensor; {_REFIT}"
+            )
         return cls(
             raw["images"].numpy(),
             dict(raw["center"]),
             dict(raw["scale"]),
-            None if bank is None else bank.numpy(),
+            patch_bank=None if bank is None else bank.detach().numpy(),
         )
 
 
@@ -82,10 +87,11 @@ def _check_patch_bank(bank: np.ndarray, model: ConvVAE, path: str | Path) -> Non
     if bank.dtype != np.float32 or bank.ndim != 2 or bank.shape[1] != width:
         raise CheckpointError(
             f"{path}: its patch bank is {bank.dtype} {bank.shape}, not float32 rows of "
-            f"{width} patch features; re-run the stage that wrote it (dvc repro -f train)"
+            f"{width} patch features; {_REFIT}"
         )
     if not 0 < len(bank) <= LEGACY_RANDOM_ROWS:
         raise CheckpointError(
-            f"{path}: its patch bank has {len(bank)} rows, not 1 to {LEGACY_RANDOM_ROWS}; "
-            "re-run the stage that wrote it (dvc repro -f train)"
+            f"{path}: its patch bank has {len(bank)} rows, not 1 to {LEGACY_RANDOM_ROWS}; {_REFIT}"
         )
+    if not np.isfinite(bank).all():  # a NaN row would make every map NaN: nothing flagged
+        raise CheckpointError(f"{path}: its patch bank holds NaN or infinite values; {_REFIT}")

@@ -97,4 +97,4 @@ def pixel_patch_scorer(model_cfg: ModelConfig, train_images: np.ndarray) -> Scor
             copy.weight[out, c, row, col] = 1.0
     model.encoder[0] = copy
     bank = fitted_patch_bank(model, train_images)  # chosen as ours is
-    return Scorer(model, Reference(train_images, {}, {}, bank), ScoreSpec("patch_knn"))
+    return Scorer(model, Reference(train_images, {}, {}, patch_bank=bank), ScoreSpec("patch_knn"))
