@@ -42,7 +42,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from speed.pipeline_timing import STAGE_LINE, cpu_name  # noqa: E402
-from tests.e2e.project import BIN, make_project  # noqa: E402
+from tests.e2e.project import BIN, make_project, project_env  # noqa: E402
 from tests.mvtec import patch, scratch  # noqa: E402
 
 OUT = REPO / "docs" / "speed" / "folder-cost"
@@ -114,12 +114,7 @@ class TreeMemory:
 def run_pipeline(project: Path, limit: float, log: Path) -> dict:
     """``dvc repro evaluate`` in ``project``: seconds and peak MB per stage, evaluate's steps;
     its whole output goes to ``log``."""
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(project / "src"),
-        "DVC_NO_ANALYTICS": "1",
-    }
+    env = project_env(project)
     command = [str(BIN / "dvc"), "repro", "evaluate"]
     seconds: dict[str, float] = {}
     steps: dict[str, float] = {}

@@ -16,7 +16,19 @@ def run(
     cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
     """Run ``cmd`` in the project with the venv's tools first on PATH (no inherited MLflow URI)."""
-    env = {
+    result = subprocess.run(
+        cmd, cwd=cwd, env=project_env(cwd, extra_env), capture_output=True, text=True, timeout=600
+    )
+    assert not check or result.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    )
+    return result
+
+
+def project_env(cwd: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a command run in the project at ``cwd``: the venv's tools first on
+    PATH, the copy's library, no inherited MLflow URI, DVC's analytics off."""
+    return {
         **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # stage commands call `python`
         "PYTHONPATH": str(cwd / "src"),  # the copy's library, not the editable install's
@@ -27,11 +39,6 @@ def run(
         "GIT_COMMITTER_EMAIL": "test@example.invalid",
         **(extra_env or {}),
     }
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert not check or result.returncode == 0, (
-        f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
-    )
-    return result
 
 
 def make_project(root: Path) -> Path:

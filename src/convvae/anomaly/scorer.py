@@ -125,8 +125,11 @@ class Scorer(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """The scores made of standardised others (fused, patch_knn_guarded, patch_and_fused)
         that are in ``wanted``, from ``parts``: the scores they are made of."""
-        z = {name: (value - self.center[name]) / self.scale[name]
-             for name, value in parts.items() if name in self.scale}  # fmt: skip
+
+        def standardised(name: str, value: torch.Tensor) -> torch.Tensor:
+            return (value - self.center[name]) / self.scale[name]
+
+        z = {name: standardised(name, value) for name, value in parts.items() if name in self.scale}
         found: dict[str, torch.Tensor] = {}
         if "fused" in wanted:
             found["fused"] = torch.stack([z[part] for part in self.fused_parts]).mean(0)
@@ -135,7 +138,7 @@ class Scorer(nn.Module):
                 z["contrast_knn"] - CONTRAST_GUARD
             ).clamp_min(0)
         if "patch_and_fused" in wanted:
-            halves = [(found[h] - self.center[h]) / self.scale[h] for h in STANDARDISED_AFTER]
+            halves = [standardised(half, found[half]) for half in STANDARDISED_AFTER]
             found["patch_and_fused"] = torch.stack(halves).mean(0)
         return found
 
@@ -292,8 +295,7 @@ def _unit_bank(model: ConvVAE, images: np.ndarray) -> torch.Tensor:
 def _patch_bank(model: ConvVAE, images: np.ndarray) -> torch.Tensor:
     """The bank of a file written before banks were stored: a seeded random subset of
     LEGACY_RANDOM_ROWS of the reference images' patch features (all when fewer), as then."""
-    height, width = model.patch_grid
-    total = len(images) * height * width
+    total = _patch_count(model, images)
     return pooled_rows(model.patch_features, _passes(images), total, LEGACY_RANDOM_ROWS)
 
 
@@ -301,9 +303,13 @@ def _patch_bank(model: ConvVAE, images: np.ndarray) -> torch.Tensor:
 def fitted_patch_bank(model: ConvVAE, images: np.ndarray) -> np.ndarray:
     """The patch bank a reference stores: a greedy coreset of the patch features of
     ``images`` (``convvae.anomaly.patch_bank``), float32 (rows, C')."""
+    return coreset_bank(model.patch_features, _passes(images), _patch_count(model, images)).numpy()
+
+
+def _patch_count(model: ConvVAE, images: np.ndarray) -> int:
+    """How many patch features ``images`` give: one per image and patch-grid cell."""
     height, width = model.patch_grid
-    total = len(images) * height * width
-    return coreset_bank(model.patch_features, _passes(images), total).numpy()
+    return len(images) * height * width
 
 
 def quantise(pixels: torch.Tensor) -> torch.Tensor:
