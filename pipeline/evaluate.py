@@ -21,6 +21,8 @@ from convvae.anomaly.outofdomain import out_of_domain_auroc
 from convvae.anomaly.reference import load_fitted_model
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ScoreSpec
+from convvae.anomaly.scoring import score_images
+from convvae.anomaly.synthetic import synthetic_check
 from convvae.benchmark.ablations import defect_ablations
 from convvae.benchmark.defects import measure_defects
 from convvae.config import load_params
@@ -42,6 +44,7 @@ EVALUATE_STEPS = (
     "threshold",
     "ONNX export",
     "out-of-domain sets",
+    "synthetic anomalies",
     "defects",
     "MLflow",
 )
@@ -95,8 +98,8 @@ def main() -> None:
 
 def detector_steps(steps, params, scorer, splits, normal_test_images, metrics) -> tuple:
     """The threshold record (written), the ONNX export, the out-of-domain sets against the
-    normal test images (into ``metrics``), the defect metrics and the model card; returns
-    (record, defects)."""
+    normal test images and the synthetic anomalies (into ``metrics``), the defect metrics and
+    the model card; returns (record, defects)."""
     with steps.step("threshold"):
         normal = len(splits.train) + len(splits.val)
         plan = plan_calibration(params.anomaly, len(splits.val), normal)
@@ -116,12 +119,22 @@ def detector_steps(steps, params, scorer, splits, normal_test_images, metrics) -
         metrics["out_of_domain_roc_auc"] = out_of_domain_auroc(
             scorer, splits.test.images[normal_test]
         )
+    with steps.step("synthetic anomalies"):
+        # Made from validation images (normal, never trained on): a label-free check that a
+        # folder with no labelled defects also gets.
+        check = synthetic_check(partial(score_images, scorer), splits.val.images)
+        metrics["synthetic_anomaly_roc_auc"] = check.metrics()
+        warning = check.warning(scorer.spec.name)
+        if warning:
+            print(warning, file=sys.stderr)
     with steps.step("defects"):
         class_names = read_manifest(layout.MANIFEST)["class_names"]
         ablations = partial(defect_ablations, params, splits.train.images, splits.val.images)
         defects = measure_defects(scorer, splits, class_names, layout.ANOMALY_MAPS_PNG, ablations)
     stored = 0 if scorer.reference is None else len(scorer.reference.images)
-    card = model_card(record, params.data.source, metrics["out_of_domain_roc_auc"], defects, stored)
+    card = model_card(
+        record, params.data.source, metrics["out_of_domain_roc_auc"], defects, stored, check
+    )
     with atomic_path(layout.MODEL_CARD) as tmp:
         tmp.write_text(card)
     return record, defects

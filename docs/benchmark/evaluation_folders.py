@@ -44,7 +44,7 @@ from sklearn.datasets import load_sample_images
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "docs/benchmark")]
-from folder_runs import IMAGE_PEERS, evaluate_folder, margin_cell  # noqa: E402
+from folder_runs import IMAGE_PEERS, evaluate_folder, margin_cell, synthetic_cell  # noqa: E402
 
 from tests.e2e.project import make_project  # noqa: E402
 
@@ -163,11 +163,11 @@ def run_folder(name: str, scratch: Path) -> dict:
 def render(rows: list[dict]) -> str:
     columns = IMAGE_COLUMNS + PIXEL_COLUMNS
     head = "| folder | " + " | ".join(title for title, _ in columns)
-    lines = [head + " | margin over the best VAE-free (image) | seconds |",
-             "|" + "---|" * (len(columns) + 3)]  # fmt: skip
+    lines = [head + " | margin over the best VAE-free (image) | synthetic-anomaly check "
+             "(own normal images) | seconds |", "|" + "---|" * (len(columns) + 4)]  # fmt: skip
     for row in rows:
         cells = [f"{100 * row[key]:.1f}" if key in row else "–" for _, key in columns]
-        tail = f" | {margin_cell(row)} | {row['seconds']:.0f} |"
+        tail = f" | {margin_cell(row)} | {synthetic_cell(row)} | {row['seconds']:.0f} |"
         lines.append(f"| {row['folder']} ({row['description']}) | " + " | ".join(cells) + tail)
     return "\n".join(lines)
 

@@ -25,7 +25,8 @@ def evaluate_folder(project: Path, folder: Path, samples: int, **data) -> dict:
     """`dvc repro evaluate` in ``project`` (a copy of the repository: tests/e2e/project.py's
     make_project) on ``folder`` with every default of a folder source, but 30 epochs at most,
     ``samples`` importance samples, no tracking and the ``data`` keys given: the run's
-    metrics/defects.json with its seconds, epochs and default score."""
+    metrics/defects.json with its seconds, epochs and default score, and the synthetic-anomaly
+    check of metrics/evaluate.json (``synthetic_anomaly_roc_auc.<key>``)."""
     from convvae.config import load_params
     from tests.e2e.project import BIN, run
 
@@ -40,9 +41,22 @@ def evaluate_folder(project: Path, folder: Path, samples: int, **data) -> dict:
     run([str(BIN / "dvc"), "repro", "evaluate"], project, {"OMP_NUM_THREADS": "2"})
     seconds = time.perf_counter() - started
     metrics = json.loads((project / "metrics/defects.json").read_text())
+    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    check = evaluation.get("synthetic_anomaly_roc_auc", {})  # the label-free check
+    metrics |= {f"synthetic_anomaly_roc_auc.{key}": value for key, value in check.items()}
     train = json.loads((project / "metrics/train.json").read_text())
     default = load_params(project / "params.yaml").anomaly.score
     return {"seconds": seconds, "epochs": train["epochs_run"], "default_score": default, **metrics}
+
+
+def synthetic_cell(row: dict) -> str:
+    """The label-free check's ROC-AUC ×100 with its interval, flagged where below chance."""
+    if "synthetic_anomaly_roc_auc.all" not in row:
+        return "–"
+    value = row["synthetic_anomaly_roc_auc.all"]
+    low, high = row["synthetic_anomaly_roc_auc.ci_low"], row["synthetic_anomaly_roc_auc.ci_high"]
+    flag = " (warned: below chance)" if value < 0.5 else ""
+    return f"{100 * value:.1f} [{100 * low:.1f}, {100 * high:.1f}]{flag}"
 
 
 def margin_cell(row: dict) -> str:

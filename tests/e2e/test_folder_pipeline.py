@@ -53,6 +53,12 @@ def test_repro_measures_the_folders_defects_and_skips_the_class_benchmark(projec
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     assert evaluation["test_images"] == 20  # likelihoods on the good test images only
     assert evaluation["likelihood"].startswith("bernoulli")  # auto: a folder's default too
+    # The label-free check: anomalies made from the folder's own validation images.
+    synthetic = evaluation["synthetic_anomaly_roc_auc"]
+    assert set(synthetic) == {"all", "ci_low", "ci_high", "cutpaste", "meanfill", "blend"}
+    assert 0 <= synthetic["ci_low"] <= synthetic["all"] <= synthetic["ci_high"] <= 1
+    card = (project / "models/model_card.md").read_text()
+    assert f"ROC-AUC {synthetic['all']:.3f}, 95% interval" in card
     with Image.open(project / "plots/evaluate/anomaly_maps.png") as figure:
         assert figure.mode == "RGB"
 
@@ -63,6 +69,7 @@ def test_repro_measures_the_folders_defects_and_skips_the_class_benchmark(projec
     (mlflow_run,) = mlflow_runs(project)
     assert mlflow_run.data.tags["data.file.folder"] == manifest["folder_sha256"]
     assert mlflow_run.data.metrics["defects.image_roc_auc"] == defects["image_roc_auc"]
+    assert mlflow_run.data.metrics["synthetic_anomaly_roc_auc.all"] == synthetic["all"]
     inputs = mlflow_run.inputs.dataset_inputs
     assert {i.dataset.source for i in inputs} and all(
         manifest["folder_sha256"] in json.dumps([t.value for t in i.tags]) for i in inputs

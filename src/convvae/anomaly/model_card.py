@@ -4,6 +4,7 @@ The evaluate stage writes it beside the model and it travels with the registered
 
 from __future__ import annotations
 
+from convvae.anomaly.synthetic import SyntheticCheck
 from convvae.anomaly.thresholds import GUARANTEE, ThresholdRecord, achievable_fpr, fpr_spread
 
 # Where each default was chosen, and on which data (never test images).
@@ -29,10 +30,12 @@ def model_card(
     out_of_domain: dict[str, float],
     defects: dict,
     stored_images: int,
+    synthetic: SyntheticCheck | None = None,
 ) -> str:
     """Markdown: the score and threshold, the calibration and its guarantee, the expected spread
-    of this threshold's rate, the out-of-domain and defect checks, the training images the
-    model's files hold (``stored_images``, its reference), and where defaults come from."""
+    of this threshold's rate, the out-of-domain, synthetic-anomaly and defect checks, the
+    training images the model's files hold (``stored_images``, its reference), and where
+    defaults come from."""
     n = len(record.calibration_scores)
     low, high = fpr_spread(n, record.target_fpr)
     how = {
@@ -57,6 +60,7 @@ def model_card(
     if out_of_domain:
         checks = ", ".join(f"{name} {value:.3f}" for name, value in out_of_domain.items())
         lines.append(f"- **Out-of-domain checks** (ROC-AUC against normal test images): {checks}.")
+    lines += [_synthetic_line(synthetic, record.spec.name)] if synthetic is not None else []
     if "image_roc_auc" in defects:
         pixel = defects.get("pixel_roc_auc")
         pixel_text = f", pixel ROC-AUC {pixel:.3f}" if pixel is not None else ""
@@ -81,3 +85,14 @@ def model_card(
         )
     lines += [f"- **Defaults chosen on**: {DEFAULTS_CHOSEN}.", ""]
     return "\n".join(lines)
+
+
+def _synthetic_line(check: SyntheticCheck, score_name: str) -> str:
+    families = ", ".join(f"{name} {value:.3f}" for name, value in check.per_family.items())
+    line = (
+        f"- **Anomalies made from its own normal images** (patches pasted, mean-filled and "
+        f"blended into {check.normal_images} validation images): ROC-AUC {check.roc_auc:.3f}, "
+        f"95% interval [{check.ci_low:.3f}, {check.ci_high:.3f}], chance 0.500 ({families})."
+    )
+    warning = check.warning(score_name)
+    return line + (f" **Below chance**: {warning.removeprefix('warning: ')}." if warning else "")
