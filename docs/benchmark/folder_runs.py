@@ -1,9 +1,12 @@
-"""What the folder benchmark scripts share: one pipeline run on a folder, and table cells."""
+"""What the folder benchmark scripts share: one pipeline run on a folder, table cells, and the
+command line of the scripts that write JSON-lines results (``results_main``)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import yaml
@@ -66,3 +69,49 @@ def margin_cell(row: dict) -> str:
         f"{100 * row['margin_over_vae_free.image_roc_auc']:+.1f} "
         f"[{100 * low:+.1f}, {100 * high:+.1f}] vs {row['vae_free_best']}"
     )
+
+
+def interval_cell(difference: list[float]) -> str:
+    """A stored [difference, low, high] of ROC-AUCs, ×100: "+1.2 [+0.3, +2.0]"."""
+    return "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * value for value in difference))
+
+
+def auc_cell(found: dict) -> str:
+    """Image ROC-AUC ×100, with the pixel one in brackets where there is one: "97.7 (93.2)"."""
+    pixel = f" ({100 * found['pixel_roc_auc']:.1f})" if "pixel_roc_auc" in found else ""
+    return f"{100 * found['image_roc_auc']:.1f}{pixel}"
+
+
+def folder_parser() -> argparse.ArgumentParser:
+    """The command line of a script run on one folder at one image size."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folder", nargs="?")
+    parser.add_argument("size", type=int, nargs="?")
+    return parser
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Every result of a JSON-lines file."""
+    with open(path) as results:
+        return [json.loads(line) for line in results]
+
+
+def results_main(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], Iterable[dict]],
+    table: Callable[[str], str],
+) -> None:
+    """A results script's command line: ``--table F`` prints F's table and runs nothing;
+    otherwise each result of ``run`` is printed as it comes and, with ``--out F``, appended to
+    F as one JSON line."""
+    parser.add_argument("--out", help="append each result to this JSON-lines file")
+    parser.add_argument("--table", help="print the table of this results file, run nothing")
+    args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    for row in run(args):
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as out:
+                out.write(json.dumps(row) + "\n")

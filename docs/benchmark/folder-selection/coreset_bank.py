@@ -20,9 +20,9 @@ and to score the test images with it.
     python docs/benchmark/folder-selection/coreset_bank.py --table F   # the README's table
 """
 
-import argparse
-import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +38,15 @@ from convvae.config import parse_params
 from convvae.data.splits import load_configured
 from convvae.metrics.pixel import pixel_roc_auc
 from convvae.metrics.stats import roc_auc_difference
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from folder_runs import (  # noqa: E402
+    auc_cell,
+    folder_parser,
+    interval_cell,
+    read_rows,
+    results_main,
+)
 
 EXACT_LIMIT = 300_000
 
@@ -69,18 +78,13 @@ TABLE_BANKS = ("random65536", "random16384", "coreset16384", "coreset16384parts"
 
 def _cell(banks: dict, bank: str) -> str:
     """Image ROC-AUC x100, with the pixel one in brackets where the folder has masks."""
-    if bank not in banks:
-        return "-"
-    found = banks[bank]
-    pixel = f" ({100 * found['pixel_roc_auc']:.1f})" if "pixel_roc_auc" in found else ""
-    return f"{100 * found['image_roc_auc']:.1f}{pixel}"
+    return auc_cell(banks[bank]) if bank in banks else "-"
 
 
 def table(path: str) -> str:
     """Image (pixel) ROC-AUC x100 per folder and bank, the newest run of each folder, and the
     parts coreset's difference from random65536 with its interval and seconds to choose."""
-    with open(path) as results:
-        rows = [json.loads(line) for line in results]
+    rows = read_rows(path)
     latest = {(row["folder"].rstrip("/").split("/")[-1], row["size"]): row for row in rows}
     lines = [
         "| folder | size | patches | " + " | ".join(TABLE_BANKS) + " | coreset16384parts minus "
@@ -90,9 +94,7 @@ def table(path: str) -> str:
     for (name, size), row in latest.items():
         banks = row["banks"]
         diff = banks.get("coreset16384parts", {}).get("minus_random65536")
-        diff_cell = (
-            "-" if diff is None else "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * d for d in diff))
-        )
+        diff_cell = "-" if diff is None else interval_cell(diff)
         timed = [b for b in ("coreset16384parts", "coreset16384") if b in banks]
         seconds = " / ".join(f"{banks[b]['choose_s']:.1f}" for b in timed)
         cells = " | ".join(_cell(banks, b) for b in TABLE_BANKS)
@@ -101,16 +103,12 @@ def table(path: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("folder", nargs="?")
-    parser.add_argument("size", type=int, nargs="?")
-    parser.add_argument("--out")
-    parser.add_argument("--table", help="print the table of this results file, run nothing")
-    args = parser.parse_args()
-    if args.table:
-        print(table(args.table))
-        return
-    data = {"source": "folder", "path": args.folder, "image_size": args.size}
+    results_main(folder_parser(), lambda args: [run(args.folder, args.size)], table)
+
+
+def run(folder: str, size: int) -> dict:
+    """Every bank of the module docstring on one folder's model and test images."""
+    data = {"source": "folder", "path": folder, "image_size": size}
     params = parse_params({"data": data, "train": {"epochs": 30}})
     _, splits = load_configured(params.data)
     fitted = train_and_fit(params.model, params.train, params.anomaly, splits.train.images,
@@ -118,7 +116,7 @@ def main() -> None:
     model, test = fitted.training.model, splits.test
     labels = (test.labels != 0).astype(int)
     with_masks = test.mask_known if test.masks is not None else None
-    result = {"folder": args.folder, "size": args.size, "train_images": len(splits.train.images),
+    result = {"folder": folder, "size": size, "train_images": len(splits.train.images),
               "patches": len(splits.train.images) * int(np.prod(model.patch_grid)),
               "banks": {}}  # fmt: skip
     scores = {}
@@ -142,10 +140,7 @@ def main() -> None:
                 diff.ci_low,
                 diff.ci_high,
             ]
-    print(json.dumps(result), flush=True)
-    if args.out:
-        with open(args.out, "a") as out:
-            out.write(json.dumps(result) + "\n")
+    return result
 
 
 if __name__ == "__main__":

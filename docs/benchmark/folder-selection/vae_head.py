@@ -33,10 +33,10 @@ bootstrap intervals of the image ROC-AUC differences, seconds.
     python docs/benchmark/folder-selection/vae_head.py --table F   # the README's table
 """
 
-import argparse
 import copy
-import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,6 +53,15 @@ from convvae.data.splits import load_configured, selection_and_calibration
 from convvae.metrics.pixel import pixel_roc_auc
 from convvae.metrics.stats import roc_auc_difference
 from convvae.model.vae import elbo_terms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from folder_runs import (  # noqa: E402
+    auc_cell,
+    folder_parser,
+    interval_cell,
+    read_rows,
+    results_main,
+)
 
 METHODS = ("default", "residual", "restore_residual", "head_vae", "head_base", "head_pixels",
            "default+head_vae")  # fmt: skip
@@ -246,19 +255,12 @@ def run(folder: str, size: int, epochs: int, seed: int) -> dict:
 
 
 def table(path: str) -> str:
-    with open(path) as results:
-        rows = [json.loads(line) for line in results]
     header = " | ".join([*METHODS, *(f"{a} - {b}" for a, b in DIFFERENCES)])
     rule = "|---|---:|" + "---:|" * len(METHODS) + "---|" * len(DIFFERENCES) + "---:|"
     lines = [f"| folder | size | {header} | seconds |", rule]
-    for row in rows:
-        cells = []
-        for method in METHODS:
-            found = row["methods"][method]
-            pixel = f" ({100 * found['pixel_roc_auc']:.1f})" if "pixel_roc_auc" in found else ""
-            cells.append(f"{100 * found['image_roc_auc']:.1f}{pixel}")
-        diffs = ["{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * d for d in row["differences"][k]))
-                 for k in (f"{a} - {b}" for a, b in DIFFERENCES)]  # fmt: skip
+    for row in read_rows(path):
+        cells = [auc_cell(row["methods"][method]) for method in METHODS]
+        diffs = [interval_cell(row["differences"][f"{a} - {b}"]) for a, b in DIFFERENCES]
         name = row["folder"].rstrip("/").split("/")[-1]
         lines.append(f"| {name} | {row['size']} | " + " | ".join(cells + diffs)
                      + f" | {row['seconds']['total']:.0f} |")  # fmt: skip
@@ -266,22 +268,10 @@ def table(path: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("folder", nargs="?")
-    parser.add_argument("size", type=int, nargs="?")
+    parser = folder_parser()
     parser.add_argument("--epochs", type=int, default=15, help="of the restorer and each head")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out")
-    parser.add_argument("--table", help="print the table of this results file, run nothing")
-    args = parser.parse_args()
-    if args.table:
-        print(table(args.table))
-        return
-    result = run(args.folder, args.size, args.epochs, args.seed)
-    print(json.dumps(result), flush=True)
-    if args.out:
-        with open(args.out, "a") as out:
-            out.write(json.dumps(result) + "\n")
+    results_main(parser, lambda a: [run(a.folder, a.size, a.epochs, a.seed)], table)
 
 
 if __name__ == "__main__":
