@@ -19,12 +19,9 @@ from convvae.yamlconfig import build, read_yaml, size_pair
 DataSource = Literal["mnist-5k", "fashion-mnist", "mnist", "folder"]
 Likelihood = Literal["bernoulli", "gaussian", "discretized_logistic"]
 # model.likelihood: auto → this per data source (docs/your-own-images.md: how it was chosen).
-DEFAULT_LIKELIHOOD: dict[str, Likelihood] = {
-    "mnist-5k": "bernoulli",
-    "fashion-mnist": "bernoulli",
-    "mnist": "bernoulli",
-    "folder": "bernoulli",
-}
+DEFAULT_LIKELIHOOD: dict[str, Likelihood] = dict.fromkeys(
+    ("mnist-5k", "fashion-mnist", "mnist", "folder"), "bernoulli"
+)
 
 
 @dataclass(frozen=True)
@@ -270,6 +267,9 @@ class AnomalyConfig:
     # target_fpr, else cross_fit).
     calibration: Calibration = "auto"
     folds: int = 10
+    # false: model files hold the features scoring needs, not the training images (no
+    # cosine_knn score; docs/anomaly-detection.md#what-a-model-file-holds).
+    store_images: bool = True
 
     def __post_init__(self) -> None:
         bound = f"must be between 1 and {MAX_SAMPLES}"

@@ -3,6 +3,7 @@ every class model of the benchmark."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convvae.anomaly.reference import Reference
+from convvae.anomaly.reference import IMAGE_BANKS, Reference
 from convvae.anomaly.scorer import Scorer, fitted_patch_bank
 from convvae.anomaly.scores import STANDARDISED, STANDARDISED_AFTER, ScoreSpec
 from convvae.anomaly.scoring import every_score
@@ -37,32 +38,37 @@ def fit_reference(
     held_out_normal: np.ndarray,
     samples: int,
     noise_seed: int,
+    store_images: bool = True,
 ) -> Reference:
     """The model's reference: its normal training images (uint8 (N, C, H, W)), their patch
     bank (a coreset: ``convvae.anomaly.patch_bank``), and the mean and
     standard deviation of each standardised score (the fused parts, patch_knn, then fused and
     patch_knn_guarded) on ``held_out_normal`` images, which must be neither training nor
     calibration images.
-    ``samples`` and ``noise_seed``: those of the stored score."""
+    ``samples`` and ``noise_seed``: those of the stored score. ``store_images`` false: the
+    images' IMAGE_BANKS in their place, and no cosine_knn (it compares pixels), so fused has
+    three parts."""
     bank = fitted_patch_bank(model, train_images)
     unscaled = Reference(np.ascontiguousarray(train_images), {}, {}, patch_bank=bank)
     scorer = Scorer(model, unscaled, ScoreSpec("excess_nll", samples, noise_seed))
-    raw = every_score(scorer, held_out_normal, STANDARDISED)
-    first = Reference(
-        unscaled.images,
-        {name: float(raw[name].mean()) for name in STANDARDISED},
-        {name: float(raw[name].std() + 1e-12) for name in STANDARDISED},
-        patch_bank=bank,
-    )
+    kept = {"images": unscaled.images}
+    if not store_images:
+        image_banks = {name: scorer.bank(name).numpy() for name in IMAGE_BANKS}
+        kept = {"images": None, "image_banks": image_banks}
+    names = tuple(name for name in STANDARDISED if store_images or name != "cosine_knn")
+    raw = every_score(scorer, held_out_normal, names)
+    center = {name: float(raw[name].mean()) for name in names}
+    scale = {name: float(raw[name].std() + 1e-12) for name in names}
+    first = dataclasses.replace(unscaled, center=center, scale=scale)
     # fused and patch_knn_guarded are made of those statistics: theirs come second.
     parts = {name: torch.from_numpy(values) for name, values in raw.items()}
     made = Scorer(model, first, scorer.spec).combined(parts, STANDARDISED_AFTER)
     made = {name: made[name].numpy() for name in STANDARDISED_AFTER}
-    return Reference(
-        first.images,
-        {**first.center, **{name: float(made[name].mean()) for name in STANDARDISED_AFTER}},
-        {**first.scale, **{name: float(made[name].std() + 1e-12) for name in STANDARDISED_AFTER}},
-        patch_bank=bank,
+    return dataclasses.replace(
+        unscaled,
+        center={**center, **{name: float(made[name].mean()) for name in STANDARDISED_AFTER}},
+        scale={**scale, **{name: float(made[name].std() + 1e-12) for name in STANDARDISED_AFTER}},
+        **kept,
     )
 
 
@@ -97,6 +103,11 @@ def train_and_fit(
     if not group.is_main:
         return FittedModel(result, None)
     reference = fit_reference(
-        result.model, train_images, selection, anomaly.samples, anomaly.noise_seed
+        result.model,
+        train_images,
+        selection,
+        anomaly.samples,
+        anomaly.noise_seed,
+        anomaly.store_images,
     )
     return FittedModel(result, reference)

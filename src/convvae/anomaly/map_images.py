@@ -71,7 +71,7 @@ def map_scale(scorer: Scorer) -> float:
     newer records hold the 99.9th percentile of held-out normal images' maps): the 99.9th
     percentile of the maps of (up to 256 of) the model's reference images, biased low by their
     self-matches."""
-    if scorer.reference is None:
+    if scorer.reference is None or scorer.reference.images is None:
         return 1.0
     return float(np.quantile(anomaly_maps(scorer, scorer.reference.images[:256]), 0.999))
 

@@ -31,11 +31,13 @@ def model_card(
     defects: dict,
     stored_images: int,
     synthetic: SyntheticCheck | None = None,
+    *,
+    features_only: bool = False,
 ) -> str:
     """Markdown: the score and threshold, the calibration and its guarantee, the expected spread
     of this threshold's rate, the out-of-domain, synthetic-anomaly and defect checks, the
-    training images the model's files hold (``stored_images``, its reference), and where
-    defaults come from."""
+    training images the model's files hold (``stored_images``, its reference; their features
+    only where ``features_only``), and where defaults come from."""
     n = len(record.calibration_scores)
     low, high = fpr_spread(n, record.target_fpr)
     how = {
@@ -77,12 +79,7 @@ def model_card(
             f"[{low:+.3f}, {high:+.3f}]; where it is not above 0, that method does as well here."
         )
     if stored_images:
-        lines.append(
-            f"- **Holds its training images**: the model file, the registered artifact and the "
-            f"ONNX graph contain {stored_images} normal training images exactly (the distance "
-            "scores and the patch map compare against them); share the model only where those "
-            "images may go."
-        )
+        lines.append(_stored_line(stored_images, features_only))
     lines += [f"- **Defaults chosen on**: {DEFAULTS_CHOSEN}.", ""]
     return "\n".join(lines)
 
@@ -96,3 +93,19 @@ def _synthetic_line(check: SyntheticCheck, score_name: str) -> str:
     )
     warning = check.warning(score_name)
     return line + (f" **Below chance**: {warning.removeprefix('warning: ')}." if warning else "")
+
+
+def _stored_line(images: int, features_only: bool) -> str:
+    if features_only:
+        return (
+            f"- **Holds features of its {images} training images, not the images** "
+            "(anomaly.store_images: false): each image's encoder hidden layer and two contrast "
+            "statistics, and a coreset of 4x4-patch features; a decoder run on a hidden layer "
+            "gives a blurred likeness, and the cosine_knn score is not available."
+        )
+    return (
+        f"- **Holds its training images**: the model file, the registered artifact and the "
+        f"ONNX graph contain {images} normal training images exactly (the distance scores and "
+        "the patch map compare against them); share the model only where those images may go "
+        "(anomaly.store_images: false keeps only their features)."
+    )

@@ -3,11 +3,15 @@ stored in the model file beside the weights.
 
 The reference is the model's normal training images, the patch features the patch map searches
 (a coreset of them), and the mean and standard deviation of each fused component on held-out
-normal images (``convvae.anomaly.fit.fit_reference`` makes it).
+normal images (``convvae.anomaly.fit.fit_reference`` makes it). A features-only reference
+(``anomaly.store_images: false``) holds, in place of the images, the image-level features the
+scores compare with (``IMAGE_BANKS``); the ``cosine_knn`` score, which compares pixels, needs
+the images and is not available from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +27,9 @@ from convvae.model.vae import ConvVAE
 # The model file's key for the reference (older files wrote the same).
 _KEY = "reference"
 _REFIT = "re-run the stage that wrote it (dvc repro -f train / benchmark)"
+# What a features-only reference keeps of each training image: its encoder's last hidden layer
+# and its two contrast statistics (convvae.anomaly.scorer builds both from images).
+IMAGE_BANKS = ("hidden_bank", "contrast_bank")
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it holds arrays
@@ -30,37 +37,67 @@ class Reference:
     """Normal training images, their patch bank and the fused components' statistics on
     held-out normal images."""
 
-    images: np.ndarray  # uint8 (N, C, H, W)
+    images: np.ndarray | None  # uint8 (N, C, H, W); None in a features-only reference
     center: dict[str, float]  # per fused component: its mean on held-out normal images
     scale: dict[str, float]  # and its standard deviation
     # float32 (rows, C'): the patch features the patch map searches; None in files written
     # before banks were stored (their scorer draws its random subset, as then)
     patch_bank: np.ndarray | None = field(default=None, kw_only=True)
+    # A features-only reference's IMAGE_BANKS, one row per training image; empty otherwise.
+    image_banks: dict[str, np.ndarray] = field(default_factory=dict, kw_only=True)
 
     def payload(self) -> dict:
         """What the model file stores (tensors and floats: loadable with ``weights_only``)."""
-        stored = {
-            "images": torch.from_numpy(np.ascontiguousarray(self.images)),
-            "center": dict(self.center),
-            "scale": dict(self.scale),
-        }
+        stored = {}
+        if self.images is not None:
+            stored["images"] = torch.from_numpy(np.ascontiguousarray(self.images))
+        stored |= {"center": dict(self.center), "scale": dict(self.scale)}
         if self.patch_bank is not None:
             stored["patch_bank"] = torch.from_numpy(np.ascontiguousarray(self.patch_bank))
+        if self.image_banks:
+            stored["image_banks"] = {
+                name: torch.from_numpy(np.ascontiguousarray(bank))
+                for name, bank in self.image_banks.items()
+            }
         return stored
 
     @classmethod
     def from_payload(cls, raw: dict) -> Reference:
-        bank = raw.get("patch_bank")
-        if bank is not None and not isinstance(bank, torch.Tensor):
+        banks = raw.get("image_banks") or {}
+        images = raw.get("images")
+        known = set(IMAGE_BANKS)
+        if (
+            not isinstance(banks, dict)
+            or not set(banks) <= known
+            or (images is None and set(banks) != known)
+        ):
             raise CheckpointError(
-                f"the model file's patch bank is a {type(bank).__name__}, not a tensor; {_REFIT}"
+                f"the model file's reference has neither its images nor the features "
+                f"{', '.join(IMAGE_BANKS)}; {_REFIT}"
             )
+        for name, bank in {"images": images, "patch_bank": raw.get("patch_bank"), **banks}.items():
+            if bank is not None and not isinstance(bank, torch.Tensor):
+                what, kind = name.replace("_", " "), type(bank).__name__
+                message = f"the model file's {what} is a {kind}, not a tensor; {_REFIT}"
+                raise CheckpointError(message)
+        bank = raw.get("patch_bank")
         return cls(
-            raw["images"].numpy(),
+            None if images is None else images.numpy(),
             dict(raw["center"]),
             dict(raw["scale"]),
             patch_bank=None if bank is None else bank.detach().numpy(),
+            image_banks={name: value.detach().numpy() for name, value in banks.items()},
         )
+
+    def stored_bank(self, name: str) -> np.ndarray | None:
+        """The bank ``name`` as stored in the file (``patch_bank`` or one of IMAGE_BANKS), or
+        None where the scorer builds it from the images."""
+        return self.patch_bank if name == "patch_bank" else self.image_banks.get(name)
+
+    def with_images(self, images: np.ndarray) -> Reference:
+        """This reference with the training images beside its features: what measurement
+        needs for the scores a features-only file cannot give (``cosine_knn``)."""
+        return dataclasses.replace(self, images=np.ascontiguousarray(images))
 
 
 def save_fitted_model(model: ConvVAE, reference: Reference | None, path: str | Path) -> None:
@@ -77,6 +114,8 @@ def load_fitted_model(
     reference = None if raw is None else Reference.from_payload(raw)
     if reference is not None and reference.patch_bank is not None:
         _check_patch_bank(reference.patch_bank, stored.model, path)
+    if reference is not None and reference.image_banks:
+        _check_image_banks(reference.image_banks, stored.model, path)
     return stored.model, reference
 
 
@@ -95,3 +134,22 @@ def _check_patch_bank(bank: np.ndarray, model: ConvVAE, path: str | Path) -> Non
         )
     if not np.isfinite(bank).all():  # a NaN row would make every map NaN: nothing flagged
         raise CheckpointError(f"{path}: its patch bank holds NaN or infinite values; {_REFIT}")
+
+
+def _check_image_banks(banks: dict[str, np.ndarray], model: ConvVAE, path: str | Path) -> None:
+    """A features-only file's banks: finite rows of the model's hidden width (float32) and of
+    the two contrast statistics (float64), one row per training image in each."""
+    hidden = model.to_mu.in_features  # the encoder's last hidden layer
+    shapes = {"hidden_bank": (np.float32, hidden), "contrast_bank": (np.float64, 2)}
+    rows = {len(bank) for bank in banks.values()}
+    for name, bank in banks.items():
+        dtype, width = shapes[name]
+        if bank.dtype != dtype or bank.ndim != 2 or bank.shape[1] != width or not len(bank):
+            raise CheckpointError(
+                f"{path}: its {name} is {bank.dtype} {bank.shape}, not {np.dtype(dtype)} rows of "
+                f"{width}; {_REFIT}"
+            )
+        if not np.isfinite(bank).all():
+            raise CheckpointError(f"{path}: its {name} holds NaN or infinite values; {_REFIT}")
+    if len(rows) != 1:
+        raise CheckpointError(f"{path}: its feature banks have different row counts; {_REFIT}")

@@ -222,7 +222,14 @@ class Scorer(nn.Module):
             reference = require_reference(
                 self.reference, f"the {name.removesuffix('_bank')} distances"
             )
-            stored = reference.patch_bank if name == "patch_bank" else None
+            stored = reference.stored_bank(name)
+            if stored is None and reference.images is None:
+                raise CheckpointError(
+                    f"this model file holds features, not its training images "
+                    f"(anomaly.store_images: false), and the {name.removesuffix('_bank')} "
+                    "distances need the images: use another score, or retrain with "
+                    "anomaly.store_images: true"
+                )
             self.register_buffer(
                 name,
                 torch.from_numpy(stored)
@@ -250,7 +257,10 @@ def _check_spec(spec: ScoreSpec, reference: Reference | None) -> None:
     if spec.name in LIKELIHOOD_SCORES:
         return
     require_reference(reference, f"the {spec.name} score")
-    needs = {"fused": set(FUSED_COMPONENTS[:3]), "patch_knn_guarded": {"patch_knn", "contrast_knn"}}
+    # fused: every reference has these two parts (an old one adds cosine_knn, a features-only
+    # one contrast_knn, a new one both).
+    needs = {"fused": {"excess_nll", "hidden_knn"}}
+    needs["patch_knn_guarded"] = {"patch_knn", "contrast_knn"}
     needs["patch_and_fused"] = {*needs["patch_knn_guarded"], *STANDARDISED_AFTER}
     if not needs.get(spec.name, set()) <= set(reference.scale):
         raise CheckpointError(

@@ -60,7 +60,12 @@ def untrained_scorer(
     """``spec``'s score by the untrained network, its reference fitted as ours is."""
     model = untrained_model(model_cfg, train_images.shape[1:], seed)
     reference = fit_reference(
-        model, train_images, held_out_normal, anomaly.samples, anomaly.noise_seed
+        model,
+        train_images,
+        held_out_normal,
+        anomaly.samples,
+        anomaly.noise_seed,
+        anomaly.store_images,
     )
     return Scorer(model, reference, spec)
 

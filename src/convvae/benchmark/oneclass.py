@@ -126,7 +126,8 @@ def _train_and_score(
     # The stored record's noise (anomaly.noise_seed), so `convvae score` reproduces these scores;
     # the benchmark seed varies the training only.
     spec = ScoreSpec.from_config(params.anomaly)
-    scorer = Scorer(fitted.training.model, fitted.reference, spec)
+    # The images beside a features-only reference: the table's cosine_knn compares pixels.
+    scorer = Scorer(fitted.training.model, fitted.reference.with_images(train_normal), spec)
     names = _benchmark_scores(spec)
     on_test = every_score(scorer, test_images, names, progress=True)
     plan = plan_calibration(params.anomaly, len(val_normal), len(train_normal) + len(val_normal))
