@@ -46,7 +46,6 @@ def test_the_file_holds_no_training_image(trained, references, tmp_path):
     # Each image's raw bytes (the uint8 pixels) are in the usual file and in no features-only one.
     assert all(image.tobytes() in kept_bytes for image in train[:20])
     assert not any(image.tobytes() in features_bytes for image in train)
-    assert len(features_bytes) < len(kept_bytes)
 
 
 def test_stored_features_score_as_the_images_do(trained, references, mnist_slice, tmp_path):
@@ -73,7 +72,7 @@ def test_cosine_knn_from_a_features_only_file_is_one_line_naming_the_setting(
     trained, references, mnist_slice
 ):
     _, _, features = references
-    scorer = Scorer(trained, features, ScoreSpec("cosine_knn", 2, 0))
+    scorer = Scorer(trained, features, ScoreSpec("fused", 2, 0))  # asked beside its own score
     with pytest.raises(CheckpointError, match="anomaly.store_images: false") as info:
         every_score(scorer, mnist_slice.test.images[:4], ("cosine_knn",))
     assert "\n" not in str(info.value) and "retrain with anomaly.store_images: true" in str(
@@ -88,8 +87,11 @@ def test_cosine_knn_from_a_features_only_file_is_one_line_naming_the_setting(
         ({"contrast_bank": np.zeros((5, 3))}, r"contrast_bank is float64 \(5, 3\)"),
         ({"hidden_bank": np.full((150, 64), np.inf, np.float32)}, "NaN or infinite"),
         ({"contrast_bank": np.zeros((7, 2))}, "different row counts"),
-        ({"contrast_bank": None}, "neither its images nor the features"),
+        ({"contrast_bank": None}, "must hold its images or the features"),
         ({"hidden_bank": [[0.0] * 64]}, "hidden bank is a list, not a tensor"),
+        ({"hidden_bank": torch.zeros(150, 64, dtype=torch.bfloat16)}, "torch.bfloat16 tensor"),
+        ({"hidden_bank": torch.tensor(1.0)}, r"hidden_bank is float32 \(\)"),
+        ({"hidden_bank": torch.ones(150, 64, requires_grad=True)}, "NOT REFUSED"),
     ],
 )
 def test_a_forged_feature_bank_is_refused_in_one_line(
@@ -104,6 +106,10 @@ def test_a_forged_feature_bank_is_refused_in_one_line(
         else:
             banks[name] = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
     save_model(trained, tmp_path / "model.pt", {"reference": payload | {"image_banks": banks}})
+    if complaint == "NOT REFUSED":  # a tensor that tracks gradients is read as its values
+        _, loaded = load_fitted_model(tmp_path / "model.pt")
+        assert (loaded.image_banks["hidden_bank"] == 1).all()
+        return
     with pytest.raises(CheckpointError, match=complaint) as info:
         load_fitted_model(tmp_path / "model.pt")
     assert "\n" not in str(info.value) and "dvc repro -f train" in str(info.value)
@@ -141,3 +147,38 @@ def test_the_onnx_graph_of_a_features_only_model_scores_the_same_and_holds_no_im
     expected = every_score(scorer, mnist_slice.test.images[:8], ("patch_and_fused",))
     spread = np.ptp(expected["patch_and_fused"])
     np.testing.assert_allclose(score, expected["patch_and_fused"], rtol=1e-4, atol=1e-4 * spread)
+
+
+@pytest.mark.parametrize(
+    ("forged", "complaint"),
+    [
+        ({"image_banks": torch.zeros(3)}, "must hold its images or the features"),
+        ("both", "must hold its images or the features"),  # images and features together
+        ({"images": torch.zeros(150, 1, 28, 28)}, r"float32 \(150, 1, 28, 28\), not uint8"),
+        ({"images": torch.zeros(150, 3, 28, 28, dtype=torch.uint8)}, "of shape \\(1, 28, 28\\)"),
+        ({"patch_bank": None}, "and a patch bank"),
+    ],
+)
+def test_a_forged_reference_is_refused_in_one_line(
+    trained, references, tmp_path, forged, complaint
+):
+    train, kept, features = references
+    if forged == "both":
+        payload = kept.payload() | {"image_banks": features.payload()["image_banks"]}
+    elif "images" in forged:
+        payload = kept.payload() | forged
+    else:
+        payload = {k: v for k, v in features.payload().items() if k not in forged}
+        payload |= {k: v for k, v in forged.items() if v is not None}
+    save_model(trained, tmp_path / "model.pt", {"reference": payload})
+    with pytest.raises(CheckpointError, match=complaint) as info:
+        load_fitted_model(tmp_path / "model.pt")
+    assert "\n" not in str(info.value) and "dvc repro -f train" in str(info.value)
+
+
+def test_cosine_knn_without_images_is_refused_before_any_training(trained, references):
+    with pytest.raises(ConfigError, match="anomaly.store_images false leaves no cosine_knn"):
+        parse_params({"anomaly": {"store_images": False, "score": "cosine_knn"}})
+    _, _, features = references
+    with pytest.raises(CheckpointError, match="anomaly.store_images: false"):
+        Scorer(trained, features, ScoreSpec("cosine_knn", 2, 0))  # a file made by other params

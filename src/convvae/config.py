@@ -220,20 +220,9 @@ class TrackingConfig:
 # Importance samples per image a score may draw (bounds stored threshold records too).
 MAX_SAMPLES = 4096
 Calibration = Literal["auto", "split", "cross_fit"]
-AnomalyScore = Literal[
-    "recon_mse",
-    "recon_nll_at_mean",
-    "neg_elbo",
-    "iwae_nll",
-    "excess_nll",
-    "hidden_knn",
-    "cosine_knn",
-    "contrast_knn",
-    "fused",
-    "patch_knn",
-    "patch_knn_guarded",
-    "patch_and_fused",
-]
+AnomalyScore = Literal["recon_mse", "recon_nll_at_mean", "neg_elbo", "iwae_nll", "excess_nll",
+                       "hidden_knn", "cosine_knn", "contrast_knn", "fused", "patch_knn",
+                       "patch_knn_guarded", "patch_and_fused"]  # fmt: skip
 # Score names that older params files, threshold records and model cards may hold -> today's.
 RENAMED_SCORES = {"recon_bce": "recon_nll_at_mean"}
 # anomaly.score: auto → this per data source (docs/anomaly-detection.md: how each was chosen).
@@ -277,6 +266,11 @@ class AnomalyConfig:
         _check_seed(self.noise_seed, "anomaly.noise_seed")
         _check(0 < self.target_fpr <= 0.5, "anomaly.target_fpr", "must be in (0, 0.5]")
         _check(2 <= self.folds <= 20, "anomaly.folds", "must be between 2 and 20")
+        _check(
+            self.store_images or self.score != "cosine_knn",
+            "anomaly.store_images",
+            "false leaves no cosine_knn score (it compares the images): choose another score",
+        )
 
 
 # The per-image likelihood losses `convvae promote` compares versions on (lower is better).

@@ -63,30 +63,25 @@ class Reference:
 
     @classmethod
     def from_payload(cls, raw: dict) -> Reference:
-        banks = raw.get("image_banks") or {}
+        banks = raw.get("image_banks")
+        banks = {} if banks is None else banks
         images = raw.get("images")
-        known = set(IMAGE_BANKS)
-        if (
-            not isinstance(banks, dict)
-            or not set(banks) <= known
-            or (images is None and set(banks) != known)
-        ):
+        # Images or their features, never both (the writer stores one or the other).
+        wanted = set() if images is not None else set(IMAGE_BANKS)
+        no_bank = images is None and raw.get("patch_bank") is None  # features only: it has one
+        if not isinstance(banks, dict) or set(banks) != wanted or no_bank:
             raise CheckpointError(
-                f"the model file's reference has neither its images nor the features "
-                f"{', '.join(IMAGE_BANKS)}; {_REFIT}"
+                f"the model file's reference must hold its images or the features "
+                f"{', '.join(IMAGE_BANKS)} and a patch bank, one or the other; {_REFIT}"
             )
-        for name, bank in {"images": images, "patch_bank": raw.get("patch_bank"), **banks}.items():
-            if bank is not None and not isinstance(bank, torch.Tensor):
-                what, kind = name.replace("_", " "), type(bank).__name__
-                message = f"the model file's {what} is a {kind}, not a tensor; {_REFIT}"
-                raise CheckpointError(message)
-        bank = raw.get("patch_bank")
+        arrays = {"images": images, "patch_bank": raw.get("patch_bank"), **banks}
+        found = {name: _array(name, value) for name, value in arrays.items() if value is not None}
         return cls(
-            None if images is None else images.numpy(),
+            found.get("images"),
             dict(raw["center"]),
             dict(raw["scale"]),
-            patch_bank=None if bank is None else bank.detach().numpy(),
-            image_banks={name: value.detach().numpy() for name, value in banks.items()},
+            patch_bank=found.get("patch_bank"),
+            image_banks={name: found[name] for name in banks},
         )
 
     def stored_bank(self, name: str) -> np.ndarray | None:
@@ -98,6 +93,21 @@ class Reference:
         """This reference with the training images beside its features: what measurement
         needs for the scores a features-only file cannot give (``cosine_knn``)."""
         return dataclasses.replace(self, images=np.ascontiguousarray(images))
+
+
+def _array(name: str, value) -> np.ndarray:
+    """A stored tensor as numpy: dense, of a dtype numpy reads, else a one-line error."""
+    what = name.replace("_", " ")
+    if not isinstance(value, torch.Tensor):
+        kind = type(value).__name__
+        raise CheckpointError(f"the model file's {what} is a {kind}, not a tensor; {_REFIT}")
+    readable = (torch.uint8, torch.float32, torch.float64)
+    if value.layout != torch.strided or value.dtype not in readable:
+        raise CheckpointError(
+            f"the model file's {what} is a {value.layout} {value.dtype} tensor, not a dense "
+            f"uint8 or float one; {_REFIT}"
+        )
+    return value.detach().numpy()
 
 
 def save_fitted_model(model: ConvVAE, reference: Reference | None, path: str | Path) -> None:
@@ -116,7 +126,19 @@ def load_fitted_model(
         _check_patch_bank(reference.patch_bank, stored.model, path)
     if reference is not None and reference.image_banks:
         _check_image_banks(reference.image_banks, stored.model, path)
+    if reference is not None and reference.images is not None:
+        _check_images(reference.images, stored.model, path)
     return stored.model, reference
+
+
+def _check_images(images: np.ndarray, model: ConvVAE, path: str | Path) -> None:
+    """Stored training images: uint8 (N, C, H, W) of the model's image shape."""
+    shape = tuple(model.arch.image_shape)
+    if images.dtype != np.uint8 or images.shape[1:] != shape or not len(images):
+        raise CheckpointError(
+            f"{path}: its reference images are {images.dtype} {images.shape}, not uint8 images "
+            f"of shape {shape}; {_REFIT}"
+        )
 
 
 def _check_patch_bank(bank: np.ndarray, model: ConvVAE, path: str | Path) -> None:
@@ -141,7 +163,6 @@ def _check_image_banks(banks: dict[str, np.ndarray], model: ConvVAE, path: str |
     the two contrast statistics (float64), one row per training image in each."""
     hidden = model.to_mu.in_features  # the encoder's last hidden layer
     shapes = {"hidden_bank": (np.float32, hidden), "contrast_bank": (np.float64, 2)}
-    rows = {len(bank) for bank in banks.values()}
     for name, bank in banks.items():
         dtype, width = shapes[name]
         if bank.dtype != dtype or bank.ndim != 2 or bank.shape[1] != width or not len(bank):
@@ -151,5 +172,5 @@ def _check_image_banks(banks: dict[str, np.ndarray], model: ConvVAE, path: str |
             )
         if not np.isfinite(bank).all():
             raise CheckpointError(f"{path}: its {name} holds NaN or infinite values; {_REFIT}")
-    if len(rows) != 1:
+    if len({len(bank) for bank in banks.values()}) != 1:
         raise CheckpointError(f"{path}: its feature banks have different row counts; {_REFIT}")

@@ -224,12 +224,7 @@ class Scorer(nn.Module):
             )
             stored = reference.stored_bank(name)
             if stored is None and reference.images is None:
-                raise CheckpointError(
-                    f"this model file holds features, not its training images "
-                    f"(anomaly.store_images: false), and the {name.removesuffix('_bank')} "
-                    "distances need the images: use another score, or retrain with "
-                    "anomaly.store_images: true"
-                )
+                raise features_only_error("the cosine_knn score")
             self.register_buffer(
                 name,
                 torch.from_numpy(stored)
@@ -257,9 +252,12 @@ def _check_spec(spec: ScoreSpec, reference: Reference | None) -> None:
     if spec.name in LIKELIHOOD_SCORES:
         return
     require_reference(reference, f"the {spec.name} score")
-    # fused: every reference has these two parts (an old one adds cosine_knn, a features-only
-    # one contrast_knn, a new one both).
-    needs = {"fused": {"excess_nll", "hidden_knn"}}
+    if spec.name == "cosine_knn" and reference.images is None:
+        raise features_only_error("the cosine_knn score")
+    # fused: the parts every reference of its kind has (an old one has no contrast_knn, a
+    # features-only one no cosine_knn).
+    pixels = {"cosine_knn"} if reference.images is not None else {"contrast_knn"}
+    needs = {"fused": {"excess_nll", "hidden_knn", *pixels}}
     needs["patch_knn_guarded"] = {"patch_knn", "contrast_knn"}
     needs["patch_and_fused"] = {*needs["patch_knn_guarded"], *STANDARDISED_AFTER}
     if not needs.get(spec.name, set()) <= set(reference.scale):
@@ -267,6 +265,15 @@ def _check_spec(spec: ScoreSpec, reference: Reference | None) -> None:
             f"this model file's reference has no statistics for the {spec.name} score; re-run "
             "the stage that wrote it (dvc repro -f train / benchmark)"
         )
+
+
+def features_only_error(needed_by: str) -> CheckpointError:
+    """The one-line error for what a features-only model file cannot give."""
+    return CheckpointError(
+        f"this model file holds features, not its training images (anomaly.store_images: "
+        f"false), and {needed_by} needs the images: use another score, or retrain with "
+        "anomaly.store_images: true"
+    )
 
 
 def require_reference(
