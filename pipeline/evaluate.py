@@ -127,17 +127,17 @@ def detector_steps(steps, params, scorer, splits, normal_test_images, metrics) -
         warning = check.warning(scorer.spec.name)
         if warning:
             print(warning, file=sys.stderr)
+    reference = scorer.reference
+    features_only = reference is not None and reference.images is None
     with steps.step("defects"):
         class_names = read_manifest(layout.MANIFEST)["class_names"]
         ablations = partial(defect_ablations, params, splits.train.images, splits.val.images)
         # The training images beside a features-only reference: the table's cosine_knn
         # compares pixels (the model file keeps none).
-        reference = scorer.reference
         measured = scorer
-        if reference is not None and reference.images is None:
+        if features_only:
             measured = Scorer(scorer.model, reference.with_images(splits.train.images), scorer.spec)
         defects = measure_defects(measured, splits, class_names, layout.ANOMALY_MAPS_PNG, ablations)
-    features_only = reference is not None and reference.images is None
     stored = 0 if reference is None else len(splits.train.images)
     card = model_card(record, params.data.source, metrics["out_of_domain_roc_auc"], defects,
                       stored, check, features_only=features_only)  # fmt: skip

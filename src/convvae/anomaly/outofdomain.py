@@ -8,10 +8,10 @@ The score is the scorer's ordinary one (``score_images``): nothing here is speci
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scoring import score_images
+from convvae.metrics.detection import separation_roc_auc
 
 
 def out_of_domain_sets(images: np.ndarray, n: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
@@ -69,7 +69,5 @@ def out_of_domain_auroc(
     normal = score_images(scorer, normal_images)
     result = {}
     for name, images in out_of_domain_sets(normal_images, seed=seed).items():
-        odd = score_images(scorer, images)
-        labels = np.r_[np.zeros(len(normal)), np.ones(len(odd))]
-        result[name] = float(roc_auc_score(labels, np.r_[normal, odd]))
+        result[name] = separation_roc_auc(normal, score_images(scorer, images))
     return result

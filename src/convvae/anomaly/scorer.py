@@ -224,7 +224,7 @@ class Scorer(nn.Module):
             )
             stored = reference.stored_bank(name)
             if stored is None and reference.images is None:
-                raise features_only_error("the cosine_knn score")
+                raise features_only_error()
             self.register_buffer(
                 name,
                 torch.from_numpy(stored)
@@ -253,7 +253,7 @@ def _check_spec(spec: ScoreSpec, reference: Reference | None) -> None:
         return
     require_reference(reference, f"the {spec.name} score")
     if spec.name == "cosine_knn" and reference.images is None:
-        raise features_only_error("the cosine_knn score")
+        raise features_only_error()
     # fused: the parts every reference of its kind has (an old one has no contrast_knn, a
     # features-only one no cosine_knn).
     pixels = {"cosine_knn"} if reference.images is not None else {"contrast_knn"}
@@ -267,11 +267,12 @@ def _check_spec(spec: ScoreSpec, reference: Reference | None) -> None:
         )
 
 
-def features_only_error(needed_by: str) -> CheckpointError:
-    """The one-line error for what a features-only model file cannot give."""
+def features_only_error() -> CheckpointError:
+    """The one-line error for what a features-only model file cannot give: cosine_knn, the
+    one score that compares the training images' pixels."""
     return CheckpointError(
-        f"this model file holds features, not its training images (anomaly.store_images: "
-        f"false), and {needed_by} needs the images: use another score, or retrain with "
+        "this model file holds features, not its training images (anomaly.store_images: "
+        "false), and the cosine_knn score needs the images: use another score, or retrain with "
         "anomaly.store_images: true"
     )
 

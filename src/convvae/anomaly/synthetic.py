@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
+from convvae.metrics.detection import separation_roc_auc
 from convvae.metrics.stats import bootstrap_roc_auc
 
 FAMILIES = ("cutpaste", "meanfill", "blend")
@@ -125,14 +125,9 @@ def synthetic_check(
     normal = normal_images[:CHECK_IMAGES]
     normal_scores = score(normal)
     odd = {f: score(synthetic_anomalies(normal, f, seed + k)) for k, f in enumerate(FAMILIES)}
-    per_family = {f: _roc_auc(normal_scores, values) for f, values in odd.items()}
+    per_family = {f: separation_roc_auc(normal_scores, values) for f, values in odd.items()}
     pooled = np.concatenate(list(odd.values()))
     labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(pooled))]
-    values = np.r_[normal_scores, pooled]
-    low, high = bootstrap_roc_auc(labels, values, seed=seed)
-    return SyntheticCheck(float(roc_auc_score(labels, values)), low, high, per_family, len(normal))
-
-
-def _roc_auc(normal: np.ndarray, odd: np.ndarray) -> float:
-    labels = np.r_[np.zeros(len(normal)), np.ones(len(odd))]
-    return float(roc_auc_score(labels, np.r_[normal, odd]))
+    low, high = bootstrap_roc_auc(labels, np.r_[normal_scores, pooled], seed=seed)
+    roc_auc = separation_roc_auc(normal_scores, pooled)
+    return SyntheticCheck(roc_auc, low, high, per_family, len(normal))

@@ -15,6 +15,13 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from convvae.metrics.stats import percentile_interval, roc_auc_replicates
 
 
+def separation_roc_auc(normal_scores: np.ndarray, odd_scores: np.ndarray) -> float:
+    """ROC-AUC of ``odd_scores`` (positive) against ``normal_scores``: 1.0 when every odd
+    image scores above every normal one, 0.5 chance."""
+    labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(odd_scores))]
+    return float(roc_auc_score(labels, np.r_[normal_scores, odd_scores]))
+
+
 def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
     """False-positive rate at the lowest threshold that flags at least ``tpr`` of the positives.
 
