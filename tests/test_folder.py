@@ -12,7 +12,13 @@ import pytest
 from PIL import Image
 
 from convvae.config import DataConfig
-from convvae.data.folder import RESIZE, load_folder, preprocess_image, read_image_file
+from convvae.data.folder import (
+    MAX_DEFECT_NAME,
+    RESIZE,
+    load_folder,
+    preprocess_image,
+    read_image_file,
+)
 from convvae.data.splits import load_configured
 from convvae.errors import ConfigError, DataError
 from tests.mvtec import build_mvtec_folder, good_patches
@@ -178,6 +184,16 @@ def test_defect_names_that_are_no_metric_key_fail_before_training(tmp_path: Path
     for parent in ("test", "ground_truth"):
         (root / parent / "hole small-2.x").rename(root / parent / "hole (small)")
     with raises(root / "test" / "hole (small)", "may hold only letters, digits"):
+        load_folder(root, None, None, "auto")
+    # A name of the longest length allowed makes a valid key; one character more is refused.
+    longest = "d" * MAX_DEFECT_NAME
+    for parent in ("test", "ground_truth"):
+        (root / parent / "hole (small)").rename(root / parent / longest)
+    for name in load_folder(root, None, None, "auto").class_names:
+        _validate_metric_name(f"defects.pixel_patch_knn.pixel_average_precision.{name}")
+    for parent in ("test", "ground_truth"):
+        (root / parent / longest).rename(root / parent / (longest + "d"))
+    with raises(root / "test" / (longest + "d"), f"has {MAX_DEFECT_NAME + 1} characters"):
         load_folder(root, None, None, "auto")
 
 
@@ -364,6 +380,30 @@ def test_an_oversized_image_is_refused_from_its_header_before_decoding(tmp_path:
     path.write_bytes(bytes(data))
     with raises(path, "12000x12000 pixels, above the 67 MP an image may have"):
         read_image_file(path)
+
+
+def test_an_image_is_refused_by_its_decoded_bytes_before_decoding(tmp_path: Path) -> None:
+    # 7500 x 7500 is within the pixel limit, but four bytes a pixel (RGBA) decode to 215 MiB,
+    # above an RGB image's at the limit; the same header in grey (54 MiB) passes the check
+    # and fails only when its missing data is decoded.
+    import struct
+    import zlib
+
+    def forged(mode: str) -> Path:
+        path = tmp_path / f"{mode}.png"
+        Image.new(mode, (32, 32)).save(path)
+        data = bytearray(path.read_bytes())
+        header = b"IHDR" + struct.pack(">II", 7500, 7500) + bytes(data[24:29])
+        data[12:29] = header
+        data[29:33] = struct.pack(">I", zlib.crc32(header))
+        path.write_bytes(bytes(data))
+        return path
+
+    rgba, grey = forged("RGBA"), forged("L")
+    with raises(rgba, "7500x7500 RGBA pixels decode to 215 MiB, above the 192 MiB"):
+        read_image_file(rgba)
+    with raises(grey, "not a readable image"):
+        read_image_file(grey)
 
 
 def test_sixteen_bit_images_are_shifted_without_a_wider_copy(tmp_path: Path) -> None:

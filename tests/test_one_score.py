@@ -69,3 +69,29 @@ def test_a_request_without_images_is_a_clear_error(stored_model):
     served = _load_pyfunc(str(folder / "model.pt"), record)
     with pytest.raises(ValueError, match="no images in the request; send at least one"):
         served.predict(np.zeros((0, 1, 28, 28), np.float32))
+
+
+def test_larger_images_allow_fewer_per_request() -> None:
+    # 1,024 RGB 256 x 256 images are 201 M floats: the budget counts pixel values, not images.
+    # An untrained 3 x 128 x 128 network (no reference: the likelihood's deviance) takes
+    # 2**22 // 49,152 = 85 images per request; 86 is the one-line 400 reason.
+    import torch
+
+    from convvae.model.architecture import Architecture
+    from convvae.model.vae import ConvVAE
+    from convvae.serving import MAX_BATCH, PIXEL_BUDGET, ScoringModel, max_images
+
+    torch.manual_seed(0)
+    arch = Architecture(
+        image_size=(128, 128),
+        image_channels=3,
+        channels=(8, 16),
+        encoder_hidden=(64,),
+        decoder_hidden=(64,),
+        latent_dim=4,
+    )
+    served = ScoringModel(Scorer(ConvVAE(arch).eval(), None, ScoreSpec("excess_nll", samples=1)))
+    assert max_images((3, 128, 128)) == PIXEL_BUDGET // (3 * 128 * 128) == 85 < MAX_BATCH
+    with pytest.raises(ValueError, match="86 images in one request; send at most 85 of 3x128x128"):
+        served.predict(np.zeros((86, 3, 128, 128), np.float32))
+    assert served.predict(np.full((85, 3, 128, 128), 0.5, np.float32))["score"].shape == (85,)

@@ -45,6 +45,13 @@ def debug_requested() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+_NO_ROOM = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file larger than the process's file-size limit",
+}
+
+
 def exit_on_error(action: Callable[[], None], debug: bool = False) -> None:
     """Run ``action``; a ConvVAEError prints as one line on stderr and exits with code 2."""
     try:
@@ -64,13 +71,14 @@ def exit_on_error(action: Callable[[], None], debug: bool = False) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(141) from None
     except OSError as err:
-        # A full disk or quota, anywhere in a stage or command: one line, not a traceback.
-        if debug or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        # A full disk, a quota or a file-size limit (ulimit -f), anywhere in a stage or
+        # command: one line, not a traceback.
+        if debug or err.errno not in _NO_ROOM:
             raise
         where = f" writing {err.filename}" if err.filename else ""
         print(
-            f"error: no space left on the device{where}; free space (or point the outputs "
-            "elsewhere) and re-run: finished files and checkpoints are kept",
+            f"error: {_NO_ROOM[err.errno]}{where}; free space (or point the outputs elsewhere, "
+            "or raise the limit) and re-run: finished files and checkpoints are kept",
             file=sys.stderr,
         )
         raise SystemExit(2) from None

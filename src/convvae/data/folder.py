@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 from PIL.Image import DecompressionBombError, DecompressionBombWarning
 
 from convvae.errors import ConfigError, DataError
@@ -32,9 +32,14 @@ FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 # The largest image a file may hold, checked from its header before any pixel is decoded
 # (Pillow only warns up to 179 MP): 8192 x 8192, 64 MiB per 8-bit channel.
 MAX_IMAGE_PIXELS = 8192 * 8192
+# The most memory one decoded image may take, checked from its header's size and pixel mode:
+# an RGB image at the pixel limit (a 4-byte mode, RGBA, 32-bit or float, gets fewer pixels).
+MAX_DECODED_BYTES = 3 * MAX_IMAGE_PIXELS
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # MLflow's metric-key characters on every platform, less the slash.
 DEFECT_NAME = re.compile(r"[\w.\- ]+")
+# MLflow refuses metric keys over 250 characters: room for the prefixes a defect name gets.
+MAX_DEFECT_NAME = 150
 RESIZE = "bilinear (Pillow, antialias) for images, nearest for masks"
 LAYOUT = (
     "expected {}/train/good/ with normal images, optional test/good/, test/<defect>/ and "
@@ -225,6 +230,12 @@ def _test_folders(root: Path) -> dict[str, list[Path]] | None:
                 f"{test / name}: the defect folder name {name!r} may hold only letters, digits, "
                 "'_', '-', '.' and spaces; rename the folder (and its ground_truth/ twin)"
             )
+        if len(name) > MAX_DEFECT_NAME:
+            raise DataError(
+                f"{test / name}: the defect folder name has {len(name)} characters, more than "
+                f"the {MAX_DEFECT_NAME} a metric key leaves room for; shorten it (and its "
+                "ground_truth/ twin)"
+            )
     folders = {name: _images_in(test / name) for name in names}
     if not any(folders.values()):
         raise DataError(f"{test}: no images in test/good/ or test/<defect>/; add some or remove it")
@@ -304,6 +315,7 @@ def decode_image(data: bytes, path: Path | str) -> Image.Image:
                 f"{path}: {width}x{height} pixels, above the {MAX_IMAGE_PIXELS / 1e6:.0f} MP "
                 "an image may have; downscale it before use"
             )
+        _check_decoded_size(image, path)
         image.load()
     except UnidentifiedImageError:
         raise DataError(
@@ -313,6 +325,18 @@ def decode_image(data: bytes, path: Path | str) -> Image.Image:
         reason = " ".join(str(err).split()) or type(err).__name__
         raise DataError(f"{path}: not a readable image ({reason}); replace or remove it") from None
     return image
+
+
+def _check_decoded_size(image: Image.Image, path: Path | str) -> None:
+    """The decoded image's bytes, from its header's size and mode, within MAX_DECODED_BYTES."""
+    mode = ImageMode.getmode(image.mode)  # Pillow opens only modes it knows
+    decoded = image.width * image.height * len(mode.bands) * np.dtype(mode.typestr).itemsize
+    if decoded > MAX_DECODED_BYTES:
+        raise DataError(
+            f"{path}: {image.width}x{image.height} {image.mode} pixels decode to "
+            f"{decoded / 2**20:.0f} MiB, above the {MAX_DECODED_BYTES / 2**20:.0f} MiB an image "
+            "may take; downscale it or save it with 8-bit channels"
+        )
 
 
 def _channel_count(image: Image.Image) -> int:

@@ -8,7 +8,6 @@ that names the file and says how to fix it.
 from __future__ import annotations
 
 import hashlib
-import os
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from sklearn.model_selection import train_test_split
 from convvae.config import DataConfig
 from convvae.data.sources import LabelledImages, SourceData, load_source
 from convvae.errors import DataError
-from convvae.runtime.files import read_json
+from convvae.runtime.files import read_json, write_atomically
 
 _PREPARE_FIX = "re-run the prepare stage (dvc repro prepare)"
 _SPLIT_NAMES = ("train", "val", "test")
@@ -174,15 +173,10 @@ def save_splits(splits: Splits, path: str | Path) -> None:
     arrays |= {f"{split}_labels": part.labels for split, part in _by_name(splits).items()}
     if splits.test.masks is not None:
         arrays |= {"test_masks": splits.test.masks, "test_mask_known": splits.test.mask_known}
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         # A file handle, not a name: np.savez would append ".npz" to the temporary name.
-        with open(partial, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(partial, path)
+        write_atomically(path, lambda handle: np.savez_compressed(handle, **arrays))
     except OSError as err:
-        partial.unlink(missing_ok=True)
         raise DataError(
             f"{path}: cannot write ({err.strerror}); check free space and permissions"
         ) from None

@@ -16,7 +16,7 @@ from convvae.data.folder import MAX_IMAGE_PIXELS
 from convvae.errors import CheckpointError
 from convvae.model.architecture import Architecture, architecture_diff, architecture_from_dict
 from convvae.model.vae import ConvVAE
-from convvae.runtime.files import atomic_path
+from convvae.runtime.files import save_torch_file
 
 MODEL_FILE_FORMAT = 1
 _MODEL_KEYS = frozenset({"format", "architecture", "state_dict", "preprocessing"})
@@ -36,8 +36,7 @@ def save_model(model: ConvVAE, path: str | Path, extras: Mapping[str, Any] | Non
     if clash:
         raise ValueError(f"extras may not use the model file's own keys: {sorted(clash)}")
     payload.update(extras or {})
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_file(payload, path)
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,17 @@ model's files.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import torch
 
 from convvae.errors import DataError
 
@@ -49,6 +52,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` fills an open binary file that replaces ``path`` when it returns.
+
+    A failed write is an OSError (ENOSPC, EDQUOT, EFBIG) naming ``path``, for the one-line
+    error of ``convvae.errors.exit_on_error``."""
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as handle:
+                write(handle)
+        except OSError as err:
+            err.filename = err.filename or str(path)
+            raise
+
+
+def save_torch_file(payload: Any, path: str | Path) -> None:
+    """torch.save ``payload`` to ``path`` atomically. Serialised in memory first: torch.save
+    writing a file itself turns a full disk into a RuntimeError about zip offsets (given a
+    name or a handle: its writer swallows the OSError)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomically(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def _umask() -> int:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from convvae.errors import CheckpointError
-from convvae.runtime.files import atomic_path
+from convvae.runtime.files import save_torch_file
 from convvae.training.history import EpochRecord
 
 if TYPE_CHECKING:
@@ -25,8 +25,7 @@ CHECKPOINT_FORMAT = 1
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` (tensors, dicts, numbers) to ``path`` in one rename."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    save_torch_file({"format": CHECKPOINT_FORMAT, **state}, path)
 
 
 def load_checkpoint(path: Path | None, device: torch.device) -> dict[str, Any] | None:

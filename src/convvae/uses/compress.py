@@ -33,7 +33,7 @@ from convvae.data.images import to_unit_interval
 from convvae.errors import DataError
 from convvae.model.architecture import architecture_diff, architecture_from_dict
 from convvae.model.vae import ConvVAE
-from convvae.runtime.files import atomic_path
+from convvae.runtime.files import atomic_path, write_atomically
 from convvae.uses.evaluation import reconstruct
 
 PRECISIONS = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
@@ -116,8 +116,7 @@ def save_codes(codes: Codes, names: list[str], model: ConvVAE, path: str | Path)
     }
     if codes.scale is not None:
         arrays |= {"scale": codes.scale, "offset": codes.offset}
-    with atomic_path(path) as tmp, open(tmp, "wb") as file:
-        np.savez_compressed(file, **arrays)
+    write_atomically(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def load_codes(path: str | Path, model: ConvVAE) -> tuple[Codes, list[str]]:
