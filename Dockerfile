@@ -10,15 +10,21 @@ ARG TORCH_VARIANT=cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY requirements.lock pyproject.toml ./
-# torch and torchvision from PyTorch's own index (a CPU build is 10x smaller than the CUDA one);
-# everything else exactly as locked (with its hashes), minus the CUDA wheels the CPU build does
-# not need; requirements-dev.lock (tests, lint) never enters the image.
+# torch and torchvision from PyTorch's own index (a CPU build is 10x smaller than the CUDA one),
+# pinned by version only: the lock's hashes are PyPI's wheels, the CUDA build. Everything else
+# exactly as locked (with its hashes), minus the CUDA wheels the CPU build does not need.
+# --build-arg TORCH_VARIANT=locked installs everything, torch included, from the hashed lock
+# (PyPI's CUDA build). requirements-dev.lock (tests, lint) never enters the image.
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
-      "torch==2.14.1" "torchvision==0.29.1" \
- && awk '/^[a-z]/ { skip = /^(torch==|torchvision==|triton==|nvidia-|cuda-)/ } !skip' requirements.lock \
-      > /tmp/rest.txt \
- && /opt/venv/bin/pip install --require-hashes -r /tmp/rest.txt
+ && if [ "$TORCH_VARIANT" = locked ]; then \
+      /opt/venv/bin/pip install --require-hashes -r requirements.lock; \
+    else \
+      /opt/venv/bin/pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
+        "torch==2.14.1" "torchvision==0.29.1" \
+      && awk '/^[a-z]/ { skip = /^(torch==|torchvision==|triton==|nvidia-|cuda-)/ } !skip' \
+        requirements.lock > /tmp/rest.txt \
+      && /opt/venv/bin/pip install --require-hashes -r /tmp/rest.txt; \
+    fi
 COPY src ./src
 # The build backend from the hashed lock, not a fresh unpinned download (build isolation).
 RUN /opt/venv/bin/pip install --no-deps --no-build-isolation .

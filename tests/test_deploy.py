@@ -147,6 +147,9 @@ def test_dependencies_are_locked_with_hashes_and_dev_tools_stay_out_of_the_image
     makefile, dockerfile = (REPO / "Makefile").read_text(), (REPO / "Dockerfile").read_text()
     assert "--require-hashes -r requirements.lock" in makefile
     assert "--require-hashes -r /tmp/rest.txt" in dockerfile
+    # torch from PyTorch's CPU index has no hash in the lock: a fully hashed build is offered.
+    assert '"$TORCH_VARIANT" = locked ]; then' in dockerfile
+    assert "pip install --require-hashes -r requirements.lock;" in dockerfile
     copied = re.findall(r"^COPY .*", dockerfile, re.M)
     assert not any("requirements-dev" in line for line in copied)
     assert "requirements-dev" not in (REPO / ".dockerignore").read_text()  # not allowed in
