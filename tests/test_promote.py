@@ -1,6 +1,7 @@
 """The promotion gate: paired bootstrap, aliases, audit tags, dry runs."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -143,6 +144,7 @@ def test_only_complete_versions_are_promoted_or_served(
     from convvae.anomaly.thresholds import THRESHOLD_TAG
     from convvae.errors import TrackingError
     from convvae.tracking.modelref import load_detector_ref
+    from convvae.tracking.registry import MODEL_DIGEST_TAG
 
     selection, calibration = selection_and_calibration(mnist_slice.val.images)
     halves = {"train": mnist_slice.train.images, "selection": selection,
@@ -173,3 +175,30 @@ def test_only_complete_versions_are_promoted_or_served(
     client.set_model_version_tag(NAME, "1", THRESHOLD_TAG, json.dumps({**record, "threshold": 1e9}))
     with pytest.raises(TrackingError, match="tag differs from the threshold record its served"):
         load_detector_ref(f"models:/{NAME}@champion")
+    # The tag restored, v1 loads again; then its model file is overwritten in the artifact
+    # store (by anyone who can write there) with another valid model file: the digest
+    # recorded at registration refuses it.
+    client.set_model_version_tag(NAME, "1", THRESHOLD_TAG, json.dumps(record))
+    assert MODEL_DIGEST_TAG in client.get_model_version(NAME, "1").tags
+    load_detector_ref(f"models:/{NAME}@champion")
+    stored = stored_model_file(client, "1")
+    registered = stored.read_bytes()
+    stored.write_bytes(stored_model_file(client, "2").read_bytes())
+    with pytest.raises(TrackingError, match="model file is not the one registered"):
+        load_detector_ref(f"models:/{NAME}@champion")
+    # A champion registered before digests were recorded (its tag deleted here) still competes;
+    # a challenger without one is refused.
+    stored.write_bytes(registered)
+    client.delete_model_version_tag(NAME, "1", MODEL_DIGEST_TAG)
+    register_scorer(local_tracker, tiny_model(seed=6), tmp_path, example, halves)  # v3
+    assert promote(local_tracker, NAME, validation, "neg_elbo", False).checks
+    client.delete_model_version_tag(NAME, "3", MODEL_DIGEST_TAG)
+    with pytest.raises(TrackingError, match=f"version 3\\) has no {MODEL_DIGEST_TAG} tag"):
+        promote(local_tracker, NAME, validation, "neg_elbo", False)
+
+
+def stored_model_file(client, version: str) -> Path:
+    """The model file of a version, where the local artifact store keeps it."""
+    source = client.get_model_version(NAME, version).source  # models:/m-<logged model id>
+    location = client.get_logged_model(source.split("/")[-1]).artifact_location
+    return Path(location.removeprefix("file://")) / "data" / "model.pt"

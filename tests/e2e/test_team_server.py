@@ -20,7 +20,9 @@ from contextlib import contextmanager
 import mlflow
 import numpy as np
 import pytest
+from mlflow.exceptions import MlflowException
 
+from convvae.tracking.registry import MODEL_DIGEST_TAG
 from tests.e2e.project import BIN, REPO, make_project, run
 from tests.e2e.servers import free_port, running_server
 
@@ -131,6 +133,13 @@ def test_pipeline_registry_and_promotion_through_the_server(tracking_server, tmp
 
     with credentials(PROMOTER):
         read_back(tracking_server, tmp_path)
+    # Nor may the training identity re-tag a version: its tags are the registration record
+    # (threshold, model digest) that guards the promoted artifact.
+    with credentials(PIPELINE), pytest.raises(MlflowException) as refused:
+        mlflow.MlflowClient(tracking_server).set_model_version_tag(
+            "convvae-mnist-5k", "1", MODEL_DIGEST_TAG, "0" * 64
+        )
+    assert "may not tag an existing model version" in str(refused.value)
     remote = tmp_path / "dvc-remote"
     run([str(BIN / "dvc"), "remote", "add", "-d", "team", str(remote)], project)
     run([str(BIN / "dvc"), "push"], project)

@@ -18,6 +18,7 @@ import numpy as np
 from convvae.config import DataConfig, DataSource
 from convvae.data.idx import read_idx_and_hash
 from convvae.errors import DataError
+from convvae.runtime.files import file_sha256
 
 SOURCES: tuple[str, ...] = typing.get_args(DataSource)
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -241,14 +242,6 @@ def source_fingerprint(cfg: DataConfig) -> dict:
     for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
         if path.is_file() and not path.name.startswith("."):
             stat = path.stat()
-            changed = _file_sha256(path) if in_workspace else stat.st_mtime_ns
+            changed = file_sha256(path) if in_workspace else stat.st_mtime_ns
             files[str(path.relative_to(folder))] = [stat.st_size, changed]
     return {"source": cfg.source, "path": str(folder), "files": files}
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -5,6 +5,7 @@ model's files.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -14,8 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-
-import torch
 
 from convvae.errors import DataError
 
@@ -72,9 +71,17 @@ def save_torch_file(payload: Any, path: str | Path) -> None:
     """torch.save ``payload`` to ``path`` atomically. Serialised in memory first: torch.save
     writing a file itself turns a full disk into a RuntimeError about zip offsets (given a
     name or a handle: its writer swallows the OSError)."""
+    import torch  # here: the data stages import this module and need no torch
+
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_atomically(path, lambda handle: handle.write(buffer.getbuffer()))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's sha256 (hex), read in blocks."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _umask() -> int:

@@ -198,12 +198,13 @@ def _load(
     registry: Registry, name: str, version: str, challenger: bool
 ) -> tuple[ConvVAE, Detector | None]:
     """A version's model and detector. The challenger must be complete (its threshold record
-    tagged and served alike, ``Registry.complete_version``): an incomplete one would skip the
-    anomaly gate. A champion registered before records were stored competes on likelihood."""
+    tagged and served alike, its model file the one registered: ``Registry.complete_version``):
+    an incomplete one would skip the anomaly gate. A champion registered before records were
+    stored competes on likelihood, one registered before digests without one."""
     uri = f"models:/{name}/{version}"
     if not challenger and THRESHOLD_TAG not in registry.version(uri).tags:
         return load_model(registry.model_file(uri)), None
-    model_file, tag = registry.complete_version(uri)
+    model_file, tag = registry.complete_version(uri, require_digest=challenger)
     detector = detector_from(model_file, parse_record(tag, f"{uri} tag {THRESHOLD_TAG}"))
     return detector.scorer.model, detector
 

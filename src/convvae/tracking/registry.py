@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from convvae.errors import TrackingError
+from convvae.runtime.files import file_sha256
 from convvae.runtime.uris import without_secrets
 from convvae.tracking.store import store_errors
 
 # MLflow's switch for its download progress bars.
 _PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+# The sha256 of a version's model file, set in the call that creates the version: whoever can
+# write the artifact store could otherwise swap a promoted version's weights and reference
+# under its alias, past the promotion gate (the team server lets only the promoting identity
+# tag a version once it exists: convvae.tracking.server_auth).
+MODEL_DIGEST_TAG = "convvae.model_sha256"
 
 
 class Registry:
@@ -84,26 +90,38 @@ class Registry:
         version = self.version(uri)
         return self._download(f"models:/{version.name}/{version.version}") / "data" / "model.pt"
 
-    def complete_version(self, uri: str) -> tuple[Path, str]:
+    def complete_version(self, uri: str, require_digest: bool = True) -> tuple[Path, str]:
         """The weights file of a registered version and its threshold record (JSON text).
 
-        A version is usable only when complete: it carries the ``anomaly.threshold`` tag
-        (set in the same call that created it), and that tag is the record its served model
-        decides with (the pyfunc's config), so the CLI, promote and serving share one threshold.
-        Otherwise a TrackingError: an edited tag or an incomplete registration is refused."""
+        A version is usable only when complete: it carries the ``anomaly.threshold`` and
+        ``MODEL_DIGEST_TAG`` tags (set in the same call that created it), the first is the
+        record its served model decides with (the pyfunc's config), so the CLI, promote and
+        serving share one threshold, and the second its model file's sha256. Otherwise a
+        TrackingError: an edited tag, an overwritten artifact or an incomplete registration is
+        refused. ``require_digest`` false: a version registered before digests were recorded
+        is read without one (promote's sitting champion, only compared against)."""
         from mlflow.models import Model
 
         from convvae.anomaly.thresholds import THRESHOLD_TAG
 
         version = self.version(uri)
         where = f"{uri} (version {version.version})"
-        tag = version.tags.get(THRESHOLD_TAG)
-        if tag is None:
-            raise TrackingError(
-                f"{where} has no {THRESHOLD_TAG} tag: an incomplete or pre-0.2 registration; "
-                "re-run `dvc repro -f evaluate` to register a complete version"
-            )
+        required = (THRESHOLD_TAG, MODEL_DIGEST_TAG) if require_digest else (THRESHOLD_TAG,)
+        for key in required:
+            if key not in version.tags:
+                raise TrackingError(
+                    f"{where} has no {key} tag: an incomplete or older registration; re-run "
+                    "`dvc repro -f evaluate` to register a complete version"
+                )
+        tag = version.tags[THRESHOLD_TAG]
         folder = self._download(f"models:/{version.name}/{version.version}")
+        model_file = folder / "data" / "model.pt"
+        digest = version.tags.get(MODEL_DIGEST_TAG)
+        if digest is not None and file_sha256(model_file) != digest:
+            raise TrackingError(
+                f"{where}: its model file is not the one registered (sha256 differs from its "
+                f"{MODEL_DIGEST_TAG} tag: the artifact was overwritten); re-register the version"
+            )
         served = Model.load(str(folder)).flavors.get("python_function", {}).get("config")
         # Compared as canonical JSON text: a NaN in the record never equals itself.
         if _canonical(served) != _canonical(json.loads(tag)):
@@ -111,7 +129,7 @@ class Registry:
                 f"{where}: its {THRESHOLD_TAG} tag differs from the threshold record its served "
                 "model holds (the tag was edited after registration); re-register the version"
             )
-        return folder / "data" / "model.pt", tag
+        return model_file, tag
 
     def _download(self, uri: str) -> Path:
         """The version's artifacts in a temporary folder removed when the process exits

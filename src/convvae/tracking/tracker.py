@@ -24,11 +24,12 @@ import numpy as np
 from convvae.anomaly.thresholds import THRESHOLD_TAG
 from convvae.config import TrackingConfig
 from convvae.model.vae import ConvVAE, Reconstructor
+from convvae.runtime.files import file_sha256
 from convvae.runtime.uris import without_secrets
 from convvae.tracking.probes import check_store
 from convvae.tracking.provenance import repository_root
 from convvae.tracking.quiet import quiet_model_logging
-from convvae.tracking.registry import Registry
+from convvae.tracking.registry import MODEL_DIGEST_TAG, Registry
 from convvae.tracking.store import DEFAULT_ARTIFACTS, client_uri, resolve_tracking_uri, store_errors
 
 
@@ -213,6 +214,7 @@ class Tracker:
         tags = {key: str(value) for key, value in version_tags.items()}
         if record_json is not None:
             tags[THRESHOLD_TAG] = json.dumps(record_json)
+        tags[MODEL_DIGEST_TAG] = file_sha256(model_file)
         with store_errors(self.uri, f"register {registered_name}"), quiet_model_logging():
             registered = self._mlflow.register_model(info.model_uri, registered_name, tags=tags)
         return str(registered.version)
