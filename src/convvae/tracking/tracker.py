@@ -170,8 +170,8 @@ class Tracker:
 
         example_images: float32 (n >= 2, C, H, W) in [0, 1] (pt2 export needs a batch of 2+).
         ``record_json``: the model's threshold record (its JSON); the pyfunc decides with it and
-        the version carries it as its ``anomaly.threshold`` tag.
-        Returns the new registered version, or None when not registering.
+        the version carries it as its ``anomaly.threshold`` tag. Returns the new registered
+        version, or None when not registering.
         """
         from mlflow.models import infer_signature
 
@@ -201,20 +201,19 @@ class Tracker:
                 input_example=example,
                 signature=infer_signature(example, scored, params=PARAMS_EXAMPLE),
                 model_config=record_json,
-                # No code in the artifact: whoever can write to the artifact store could run
-                # it in every server. The loader is the installed convvae of the version named
-                # here (convvae.serving checks it).
+                # No code in the artifact (its writers could run it in every server): the loader
+                # is the installed convvae of the version named here (convvae.serving checks it).
                 metadata={PACKAGE_VERSION_KEY: __version__},
                 pip_requirements=_pip_requirements(),
             )
         if registered_name is None:
             return None
-        # Version and tags in one call: a version without its threshold record never exists,
-        # and the tag is the record the served model holds (Registry.complete_version).
+        # Version and tags in one call: a version without its threshold record and its model
+        # file's digest never exists (Registry.complete_version checks both).
         tags = {key: str(value) for key, value in version_tags.items()}
+        tags[MODEL_DIGEST_TAG] = file_sha256(model_file)
         if record_json is not None:
             tags[THRESHOLD_TAG] = json.dumps(record_json)
-        tags[MODEL_DIGEST_TAG] = file_sha256(model_file)
         with store_errors(self.uri, f"register {registered_name}"), quiet_model_logging():
             registered = self._mlflow.register_model(info.model_uri, registered_name, tags=tags)
         return str(registered.version)
