@@ -82,6 +82,29 @@ def auc_cell(found: dict) -> str:
     return f"{100 * found['image_roc_auc']:.1f}{pixel}"
 
 
+def scored_methods(test, scores: dict, maps: dict, methods, differences) -> dict:
+    """{"methods": each method's image ROC-AUC on ``test`` (a LabelledImages), and its pixel
+    ROC-AUC where it has a map and masks say where; "differences": each (ours, other) pair's
+    image ROC-AUC difference with its paired bootstrap interval, [difference, low, high]}."""
+    from sklearn.metrics import roc_auc_score
+
+    from convvae.metrics.pixel import pixel_roc_auc
+    from convvae.metrics.stats import roc_auc_difference
+
+    labels = (test.labels != 0).astype(int)
+    known = test.mask_known if test.masks is not None else None
+    found = {"methods": {}, "differences": {}}
+    for method in methods:
+        row = {"image_roc_auc": float(roc_auc_score(labels, scores[method]))}
+        if method in maps and known is not None and (known & (labels > 0)).any():
+            row["pixel_roc_auc"] = pixel_roc_auc(maps[method][known], test.masks[known])
+        found["methods"][method] = row
+    for ours, other in differences:
+        diff = roc_auc_difference(labels, scores[ours], scores[other])
+        found["differences"][f"{ours} - {other}"] = [diff.difference, diff.ci_low, diff.ci_high]
+    return found
+
+
 def folder_parser() -> argparse.ArgumentParser:
     """The command line of a script run on one folder at one image size."""
     parser = argparse.ArgumentParser()

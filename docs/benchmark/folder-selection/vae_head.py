@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from convvae.anomaly.fit import train_and_fit
@@ -50,8 +49,6 @@ from convvae.anomaly.scores import ScoreSpec
 from convvae.anomaly.scoring import score_and_map
 from convvae.config import parse_params
 from convvae.data.splits import load_configured, selection_and_calibration
-from convvae.metrics.pixel import pixel_roc_auc
-from convvae.metrics.stats import roc_auc_difference
 from convvae.model.vae import elbo_terms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -61,6 +58,7 @@ from folder_runs import (  # noqa: E402
     interval_cell,
     read_rows,
     results_main,
+    scored_methods,
 )
 
 METHODS = ("default", "residual", "restore_residual", "head_vae", "head_base", "head_pixels",
@@ -237,18 +235,9 @@ def run(folder: str, size: int, epochs: int, seed: int) -> dict:
     normal_head = pooled_max(maps_of("head_vae", parts, held_out), pool)
     scores["default+head_vae"] = (standardised(scores["default"], normal_default)
                                   + standardised(scores["head_vae"], normal_head)) / 2  # fmt: skip
-    labels = (test.labels != 0).astype(int)
-    with_masks = test.mask_known if test.masks is not None else None
     result = {"folder": folder, "size": size, "epochs": epochs, "seed": seed, "pool": pool,
-              "train_images": len(train), "methods": {}, "differences": {}}  # fmt: skip
-    for method in METHODS:
-        row = {"image_roc_auc": float(roc_auc_score(labels, scores[method]))}
-        if method in maps and with_masks is not None and (with_masks & (labels > 0)).any():
-            row["pixel_roc_auc"] = pixel_roc_auc(maps[method][with_masks], test.masks[with_masks])
-        result["methods"][method] = row
-    for ours, other in DIFFERENCES:
-        diff = roc_auc_difference(labels, scores[ours], scores[other])
-        result["differences"][f"{ours} - {other}"] = [diff.difference, diff.ci_low, diff.ci_high]
+              "train_images": len(train),
+              **scored_methods(test, scores, maps, METHODS, DIFFERENCES)}  # fmt: skip
     result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     result["seconds"]["total"] = round(time.perf_counter() - started, 1)
     return result
