@@ -12,15 +12,22 @@ from convvae.errors import exit_on_error
 from convvae.runtime.files import atomic_path, write_json
 
 
+def planted(target: Path, suffix: str) -> Path:
+    """A victim file, and symlinks to it at every name .<target's name>.<pid><suffix> this
+    process (or one started next to it) would once have written first."""
+    victim = target.parent.parent / "victim.txt"
+    victim.write_text("keep me")
+    target.parent.mkdir()
+    for pid in {os.getpid(), *range(os.getpid() - 2, os.getpid() + 3)}:
+        (target.parent / f".{target.name}.{pid}{suffix}").symlink_to(victim)
+    return victim
+
+
 def test_a_planted_temporary_name_cannot_redirect_the_write(tmp_path: Path) -> None:
     # The temporary name was .<name>.<pid>.tmp: anyone who could write the folder could plant
     # a symlink there and have the next write overwrite the file it points to.
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me")
     target = tmp_path / "out" / "metrics.json"
-    target.parent.mkdir()
-    for pid in {os.getpid(), *range(os.getpid() - 2, os.getpid() + 3)}:
-        (target.parent / f".metrics.json.{pid}.tmp").symlink_to(victim)
+    victim = planted(target, ".tmp")
     write_json({"a": 1}, target)
     assert victim.read_text() == "keep me"
     assert target.read_text() == '{\n  "a": 1\n}\n' and not target.is_symlink()
@@ -34,12 +41,8 @@ def test_a_planted_name_cannot_redirect_the_splits(tmp_path: Path, mnist_slice) 
     # save_splits wrote .<name>.<pid>.partial, a name anyone could plant a symlink at.
     from convvae.data.splits import load_splits, save_splits
 
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me")
     target = tmp_path / "data" / "splits.npz"
-    target.parent.mkdir()
-    for pid in {os.getpid(), *range(os.getpid() - 2, os.getpid() + 3)}:
-        (target.parent / f".splits.npz.{pid}.partial").symlink_to(victim)
+    victim = planted(target, ".partial")
     save_splits(mnist_slice, target)
     assert victim.read_text() == "keep me" and not target.is_symlink()
     assert (load_splits(target).train.images == mnist_slice.train.images).all()
