@@ -1,8 +1,10 @@
 """`mlflow models serve` of models:/NAME@champion answers POST /invocations on loopback."""
 
+import http.client
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +16,7 @@ from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ScoreSpec
 from convvae.anomaly.scoring import anomaly_maps, score_images
 from convvae.anomaly.thresholds import calibrate
+from convvae.cli.serve import CONCURRENCY
 from convvae.data.splits import selection_and_calibration
 from convvae.model.files import save_model
 from convvae.serving import MAX_BATCH
@@ -118,9 +121,6 @@ def rss_mib(pid: int) -> float:
 def test_convvae_serve_refuses_oversized_requests_before_reading_them(
     champion_store, trained, mnist_slice, tmp_path
 ):
-    import http.client
-    import time
-
     from convvae.serving import max_body_bytes
 
     uri, _ = champion_store
@@ -182,4 +182,39 @@ def test_convvae_serve_refuses_oversized_requests_before_reading_them(
         status, body = post(f"{base}/invocations", {"inputs": too_many.tolist()})
         assert status == 400 and f"at most {MAX_BATCH}" in body["reason"], body
         assert "stack_trace" not in body and 'File "' not in json.dumps(body)
+        # At most CONCURRENCY connections at once, slow bodies included: the next is answered
+        # 503 at once, and the server answers again once they end.
+        connection.close()  # the last 415's, kept alive
+        held = [sending_slowly(port) for _ in range(CONCURRENCY - 1)]
+        assert status_within(f"{base}/ping", 200)
+        held.append(sending_slowly(port))
+        assert status_within(f"{base}/ping", 503)
+        for connection in held:
+            connection.close()
+        assert status_within(f"{base}/ping", 200)
     assert not marker.exists()
+
+
+def sending_slowly(port: int):
+    """A connection whose request has sent its headers and the start of its body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.putrequest("POST", "/invocations")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", "100")
+    connection.endheaders(b'{"inputs": [')
+    return connection
+
+
+def status_within(url: str, expected: int, seconds: float = 10) -> bool:
+    """Whether GET ``url`` answers ``expected`` within ``seconds`` (the server notices opened
+    and closed connections a moment later)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                status = response.status
+        except urllib.error.HTTPError as err:
+            status = err.code
+        if status == expected or time.monotonic() > deadline:
+            return status == expected
+        time.sleep(0.2)

@@ -42,9 +42,10 @@ def _serve(args: argparse.Namespace) -> None:
         f"{max_images(shape)} images of {'x'.join(map(str, shape))} ({limit} bytes) per request",
         flush=True,
     )
-    # Requests in flight at once: beyond it, 503 (each may hold its body and a scoring pass).
+    # Connections at once: beyond CONCURRENCY, 503 (each may hold its body and a scoring pass).
+    # uvicorn counts the asking connection among them, hence the + 1.
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level="warning", limit_concurrency=CONCURRENCY
+        app, host=args.host, port=args.port, log_level="warning", limit_concurrency=CONCURRENCY + 1
     )
 
 
