@@ -4,7 +4,7 @@ Images are uint8 (N, C, H, W), or float in [0, 1] (rounded to 8 bits first). Bat
 memory by pixels, whatever the image size: a likelihood decodes ``samples + 1`` images per
 image (at most ``_DECODED_VALUES`` pixel values at once, about 200 MB of decoder activations);
 a map holds a few full-size float64 planes per image; every batch holds at most
-``_INPUT_VALUES`` input pixel values.
+``convvae.data.images.FORWARD_BATCH_VALUES`` input pixel values.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import torch
 
 from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ELBO_TERMS, LIKELIHOOD_SCORES, MAP_SCORES
-from convvae.data.images import as_uint8_images, to_unit_interval
+from convvae.data.images import as_uint8_images, images_per_batch, to_unit_interval
 from convvae.runtime.progress import live_bar
 
 _DECODED_VALUES = 8192 * 28 * 28  # 8,192 decodes of a 28x28 grey image
 _MAP_PIXELS = 1 << 20
-_INPUT_VALUES = 1 << 24
 _MAX_IMAGES_PER_BATCH = 1024
 
 
@@ -81,7 +80,7 @@ def _batch_size(scorer: Scorer, decodes: bool, maps: bool) -> int:
     """Images per batch: the smallest bound of what the batch computes."""
     channels, height, width = scorer.model.arch.image_shape
     values = channels * height * width
-    bounds = [_MAX_IMAGES_PER_BATCH, _INPUT_VALUES // values]
+    bounds = [images_per_batch(scorer.model.arch.image_shape, _MAX_IMAGES_PER_BATCH)]
     if decodes:
         bounds.append(_DECODED_VALUES // ((scorer.spec.samples + 1) * values))
     if maps:

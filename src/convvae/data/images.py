@@ -16,6 +16,17 @@ from PIL import Image
 from convvae.errors import ConfigError
 from convvae.runtime.files import atomic_path
 
+# Input values (images x C x H x W) in one batch of a forward pass outside training: the
+# decoder's activations are about 12 times its input at 256 px RGB (the last layer's patches),
+# so 2^24 keeps a batch near 1 GB at any size (512 images at 28 px, 85 at 256 px RGB).
+FORWARD_BATCH_VALUES = 1 << 24
+
+
+def images_per_batch(image_shape: tuple[int, ...], most: int = 512) -> int:
+    """Images of ``image_shape`` (C, H, W) in one forward batch: ``most``, fewer for large
+    images (FORWARD_BATCH_VALUES)."""
+    return max(1, min(most, FORWARD_BATCH_VALUES // math.prod(image_shape)))
+
 
 def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, C, H, W) → float32 in [0, 1], the model's input; floats pass through."""

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from convvae.data.images import to_unit_interval
+from convvae.data.images import images_per_batch, to_unit_interval
 from convvae.errors import DataError
 from convvae.model.architecture import architecture_diff, architecture_from_dict
 from convvae.model.vae import ConvVAE
@@ -77,11 +77,10 @@ def quantize(latent: np.ndarray, precision: str) -> Codes:
 
 
 @torch.no_grad()
-def encode(
-    model: ConvVAE, images: torch.Tensor, precision: str = "float16", batch_size: int = 512
-) -> Codes:
+def encode(model: ConvVAE, images: torch.Tensor, precision: str = "float16") -> Codes:
     """uint8 images (N, C, H, W) → their posterior means as Codes at ``precision``."""
     model.eval()
+    batch_size = images_per_batch(model.arch.image_shape)
     means = [
         model.encode(to_unit_interval(images[start : start + batch_size]))[0]
         for start in range(0, len(images), batch_size)
@@ -93,7 +92,11 @@ def encode(
 def decode(model: ConvVAE, codes: Codes) -> torch.Tensor:
     """Codes (N, D) → Bernoulli means, float (N, C, H, W) in [0, 1]."""
     model.eval()
-    return model.decode_mean(codes.latent())
+    latent, batch_size = codes.latent(), images_per_batch(model.arch.image_shape)
+    return torch.cat(
+        [model.decode_mean(latent[start : start + batch_size])
+         for start in range(0, len(latent), batch_size)]
+    )  # fmt: skip
 
 
 def weights_sha256(model: ConvVAE) -> str:

@@ -18,7 +18,7 @@ from convvae.anomaly.scorer import Scorer
 from convvae.anomaly.scores import ScoreSpec
 from convvae.anomaly.scoring import every_score
 from convvae.config import EvaluateConfig
-from convvae.data.images import to_unit_interval
+from convvae.data.images import images_per_batch, to_unit_interval
 from convvae.data.sources import LabelledImages
 from convvae.model.likelihood import bits_per_dim
 from convvae.model.vae import ConvVAE
@@ -61,8 +61,11 @@ def sample_images(model: ConvVAE, n: int, seed: int = 0, temperature: float = 1.
 def reconstruct(model: ConvVAE, images: torch.Tensor) -> torch.Tensor:
     """Decoded posterior means: uint8 (N, C, H, W) → Bernoulli means, float (N, C, H, W)."""
     model.eval()
-    mu, _ = model.encode(to_unit_interval(images))
-    return model.decode_mean(mu)
+    batch_size = images_per_batch(model.arch.image_shape)
+    return torch.cat(
+        [model.decode_mean(model.encode(to_unit_interval(images[start : start + batch_size]))[0])
+         for start in range(0, len(images), batch_size)]
+    )  # fmt: skip
 
 
 def save_sample_grid(model: ConvVAE, n: int, path: str | Path, seed: int = 0) -> None:

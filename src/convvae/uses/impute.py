@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convvae.data.images import image_grid, save_png, to_unit_interval
+from convvae.data.images import image_grid, images_per_batch, save_png, to_unit_interval
 from convvae.errors import DataError
 from convvae.model.vae import ConvVAE
 
@@ -96,7 +96,6 @@ def impute(
     missing: torch.Tensor,
     fill: torch.Tensor,
     iterations: int = 5,
-    batch_size: int = 512,
 ) -> torch.Tensor:
     """Fixed-point imputation (module docstring).
 
@@ -105,7 +104,7 @@ def impute(
     (N, C, H, W) in [0, 1]: the known pixels unchanged, the missing ones imputed.
     """
     model.eval()
-    parts = []
+    parts, batch_size = [], images_per_batch(model.arch.image_shape)
     for start in range(0, len(images), batch_size):
         known = to_unit_interval(images[start : start + batch_size])
         gaps = missing[start : start + batch_size]
