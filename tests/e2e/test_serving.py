@@ -154,6 +154,17 @@ def test_convvae_serve_refuses_oversized_requests_before_reading_them(
         assert status == 200, body
         local = score_images(Scorer(trained, None, SPEC), mnist_slice.test.images[:3])
         np.testing.assert_allclose(body["predictions"]["score"], local, rtol=1e-5)
+        # At most CONCURRENCY requests in flight, slow bodies included (first, while no other
+        # connection is open): the next is answered 503 at once; served again once they end.
+        held = [sending_slowly(port) for _ in range(CONCURRENCY - 1)]
+        time.sleep(1)  # the server has taken them in
+        assert status_of(f"{base}/ping") == 200
+        held.append(sending_slowly(port))
+        time.sleep(1)
+        assert status_of(f"{base}/ping") == 503
+        for connection in held:
+            connection.close()
+        assert status_within(f"{base}/ping", 200)
         # A declared 1 GB body is refused from its header: nothing read, nothing parsed.
         before, started = rss_mib(server.pid), time.monotonic()
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -182,16 +193,6 @@ def test_convvae_serve_refuses_oversized_requests_before_reading_them(
         status, body = post(f"{base}/invocations", {"inputs": too_many.tolist()})
         assert status == 400 and f"at most {MAX_BATCH}" in body["reason"], body
         assert "stack_trace" not in body and 'File "' not in json.dumps(body)
-        # At most CONCURRENCY connections at once, slow bodies included: the next is answered
-        # 503 at once, and the server answers again once they end.
-        connection.close()  # the last 415's, kept alive
-        held = [sending_slowly(port) for _ in range(CONCURRENCY - 1)]
-        assert status_within(f"{base}/ping", 200)
-        held.append(sending_slowly(port))
-        assert status_within(f"{base}/ping", 503)
-        for connection in held:
-            connection.close()
-        assert status_within(f"{base}/ping", 200)
     assert not marker.exists()
 
 
@@ -205,16 +206,19 @@ def sending_slowly(port: int):
     return connection
 
 
+def status_of(url: str) -> int:
+    """The HTTP status of GET ``url``."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
 def status_within(url: str, expected: int, seconds: float = 10) -> bool:
-    """Whether GET ``url`` answers ``expected`` within ``seconds`` (the server notices opened
-    and closed connections a moment later)."""
+    """Whether GET ``url`` answers ``expected`` within ``seconds`` (the server notices closed
+    connections a moment later)."""
     deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                status = response.status
-        except urllib.error.HTTPError as err:
-            status = err.code
-        if status == expected or time.monotonic() > deadline:
-            return status == expected
+    while (status := status_of(url)) != expected and time.monotonic() < deadline:
         time.sleep(0.2)
+    return status == expected
