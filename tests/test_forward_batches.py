@@ -40,31 +40,28 @@ def batches_seen(monkeypatch) -> list[int]:
     return seen
 
 
+def outputs_of_uses(model, images, missing, fill) -> dict[str, torch.Tensor]:
+    codes = encode(model, images, "float32")
+    return {
+        "reconstruct": reconstruct(model, images),
+        "impute": impute(model, images, missing, fill, 3),
+        "codes": torch.from_numpy(codes.values),
+        "decode": decode(model, codes),
+    }
+
+
 @pytest.fixture
 def one_pass(trained, mnist_slice):
     """Ten test digits, and each use's output computed with the default bound (one batch)."""
     images = torch.from_numpy(mnist_slice.test.images[:10])
     missing = make_mask("center", len(images), (1, 28, 28))
     fill = mean_fill(torch.from_numpy(mnist_slice.train.images))
-    codes = encode(trained, images, "float32")
-    outputs = {
-        "reconstruct": reconstruct(trained, images),
-        "impute": impute(trained, images, missing, fill, 3),
-        "codes": torch.from_numpy(codes.values),
-        "decode": decode(trained, codes),
-    }
-    return images, missing, fill, outputs
+    return images, missing, fill, outputs_of_uses(trained, images, missing, fill)
 
 
 def test_uses_run_in_bounded_batches_with_the_same_results(trained, one_pass, batches_seen):
     images, missing, fill, expected = one_pass
-    codes = encode(trained, images, "float32")
-    batched = {
-        "reconstruct": reconstruct(trained, images),
-        "impute": impute(trained, images, missing, fill, 3),
-        "codes": torch.from_numpy(codes.values),
-        "decode": decode(trained, codes),
-    }
+    batched = outputs_of_uses(trained, images, missing, fill)
     assert batches_seen and max(batches_seen) == 3 and sum(batches_seen) > 4 * len(images)
     for use, output in batched.items():
         torch.testing.assert_close(output, expected[use], rtol=1e-5, atol=1e-6, msg=use)
