@@ -224,8 +224,8 @@ class Trainer:
     def evaluate_loss(self, images: torch.Tensor) -> tuple[float, float]:
         """Mean reconstruction NLL and KL (nats/image) with fixed noise, so epochs compare."""
         self.model.eval()
-        # Bounded by pixels: the validation images of a large folder at 256 px in one batch
-        # had raised training's peak memory from 5.2 to 7.6 GB.
+        # Bounded by pixels: 512 validation images at 256 px RGB in one batch added 4.9 GB to
+        # training's peak (speed/forward_memory.py).
         batch_size = images_per_batch(self.model.arch.image_shape)
         generator = torch.Generator(self.device).manual_seed(self.cfg.seed + 2)
         sums = torch.zeros(2, device=self.device)
