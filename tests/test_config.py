@@ -106,6 +106,7 @@ def test_benchmark_training_is_train_with_the_overrides_applied() -> None:
         ({"epochz": 3}, "unknown key benchmark.train.epochz; known keys in benchmark.train:"),
         ({"lr": 5}, "benchmark.train.lr must be between 0 and 1"),
         ({"optimizer": "sgd"}, "benchmark.train.optimizer must be one of adam, adamw"),
+        ({"min_steps": 0}, "benchmark.train.min_steps must be >= 1 or null"),
         ([1, 2], "benchmark.train must be a mapping"),
     ],
 )

@@ -137,6 +137,8 @@ class TrainConfig:
     grad_clip_norm: float | None = None
     # Stop after this many epochs without a better validation loss; null never stops early.
     early_stopping_patience: int | None = 5
+    # At least this many optimizer steps: a small training set gets more epochs (training.recipe).
+    min_steps: int | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # Data-parallel training under torchrun (also on whenever torchrun starts 2+ processes).
@@ -158,6 +160,9 @@ class TrainConfig:
             self.early_stopping_patience is None or self.early_stopping_patience >= 1,
             "train.early_stopping_patience",
             "must be >= 1 or null",
+        )
+        _check(
+            self.min_steps is None or self.min_steps >= 1, "train.min_steps", "must be >= 1 or null"
         )
 
 
