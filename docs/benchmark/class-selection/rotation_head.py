@@ -29,17 +29,13 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from vae_banks import unit
+from vae_banks import class_sets, unit
 
-sys.path.insert(0, "docs/benchmark/degenerate-selection")
-from select_fusion import MAX_ANOMALIES  # noqa: E402
-
-from convvae.anomaly.fit import train_and_fit  # noqa: E402
-from convvae.anomaly.knn import knn_distance  # noqa: E402
-from convvae.benchmark.oneclass import class_images  # noqa: E402
-from convvae.config import DataConfig, load_params  # noqa: E402
-from convvae.data.splits import load_configured, selection_and_calibration  # noqa: E402
-from convvae.model.vae import ConvVAE, elbo_terms  # noqa: E402
+from convvae.anomaly.fit import train_and_fit
+from convvae.anomaly.knn import knn_distance
+from convvae.config import DataConfig, load_params
+from convvae.data.splits import load_configured
+from convvae.model.vae import ConvVAE, elbo_terms
 
 TRANSFORMS = 8
 
@@ -85,12 +81,7 @@ def transformation_nll(model, head, images: np.ndarray) -> np.ndarray:
 
 
 def run_class(params, splits, c: int, epochs: int) -> dict:
-    rng = np.random.default_rng(c)
-    train = class_images(splits.train, c, "training")
-    val = class_images(splits.val, c, "validation")
-    selection, _ = selection_and_calibration(val)
-    others = splits.val.images[splits.val.labels != c]
-    others = others[rng.permutation(len(others))[:MAX_ANOMALIES]]
+    train, val, selection, others = class_sets(splits, c, np.random.default_rng(c))
     started = time.perf_counter()
     fitted = train_and_fit(params.model, params.benchmark_train(0), params.anomaly, train, val,
                            log=lambda line: None)  # fmt: skip

@@ -99,13 +99,19 @@ def candidate_scores(model, train, sets, rng) -> dict[str, dict[str, np.ndarray]
     return raw
 
 
-def run_class(params, splits, c: int) -> dict:
-    rng = np.random.default_rng(c)
+def class_sets(splits, c: int, rng) -> tuple[np.ndarray, ...]:
+    """Class c's training and validation images, the selection half of the latter (the normal
+    images scored) and up to MAX_ANOMALIES validation images of the other classes."""
     train = class_images(splits.train, c, "training")
     val = class_images(splits.val, c, "validation")
     selection, _ = selection_and_calibration(val)
     others = splits.val.images[splits.val.labels != c]
-    others = others[rng.permutation(len(others))[:MAX_ANOMALIES]]
+    return train, val, selection, others[rng.permutation(len(others))[:MAX_ANOMALIES]]
+
+
+def run_class(params, splits, c: int) -> dict:
+    rng = np.random.default_rng(c)
+    train, val, selection, others = class_sets(splits, c, rng)
     started = time.perf_counter()
     fitted = train_and_fit(params.model, params.benchmark_train(0), params.anomaly, train, val,
                            log=lambda line: None)  # fmt: skip
