@@ -34,7 +34,7 @@ from convvae.errors import DataError
 from convvae.model.architecture import architecture_diff, architecture_from_dict
 from convvae.model.vae import ConvVAE
 from convvae.runtime.files import atomic_path, write_atomically
-from convvae.uses.evaluation import reconstruct
+from convvae.uses.evaluation import posterior_means, reconstruct
 
 PRECISIONS = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
 CODE_FILE_ARRAYS = ("codes", "precision", "names", "architecture", "model_sha256")
@@ -79,13 +79,7 @@ def quantize(latent: np.ndarray, precision: str) -> Codes:
 @torch.no_grad()
 def encode(model: ConvVAE, images: torch.Tensor, precision: str = "float16") -> Codes:
     """uint8 images (N, C, H, W) → their posterior means as Codes at ``precision``."""
-    model.eval()
-    batch_size = images_per_batch(model.arch.image_shape)
-    means = [
-        model.encode(to_unit_interval(images[start : start + batch_size]))[0]
-        for start in range(0, len(images), batch_size)
-    ]
-    return quantize(torch.cat(means).numpy(), precision)
+    return quantize(posterior_means(model, images).numpy(), precision)
 
 
 @torch.no_grad()

@@ -58,6 +58,17 @@ def sample_images(model: ConvVAE, n: int, seed: int = 0, temperature: float = 1.
 
 
 @torch.no_grad()
+def posterior_means(model: ConvVAE, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) → posterior means (N, D), in batches bounded by pixels."""
+    model.eval()
+    batch_size = images_per_batch(model.arch.image_shape)
+    return torch.cat(
+        [model.encode(to_unit_interval(images[start : start + batch_size]))[0]
+         for start in range(0, len(images), batch_size)]
+    )  # fmt: skip
+
+
+@torch.no_grad()
 def reconstruct(model: ConvVAE, images: torch.Tensor) -> torch.Tensor:
     """Decoded posterior means: uint8 (N, C, H, W) → Bernoulli means, float (N, C, H, W)."""
     model.eval()
@@ -98,11 +109,7 @@ def save_latent_plot(
     import matplotlib.pyplot as plt
     from sklearn.decomposition import PCA
 
-    model.eval()
-    mu = torch.cat(
-        [model.encode(to_unit_interval(images[i : i + 512]))[0] for i in range(0, len(images), 512)]
-    )
-    points = mu.numpy()
+    points = posterior_means(model, images).numpy()
     axes_label = ("z1", "z2")
     if points.shape[1] > 2:
         points = PCA(n_components=2, random_state=0).fit_transform(points)
